@@ -1,0 +1,143 @@
+"""``tide``: one command for every role of the image and for local use.
+
+Each role (``api``, ``worker``, ``beat``, ``flower``, ``exporter``, ``operator``) ends in
+``exec`` of the real program, so that program is the container's main process
+and receives SIGTERM itself. Commands that need Django set it up lazily, so ``tide
+simulate`` and ``tide --help`` start fast and need no database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+DEFAULT_SETTINGS = "tide.settings.local"
+
+
+def _django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    import django
+
+    django.setup()
+
+
+def _exec(argv: list[str]) -> None:
+    """Replace this process with ``argv`` (found on PATH or beside this Python)."""
+    program = shutil.which(argv[0]) or str(Path(sys.executable).with_name(argv[0]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(program, [program, *argv[1:]])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tide: Django + Celery whose workers scale from the work waiting for them."""
+
+
+@main.command()
+@click.option("--bind", default=None, help="host:port (default 0.0.0.0:8000).")
+@click.option("--workers", type=int, default=None, help="gunicorn processes (default: cores).")
+def api(bind: str | None, workers: int | None) -> None:
+    """Serve the jobs API with gunicorn."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Per-process metrics are merged at scrape time from files in this directory.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tide-metrics-")
+    argv = ["gunicorn", "tide.wsgi:application", "--config", "python:tide.gunicorn_conf"]
+    if bind:
+        argv += ["--bind", bind]
+    if workers:
+        argv += ["--workers", str(workers)]
+    _exec(argv)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("-Q", "--queues", default="default", show_default=True)
+@click.option("-c", "--concurrency", type=int, default=None)
+@click.option("-n", "--hostname", default=None, help="Celery node name (default worker@%h).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    queues: str, concurrency: int | None, hostname: str | None, celery_args: tuple[str, ...]
+) -> None:
+    """Run a Celery worker consuming QUEUES."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    argv = ["celery", "-A", "tide", "worker", "-Q", queues, "--loglevel", "INFO"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    argv += ["--hostname", hostname or "worker@%h", *celery_args]
+    _exec(argv)
+
+
+@main.command()
+@click.option("--schedule", default=None, help="Schedule file (default in a temp dir).")
+def beat(schedule: str | None) -> None:
+    """Run Celery beat (periodic tasks). Run exactly one."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    # The schedule file is state beat may lose: it only records last run times. A
+    # writable temp path keeps the image's root filesystem read-only.
+    path = schedule or os.path.join(tempfile.gettempdir(), "tide-celerybeat-schedule")
+    _exec(["celery", "-A", "tide", "beat", "--loglevel", "INFO", "--schedule", path])
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, flower_args: tuple[str, ...]) -> None:
+    """Run Flower, the Celery introspection UI (its /metrics too)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    _exec(["celery", "-A", "tide", "flower", f"--port={port}", *flower_args])
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (the chart runs this as a Job)."""
+    _django()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False)
+
+
+@main.command(name="manage", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def manage_command(args: tuple[str, ...]) -> None:
+    """Run a Django management command (``tide manage createsuperuser``)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["tide manage", *args])
+
+
+@main.command()
+@click.argument("username")
+def token(username: str) -> None:
+    """Print an API token for USERNAME, creating the user if needed."""
+    _django()
+    from tide.jobs.accounts import ensure_token
+
+    click.echo(ensure_token(username))
+
+
+def _register_optional() -> None:
+    """Commands owned by other packages join the group here."""
+    from tide.exporter.cli import exporter
+    from tide.local.cli import up
+    from tide.local.load import load
+    from tide_operator.cli import operator_command
+    from tide_operator.simulate_cli import simulate
+
+    main.add_command(up)
+    main.add_command(load)
+    main.add_command(simulate)
+    main.add_command(exporter)
+    main.add_command(operator_command, name="operator")
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

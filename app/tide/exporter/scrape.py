@@ -1,0 +1,76 @@
+"""Reading an exporter's ``/metrics`` back into ``QueueStats``, for the exporter's consumers.
+
+Local mode and the operator's "scrape the exporter directly" metric source read the same
+text Prometheus reads, so they see exactly what Prometheus would, including staleness.
+Parsing goes through prometheus-client's own parser; anything that is not one of the
+exporter's queue series is ignored, so the function also reads celery-exporter's output
+(``celery_queue_length`` only: the other figures come back as ``None``).
+"""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tide.exporter.collector import (
+    QUEUE_INFLIGHT,
+    QUEUE_LABEL,
+    QUEUE_LENGTH,
+    QUEUE_OLDEST_AGE,
+    QUEUE_SCHEDULED,
+    QUEUE_SOURCE,
+    STALE,
+)
+from tide.exporter.stats import QueueStats
+
+_FIGURES = {
+    QUEUE_LENGTH: "waiting",
+    QUEUE_INFLIGHT: "inflight",
+    QUEUE_SCHEDULED: "scheduled",
+    QUEUE_OLDEST_AGE: "oldest_age",
+}
+
+
+def parse_exposition(text: str) -> dict[str, QueueStats]:
+    """Queue name -> ``QueueStats`` from Prometheus text exposition.
+
+    A queue appears when its ``celery_queue_length`` does. ``stale`` is set on every queue
+    when the exporter says its last read failed (``tide_exporter_stale 1``).
+    """
+    figures: dict[str, dict[str, float]] = {}
+    sources: dict[str, str] = {}
+    stale = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in _FIGURES and QUEUE_LABEL in sample.labels:
+                queue = sample.labels[QUEUE_LABEL]
+                figures.setdefault(queue, {})[_FIGURES[sample.name]] = sample.value
+            elif sample.name == QUEUE_SOURCE + "_info" and QUEUE_LABEL in sample.labels:
+                sources[sample.labels[QUEUE_LABEL]] = sample.labels.get("source", "")
+            elif sample.name == STALE:
+                stale = sample.value == 1
+    result: dict[str, QueueStats] = {}
+    for queue, values in figures.items():
+        if "waiting" not in values:
+            continue
+        inflight = values.get("inflight")
+        scheduled = values.get("scheduled")
+        result[queue] = QueueStats(
+            name=queue,
+            waiting=int(values["waiting"]),
+            inflight=None if inflight is None else int(inflight),
+            scheduled=None if scheduled is None else int(scheduled),
+            oldest_age=values.get("oldest_age"),
+            source=sources.get(queue, "exposition"),
+            stale=stale,
+        )
+    return result
+
+
+def scrape(url: str, *, timeout: float = 5.0) -> dict[str, QueueStats]:
+    """GET an exporter's ``/metrics`` (``url`` with or without the path) and parse it."""
+    if not url.rstrip("/").endswith("/metrics"):
+        url = url.rstrip("/") + "/metrics"
+    response = httpx.get(url, timeout=timeout)
+    response.raise_for_status()
+    return parse_exposition(response.text)

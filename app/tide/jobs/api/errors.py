@@ -1,0 +1,75 @@
+"""One error shape for every refusal: ``{"error": code, "detail": …}`` with a 4xx/5xx.
+
+DRF's own errors (validation, authentication, not found) are reshaped here too, so a
+client handles one format. Domain errors from ``services`` map to their status codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.exceptions import APIException
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from tide.health.metrics import JOBS_REJECTED
+from tide.jobs.registry import ArgumentsError
+from tide.jobs.services import BrokerUnavailable, UnknownTask
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body too large."
+    default_code = "payload_too_large"
+
+
+def _refuse(code: str, detail: Any, status_code: int, **extra: Any) -> Response:
+    JOBS_REJECTED.labels(code).inc()
+    return Response({"error": code, "detail": detail, **extra}, status=status_code)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, UnknownTask):
+        return _refuse(
+            "unknown_task",
+            f"No registered task is called {exc.name!r}.",
+            400,
+            known_tasks=exc.known,
+        )
+    if isinstance(exc, ArgumentsError):
+        return _refuse(
+            "invalid_arguments",
+            f"The arguments do not fit {exc.task_name}.",
+            400,
+            errors=exc.errors,
+        )
+    if isinstance(exc, BrokerUnavailable):
+        response = _refuse(
+            "broker_unavailable",
+            "The broker is unreachable; nothing was queued. Retry later.",
+            503,
+        )
+        response["Retry-After"] = "5"
+        return response
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge()
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    codes = exc.get_codes() if isinstance(exc, APIException) else None
+    code = codes if isinstance(codes, str) else getattr(exc, "default_code", "invalid")
+    detail = (
+        response.data.get("detail", response.data)
+        if isinstance(response.data, dict)
+        else response.data
+    )
+    response.data = {"error": code, "detail": detail}
+    return response

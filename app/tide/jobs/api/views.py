@@ -1,0 +1,172 @@
+"""HTTP views of the jobs API: parse, call ``services``, render. No state changes here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tide.health.metrics import JOBS_SUBMITTED
+from tide.jobs import services
+from tide.jobs.api.serializers import (
+    CancelSerializer,
+    JobDetailSerializer,
+    JobSerializer,
+    QueueInfoSerializer,
+    SubmitTaskSerializer,
+    SubmitWorkflowSerializer,
+    TaskInfoSerializer,
+    known_queues,
+)
+from tide.jobs.models import Job, JobKind, JobState
+from tide.jobs.registry import describe, registered_tasks
+
+
+class NewestFirst(CursorPagination):
+    ordering = "-created_at"
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+FILTERS = [
+    OpenApiParameter("state", OpenApiTypes.STR, enum=list(JobState.values)),
+    OpenApiParameter("kind", OpenApiTypes.STR, enum=list(JobKind.values)),
+    OpenApiParameter("task", OpenApiTypes.STR, description="Registered task name."),
+    OpenApiParameter("queue", OpenApiTypes.STR),
+]
+
+
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Jobs the caller submitted (staff see everyone's)."""
+
+    pagination_class = NewestFirst
+    serializer_class = JobSerializer
+
+    def get_queryset(self) -> QuerySet[Job]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return Job.objects.none()
+        jobs = Job.objects.all()
+        if self.action == "list":
+            # Steps are listed inside their workflow, not as jobs of their own.
+            jobs = jobs.filter(parent__isnull=True)
+        if not self.request.user.is_staff:
+            jobs = jobs.filter(owner=self.request.user)
+        params = self.request.query_params
+        for param, field in (
+            ("state", "state"),
+            ("kind", "kind"),
+            ("task", "task_name"),
+            ("queue", "queue"),
+        ):
+            if value := params.get(param):
+                jobs = jobs.filter(**{field: value})
+        if self.action == "retrieve":
+            jobs = jobs.prefetch_related(
+                Prefetch("steps", queryset=Job.objects.order_by("position")), "progress_events"
+            )
+        return jobs
+
+    def get_serializer_class(self) -> type[Any]:
+        return JobDetailSerializer if self.action == "retrieve" else JobSerializer
+
+    @extend_schema(parameters=FILTERS)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        state = request.query_params.get("state")
+        if state and state not in JobState.values:
+            return Response(
+                {
+                    "error": "invalid",
+                    "detail": f"Unknown state {state!r}; one of {', '.join(JobState.values)}.",
+                },
+                status=400,
+            )
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=SubmitTaskSerializer, responses={201: JobSerializer})
+    def create(self, request: Request) -> Response:
+        """Submit one registered task."""
+        submission = SubmitTaskSerializer(data=request.data)
+        submission.is_valid(raise_exception=True)
+        job = services.submit_task(
+            step=submission.step(), options=submission.options(), owner=request.user
+        )
+        JOBS_SUBMITTED.labels(JobKind.TASK).inc()
+        body = JobSerializer(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    @extend_schema(request=CancelSerializer, responses={200: JobDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel (revoke) a job and its steps; finished work is left as it is."""
+        options = CancelSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        job = services.cancel_job(self.get_object(), terminate=options.validated_data["terminate"])
+        return Response(JobDetailSerializer(job, context={"request": request}).data)
+
+
+class WorkflowView(APIView):
+    @extend_schema(request=SubmitWorkflowSerializer, responses={201: JobDetailSerializer})
+    def post(self, request: Request) -> Response:
+        """Submit a chain, group or chord of registered tasks."""
+        submission = SubmitWorkflowSerializer(data=request.data)
+        submission.is_valid(raise_exception=True)
+        steps, callback = submission.steps_and_callback()
+        kind = JobKind(submission.validated_data["type"])
+        job = services.submit_workflow(
+            kind=kind,
+            steps=steps,
+            callback=callback,
+            options=submission.options(),
+            owner=request.user,
+        )
+        JOBS_SUBMITTED.labels(kind).inc()
+        body = JobDetailSerializer(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+
+class TaskListView(APIView):
+    @extend_schema(responses={200: TaskInfoSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        """The tasks this deployment accepts, with their parameters and default queue."""
+        return Response([describe(name) for name in registered_tasks()])
+
+
+class QueueListView(APIView):
+    @extend_schema(responses={200: QueueInfoSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        """Queues known from configuration and routes, with the tasks routed to each and
+        their live figures (waiting, in flight, scheduled, oldest age) read from the broker.
+        If the broker cannot be read, the figures are null and ``metrics_error`` says why."""
+        from tide.exporter import read_queues
+
+        tasks = [describe(name) for name in registered_tasks()]
+        names = known_queues()
+        error = ""
+        try:
+            stats = {s.name: s for s in read_queues(names)}
+        except Exception as exc:  # an unreadable broker must not hide the queue list
+            stats, error = {}, f"{type(exc).__name__}: {exc}"
+        body = []
+        for queue in names:
+            live = stats.get(queue)
+            body.append(
+                {
+                    "name": queue,
+                    "tasks": [t["name"] for t in tasks if t["queue"] == queue],
+                    "waiting": live.waiting if live else None,
+                    "inflight": live.inflight if live else None,
+                    "scheduled": live.scheduled if live else None,
+                    "oldest_age_seconds": live.oldest_age if live else None,
+                    "source": live.source if live else None,
+                    "metrics_error": error or None,
+                }
+            )
+        return Response(body)

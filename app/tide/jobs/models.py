@@ -1,0 +1,101 @@
+"""The job record: one row per submitted task or workflow, and one per workflow step.
+
+A workflow (chain, group, chord) is a parent row whose ``kind`` names the shape, with a
+child row per task; the parent's state and result are derived from its children by
+``services.refresh_workflow`` each time a child moves. Each task row's primary key *is*
+its Celery task id, so a worker's signal finds its row with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    PENDING = "pending"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVOKED = "revoked"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.REVOKED})
+
+
+class JobKind(models.TextChoices):
+    TASK = "task"
+    CHAIN = "chain"
+    GROUP = "group"
+    CHORD = "chord"
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=8, choices=JobKind.choices, default=JobKind.TASK)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="steps"
+    )
+    # Position of a step in its workflow (chain order; a chord's body comes last).
+    position = models.PositiveIntegerField(default=0)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    task_name = models.CharField(max_length=200, blank=True)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=200, blank=True)
+    priority = models.PositiveSmallIntegerField(null=True, blank=True)
+    eta = models.DateTimeField(null=True, blank=True)
+    expires = models.DateTimeField(null=True, blank=True)
+
+    state = models.CharField(
+        max_length=10, choices=JobState.choices, default=JobState.PENDING, db_index=True
+    )
+    progress = models.FloatField(null=True, blank=True)
+    progress_message = models.CharField(max_length=500, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    # Times the task began executing: above 1 means a retry or a redelivery.
+    attempts = models.PositiveIntegerField(default=0)
+    retries = models.PositiveIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["parent", "position"]),
+            models.Index(fields=["state", "finished_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.task_name or ''} {self.id} ({self.state})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class JobProgress(models.Model):
+    """One progress report from a running task, kept so clients can replay the history."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="progress_events")
+    percent = models.FloatField()
+    message = models.CharField(max_length=500, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.percent}% {self.message}"

@@ -1,0 +1,421 @@
+"""Every change to a job's state, in one place (Zulip's ``actions`` style).
+
+Views call ``submit_*`` and ``cancel_job``; the worker-side hooks in ``tracking`` and
+``signals`` call ``mark_*``; beat calls ``purge_expired``. Two rules shape this module:
+
+* **Publish after commit.** A job's message is published only once its row is committed
+  (``transaction.on_commit``), so a worker can never receive a task whose row it cannot
+  see. If the broker refuses the publish, the row is deleted again and the caller gets
+  ``BrokerUnavailable``: no row is left claiming a job was queued when it was not.
+* **Final states are final.** Updates from workers are conditional (``state NOT IN
+  final``), so a late or redelivered message cannot move a finished job backwards, and a
+  job cancelled while waiting is not run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import chain, chord, group
+from celery.canvas import Signature
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, F, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from tide.celery import app
+from tide.jobs.models import FINAL_STATES, Job, JobKind, JobProgress, JobState
+from tide.jobs.registry import (
+    ArgumentsError,
+    check_arguments,
+    default_queue,
+    get_task,
+    registered_tasks,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownTask(LookupError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.known = list(registered_tasks())
+        super().__init__(f"unknown task {name!r}")
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not accept the publish; nothing was queued or kept."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One task of a submission: what to run and with which arguments."""
+
+    task: str
+    args: Sequence[Any] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    # A step that ignores its predecessor's result (Celery's immutable signature).
+    immutable: bool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    """Delivery options shared by every step of a submission."""
+
+    queue: str | None = None
+    priority: int | None = None
+    countdown: float | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+
+    def eta_at(self, now: datetime) -> datetime | None:
+        if self.eta is not None:
+            return self.eta
+        if self.countdown:
+            return now + timedelta(seconds=self.countdown)
+        return None
+
+
+# --- Submitting ---------------------------------------------------------------------
+
+
+def _validate(step: Step, *, receives_result: bool) -> None:
+    if get_task(step.task) is None:
+        raise UnknownTask(step.task)
+    args = list(step.args)
+    if receives_result and not step.immutable:
+        # Celery passes the previous result as the first argument; a placeholder stands
+        # in for it so the rest still binds, and its type is only known at run time.
+        args = [_PREVIOUS_RESULT, *args]
+    check_arguments(step.task, args, dict(step.kwargs), placeholder=_PREVIOUS_RESULT)
+
+
+_PREVIOUS_RESULT = object()
+
+
+def _route_queue(task_name: str, options: Options, step: Step | None = None) -> str:
+    if step is not None and step.queue:
+        return step.queue
+    if options.queue:
+        return options.queue
+    return default_queue(task_name)
+
+
+def _new_row(step: Step, options: Options, *, owner: Any, now: datetime, **extra: Any) -> Job:
+    return Job(
+        kind=JobKind.TASK,
+        owner=owner,
+        task_name=step.task,
+        args=list(step.args),
+        kwargs=dict(step.kwargs),
+        queue=_route_queue(step.task, options, step),
+        priority=options.priority,
+        eta=options.eta_at(now),
+        expires=options.expires,
+        **extra,
+    )
+
+
+# Message header naming a step's workflow row: the worker refreshes the workflow only for
+# messages that carry it, so a plain task pays no extra query.
+WORKFLOW_HEADER = "tide_workflow"
+
+
+def _signature(job: Job, step: Step, options: Options, *, keep_result: bool) -> Signature:
+    sig = app.signature(
+        step.task,
+        args=tuple(step.args),
+        kwargs=dict(step.kwargs),
+        immutable=step.immutable,
+    )
+    delivery: dict[str, Any] = {"task_id": str(job.id), "queue": job.queue}
+    if job.parent_id:
+        delivery["headers"] = {WORKFLOW_HEADER: str(job.parent_id)}
+    if not keep_result:
+        # Results live in the job row; the result backend is only needed by a chord,
+        # which counts its header's results there. Skipping it saves a write per task.
+        delivery["ignore_result"] = True
+    if options.priority is not None:
+        delivery["priority"] = transport_priority(options.priority)
+    return sig.set(**delivery)
+
+
+def transport_priority(priority: int) -> int:
+    """Map the API's priority (9 = most urgent) onto the broker's scale.
+
+    RabbitMQ delivers higher numbers first; Celery's Redis transport delivers *lower*
+    numbers first. Clients should not have to know which broker runs underneath.
+    """
+    if app.conf.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        return 9 - priority
+    return priority
+
+
+def _delivery_options(options: Options) -> dict[str, Any]:
+    delivery: dict[str, Any] = {}
+    if options.countdown:
+        delivery["countdown"] = options.countdown
+    if options.eta is not None:
+        delivery["eta"] = options.eta
+    if options.expires is not None:
+        delivery["expires"] = options.expires
+    return delivery
+
+
+def _publish_after_commit(job: Job, publish: Any) -> None:
+    """Publish once the row is committed; on broker failure remove the row again."""
+
+    def run() -> None:
+        try:
+            publish()
+        except (KombuOperationalError, OSError) as exc:
+            logger.warning("broker refused job %s: %s", job.id, exc)
+            # The row was committed moments ago and nothing was queued: delete it (its
+            # steps cascade) so no job claims to be waiting.
+            Job.objects.filter(id=job.id).delete()
+            raise BrokerUnavailable(str(exc)) from exc
+
+    # robust=False: the failure must reach the caller, who answers 503.
+    transaction.on_commit(run, robust=False)
+
+
+def submit_task(*, step: Step, options: Options, owner: Any = None) -> Job:
+    """Record and publish one task. Raises UnknownTask, ArgumentsError, BrokerUnavailable."""
+    _validate(step, receives_result=False)
+    job = _new_row(step, options, owner=owner, now=timezone.now())
+    # One INSERT needs no transaction block of its own (that would add BEGIN and COMMIT
+    # round trips): in autocommit it is committed when it returns, and on_commit then
+    # publishes at once. Inside a caller's transaction, on_commit waits for its commit.
+    job.save(force_insert=True)
+    sig = _signature(job, step, options, keep_result=False)
+    _publish_after_commit(job, lambda: sig.apply_async(**_delivery_options(options)))
+    return job
+
+
+def submit_workflow(
+    *,
+    kind: JobKind,
+    steps: Sequence[Step],
+    options: Options,
+    callback: Step | None = None,
+    owner: Any = None,
+) -> Job:
+    """Record and publish a chain, group or chord of registered tasks.
+
+    The parent row's id is the group's id; each step row's id is that step's task id.
+    """
+    if not steps:
+        raise ArgumentsError(kind, [{"loc": ["steps"], "msg": "a workflow needs steps"}])
+    if (kind == JobKind.CHORD) != (callback is not None):
+        raise ArgumentsError(
+            kind, [{"loc": ["callback"], "msg": "a chord, and only a chord, has a callback"}]
+        )
+    for index, step in enumerate(steps):
+        _validate(step, receives_result=kind == JobKind.CHAIN and index > 0)
+    if callback is not None:
+        _validate(callback, receives_result=True)
+
+    now = timezone.now()
+    all_steps = [*steps, *([callback] if callback else [])]
+    with transaction.atomic():
+        parent = Job(
+            kind=kind,
+            owner=owner,
+            queue=options.queue or "",
+            priority=options.priority,
+            eta=options.eta_at(now),
+            expires=options.expires,
+        )
+        parent.save(force_insert=True)
+        rows = [
+            _new_row(step, options, owner=owner, now=now, parent=parent, position=index)
+            for index, step in enumerate(all_steps)
+        ]
+        Job.objects.bulk_create(rows)
+        sigs = [
+            _signature(row, step, options, keep_result=kind == JobKind.CHORD)
+            for row, step in zip(rows, all_steps, strict=True)
+        ]
+        if kind == JobKind.CHAIN:
+            canvas = chain(*sigs)
+        elif kind == JobKind.GROUP:
+            canvas = group(*sigs)
+        else:
+            canvas = chord(group(*sigs[:-1]), sigs[-1])
+        delivery = _delivery_options(options)
+        if kind != JobKind.CHAIN:
+            delivery["group_id"] = str(parent.id)
+        _publish_after_commit(parent, lambda: canvas.apply_async(**delivery))
+    return parent
+
+
+def cancel_job(job: Job, *, terminate: bool = False) -> Job:
+    """Revoke a job (and its steps). Waiting work will not run; with ``terminate`` the
+    running task is sent SIGTERM too. Finished jobs are left as they are."""
+    ids = [job.id, *job.steps.values_list("id", flat=True)]
+    now = timezone.now()
+    with transaction.atomic():
+        Job.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES).update(
+            state=JobState.REVOKED, finished_at=now, error="revoked by client"
+        )
+    # The row already says revoked, and JobTask.before_start honours it on every worker;
+    # the broadcast only spares workers the message and stops running tasks if asked.
+    try:
+        app.control.revoke([str(i) for i in ids], terminate=terminate)
+    except (KombuOperationalError, OSError) as exc:
+        logger.warning("revoke broadcast for %s failed: %s", job.id, exc)
+    job.refresh_from_db()
+    return job
+
+
+# --- Worker-side updates ------------------------------------------------------------
+
+
+def _not_final(task_id: str) -> Any:
+    return Job.objects.filter(id=task_id).exclude(state__in=FINAL_STATES)
+
+
+def mark_started(task_id: str, *, worker: str, retries: int, workflow: str | None) -> bool:
+    """Mark a job started; False when it must not run (cancelled or already finished)."""
+    now = timezone.now()
+    updated = _not_final(task_id).update(
+        state=JobState.STARTED,
+        worker=worker,
+        attempts=F("attempts") + 1,
+        retries=retries,
+        started_at=Coalesce(F("started_at"), now),
+    )
+    if updated:
+        if workflow:
+            refresh_workflow(workflow)
+        return True
+    # No row at all: a task published outside the API (e.g. by user code); let it run.
+    return not Job.objects.filter(id=task_id).exists()
+
+
+def record_progress(task_id: str, *, percent: float, message: str = "") -> None:
+    percent = max(0.0, min(100.0, float(percent)))
+    message = message[:500]
+    with transaction.atomic():
+        if _not_final(task_id).update(
+            state=JobState.PROGRESS, progress=percent, progress_message=message
+        ):
+            JobProgress.objects.create(job_id=task_id, percent=percent, message=message)
+
+
+def mark_retrying(task_id: str, *, error: str) -> None:
+    _not_final(task_id).update(state=JobState.RETRYING, error=error)
+
+
+def mark_succeeded(task_id: str, *, result: Any, workflow: str | None = None) -> None:
+    # A job that reported progress ends at 100%; one that never did keeps none.
+    progress = Case(When(progress__isnull=False, then=Value(100.0)), default=None)
+    _finish(
+        task_id,
+        workflow=workflow,
+        state=JobState.SUCCEEDED,
+        result=_jsonable(result),
+        error="",
+        progress=progress,
+    )
+
+
+def mark_failed(task_id: str, *, error: str, workflow: str | None = None) -> None:
+    _finish(task_id, workflow=workflow, state=JobState.FAILED, error=error)
+
+
+def mark_revoked(task_id: str, *, reason: str, workflow: str | None = None) -> None:
+    _finish(task_id, workflow=workflow, state=JobState.REVOKED, error=reason)
+
+
+def _finish(task_id: str, *, workflow: str | None, state: str, **values: Any) -> None:
+    updated = _not_final(task_id).update(state=state, finished_at=timezone.now(), **values)
+    if not updated:
+        return
+    if workflow is None:
+        # Unknown (a revocation arrives without the message's headers): look it up. The
+        # worker-side hooks pass "" for a task that is not a workflow step.
+        workflow = Job.objects.filter(id=task_id).values_list("parent_id", flat=True).first()
+    if workflow:
+        refresh_workflow(workflow)
+
+
+def _jsonable(value: Any) -> Any:
+    # Celery already serialised the result as JSON to store it; values that reach here
+    # are JSON types. Sets and tuples from user code become lists.
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    return value
+
+
+def refresh_workflow(parent_id: Any) -> None:
+    """Derive a workflow's state, progress and result from its steps.
+
+    The parent row is locked so steps finishing at once on different workers apply their
+    updates one after another, each seeing the others'.
+    """
+    with transaction.atomic():
+        parent = Job.objects.select_for_update().get(id=parent_id)
+        steps = list(parent.steps.order_by("position"))
+        now = timezone.now()
+        failed = [s for s in steps if s.state == JobState.FAILED]
+        if failed and parent.kind in (JobKind.CHAIN, JobKind.CHORD):
+            # A failed chain step stops the chain, a failed chord header stops the body:
+            # mark the steps that will now never run, so the workflow can finish.
+            first = failed[0]
+            doomed = [
+                s.id
+                for s in steps
+                if s.state not in FINAL_STATES
+                and (
+                    s.position > first.position if parent.kind == JobKind.CHAIN else s is steps[-1]
+                )
+            ]
+            if doomed:
+                Job.objects.filter(id__in=doomed).update(
+                    state=JobState.REVOKED,
+                    finished_at=now,
+                    error=f"skipped: step {first.position} failed",
+                )
+                steps = list(parent.steps.order_by("position"))
+        states = {s.state for s in steps}
+        done = [s for s in steps if s.state in FINAL_STATES]
+        parent.progress = round(100.0 * len(done) / len(steps), 2)
+        if len(done) == len(steps):
+            parent.finished_at = parent.finished_at or now
+            if JobState.FAILED in states:
+                parent.state = JobState.FAILED
+                parent.error = next(s.error for s in steps if s.state == JobState.FAILED)
+            elif JobState.REVOKED in states:
+                parent.state = JobState.REVOKED
+                parent.error = next(s.error for s in steps if s.state == JobState.REVOKED)
+            else:
+                parent.state = JobState.SUCCEEDED
+                parent.result = (
+                    [s.result for s in steps] if parent.kind == JobKind.GROUP else steps[-1].result
+                )
+        elif states - {JobState.PENDING} and parent.state not in FINAL_STATES:
+            parent.state = JobState.STARTED
+            parent.started_at = parent.started_at or min(
+                (s.started_at for s in steps if s.started_at), default=now
+            )
+        parent.save()
+
+
+# --- Housekeeping -------------------------------------------------------------------
+
+
+def purge_expired(*, now: datetime | None = None) -> int:
+    """Delete finished jobs older than the retention period; returns how many."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.TIDE_JOB_RETENTION_SECONDS)
+    deleted, _ = Job.objects.filter(
+        parent__isnull=True, state__in=FINAL_STATES, finished_at__lt=cutoff
+    ).delete()
+    return deleted

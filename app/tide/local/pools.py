@@ -1,0 +1,99 @@
+"""Worker pools for local mode, read from WorkerPool YAML: the same resource the operator
+reads in a cluster, validated by the same model (``tide_operator.spec.WorkerPoolSpec``), so
+a pool tried locally is the pool deployed.
+
+Local mode honours the queues, the concurrency, the shutdown grace and every scaling field
+(mapped to the policy by ``to_policy_config``, as the operator maps them). The pod
+template and the metric source are cluster matters: locally the workers are processes and
+the metrics come from the local exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tide_operator.policy import PolicyConfig
+from tide_operator.spec import WorkerPoolSpec
+
+EXAMPLE_POOL = """\
+apiVersion: tide.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: default
+spec:
+  queues: [default, cpu, io, priority]
+  concurrency: 2
+  minReplicas: 0
+  maxReplicas: 4
+  maxWaitSeconds: 30
+  cooldownPeriod: 30
+  pollingInterval: 2
+  template:
+    image: tide:latest
+  metrics:
+    exporter:
+      url: http://127.0.0.1:9808/metrics
+  shutdown:
+    gracePeriodSeconds: 300
+"""
+
+
+class PoolFileError(ValueError):
+    """The pool file is unreadable or a pool in it is invalid; the message says which."""
+
+
+@dataclass(frozen=True)
+class LocalPool:
+    name: str
+    spec: WorkerPoolSpec
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(self.spec.queues)
+
+    @property
+    def concurrency(self) -> int:
+        return self.spec.concurrency
+
+    @property
+    def grace_seconds(self) -> float:
+        return float(self.spec.shutdown.grace_period_seconds)
+
+    @property
+    def policy(self) -> PolicyConfig:
+        return self.spec.to_policy_config()
+
+
+def _pool(document: dict[str, Any], *, source: str) -> LocalPool:
+    if document.get("kind") != "WorkerPool":
+        raise PoolFileError(f"{source}: kind is {document.get('kind')!r}, not WorkerPool")
+    name = str((document.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise PoolFileError(f"{source}: a WorkerPool needs metadata.name")
+    try:
+        spec = WorkerPoolSpec.model_validate(document.get("spec") or {})
+    except ValidationError as exc:
+        raise PoolFileError(f"{source} ({name}): {exc}") from None
+    return LocalPool(name=name, spec=spec)
+
+
+def load_pools(path: Path | None) -> list[LocalPool]:
+    """Pools from a (multi-document) YAML file, or the example pool without one."""
+    text = EXAMPLE_POOL if path is None else path.read_text()
+    source = "example pool" if path is None else str(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as exc:
+        raise PoolFileError(f"{source}: not YAML: {exc}") from None
+    pools = [_pool(d, source=source) for d in documents]
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise PoolFileError(f"{source}: pool names repeat: {names}")
+    if not pools:
+        raise PoolFileError(f"{source}: no WorkerPool in the file")
+    return pools

@@ -1,0 +1,25 @@
+"""Settings for a developer's machine and for ``tide up``.
+
+Debug stays off unless ``DJANGO_DEBUG`` says otherwise (the API is JSON; Django's debug
+pages add nothing and leak settings). Without ``DATABASE_URL`` it falls back to SQLite
+under ``var/`` so the platform runs where no PostgreSQL is reachable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tide.settings.base import *  # noqa: F403
+from tide.settings.base import BASE_DIR, DATABASES
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "tide-local-insecure-key-do-not-deploy"
+
+if not os.environ.get("DATABASE_URL"):
+    _var = BASE_DIR.parent.parent / "var"
+    _var.mkdir(exist_ok=True)
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(_var / "tide.sqlite3"),
+        # SQLite serialises writers; a wait beats "database is locked" under a burst.
+        "OPTIONS": {"timeout": 20},
+    }

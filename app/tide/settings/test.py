@@ -1,0 +1,19 @@
+"""Settings for the test suite: the real PostgreSQL and Redis of the machine.
+
+The test database name carries ``TIDE_TEST_RUN`` (default: the pid) so two suites on one
+machine do not drop each other's database, and the Celery queues carry a unique key
+prefix for the same reason; worker processes started by the tests inherit both.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tide.settings.base import *  # noqa: F403
+from tide.settings.base import CELERY_BROKER_TRANSPORT_OPTIONS, DATABASES
+
+SECRET_KEY = "tide-test-key"
+TEST_RUN = os.environ.setdefault("TIDE_TEST_RUN", str(os.getpid()))
+DATABASES["default"]["TEST"] = {"NAME": f"test_tide_{TEST_RUN}"}
+CELERY_BROKER_TRANSPORT_OPTIONS.setdefault("global_keyprefix", f"tide-test-{TEST_RUN}:")
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

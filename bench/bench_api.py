@@ -1,0 +1,246 @@
+"""Benchmark of the jobs API and the workers, on this machine's PostgreSQL and Redis.
+
+Figures, in one run:
+1. raw ``apply_async`` rate of ``tide.samples.add`` (the broker alone: the baseline);
+2. API submissions per second through gunicorn (2 workers), driven by ``wrk`` with
+   keep-alive connections, with its latency percentiles; the API/raw ratio;
+3. p50/p99 submit latency at a fixed offered load of 200 jobs/s (open loop: latency is
+   measured from each request's scheduled time, so a stall is not hidden);
+4. end-to-end completed tasks per second for 1, 2 and 4 worker processes, from the job
+   rows' own timestamps (first start to last finish).
+
+Prints a table and saves ``bench/results/api.json``. Needs ``wrk`` (Debian package);
+``make bench`` installs it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from scratch_databases import recreate
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench" / "results"
+DB = "tide_bench"
+PORT = 8765
+BODY = json.dumps({"task": "tide.samples.add", "args": [1, 2]})
+
+
+def environment() -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tide.settings.local",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
+        "CELERY_BROKER_KEYPREFIX": f"tide-bench-{uuid.uuid4().hex[:6]}:",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def wait_http(path: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"API did not answer {path}")
+
+
+def wrk_run(token: str, *, seconds: int, connections: int) -> dict[str, float]:
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(BODY)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Token {token}"\n'
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{PORT}/api/jobs/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"API answered errors under load:\n{out}")
+
+    def ms(label: str) -> float:
+        match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"jobs_per_s": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
+
+
+def fixed_rate(token: str, *, rate: float, seconds: float) -> dict[str, float]:
+    """Open-loop load: request i is due at start + i/rate; latency counts from then."""
+    local = threading.local()
+    headers = {"Content-Type": "application/json", "Authorization": f"Token {token}"}
+
+    def send(due: float) -> float:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+        local.conn.request("POST", "/api/jobs/", BODY, headers)
+        response = local.conn.getresponse()
+        response.read()
+        if response.status != 201:
+            raise RuntimeError(f"status {response.status}")
+        return time.perf_counter() - due
+
+    count = int(rate * seconds)
+    start = time.perf_counter() + 0.2
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        latencies = list(pool.map(send, [start + i / rate for i in range(count)]))
+    latencies.sort()
+    return {
+        "offered_per_s": rate,
+        "requests": count,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (count - 1))],
+        "max_ms": 1000 * latencies[-1],
+    }
+
+
+def raw_publish_rate(n: int) -> float:
+    from tide.samples.tasks import add
+
+    for _ in range(200):  # warm the connection pool
+        add.apply_async((1, 2), queue="bench")
+    started = time.perf_counter()
+    for _ in range(n):
+        add.apply_async((1, 2), queue="bench")
+    return n / (time.perf_counter() - started)
+
+
+def purge(queue: str) -> None:
+    from tide.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
+def end_to_end(env: dict[str, str], *, processes: int, jobs: int) -> dict[str, float]:
+    from django.db.models import Max, Min
+
+    from tide.jobs import services
+    from tide.jobs.models import Job, JobState
+
+    purge("default")
+    Job.objects.all().delete()
+    step = services.Step(task="tide.samples.add", args=(1, 2))
+    for _ in range(jobs):
+        services.submit_task(step=step, options=services.Options(queue="default"))
+    worker = subprocess.Popen(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "tide",
+            "worker",
+            "-Q",
+            "default",
+            "-c",
+            str(processes),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"bench-{processes}@%h",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while Job.objects.filter(state=JobState.SUCCEEDED).count() < jobs:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("worker did not finish the batch")
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    span = Job.objects.aggregate(first=Min("started_at"), last=Max("finished_at"))
+    seconds = (span["last"] - span["first"]).total_seconds()
+    return {
+        "processes": processes,
+        "jobs": jobs,
+        "seconds": seconds,
+        "completed_per_s": jobs / seconds,
+    }
+
+
+def main() -> None:
+    if not shutil.which("wrk"):
+        sys.exit("wrk is missing: apt-get install wrk (make bench does it)")
+    env = environment()
+    recreate(DB)
+    os.environ.update(env)
+    subprocess.run([str(BIN / "tide"), "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    token = subprocess.run(
+        [str(BIN / "tide"), "token", "bench"], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    import django
+
+    django.setup()
+
+    api = subprocess.Popen(
+        [str(BIN / "tide"), "api", "--bind", f"127.0.0.1:{PORT}", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results: dict[str, object] = {"machine": {"cores": os.cpu_count()}}
+    try:
+        wait_http("/healthz")
+        wrk_run(token, seconds=3, connections=8)  # warm-up: connections, caches
+        results["raw_apply_async_per_s"] = raw_publish_rate(5000)
+        results["api_max"] = wrk_run(token, seconds=15, connections=8)
+        results["api_fixed_200"] = fixed_rate(token, rate=200, seconds=15)
+    finally:
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)
+    purge("bench")
+    results["end_to_end"] = [end_to_end(env, processes=n, jobs=2000) for n in (1, 2, 4)]
+    api_max = results["api_max"]
+    assert isinstance(api_max, dict)
+    results["api_to_raw_ratio"] = api_max["jobs_per_s"] / float(results["raw_apply_async_per_s"])  # type: ignore[arg-type]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "api.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

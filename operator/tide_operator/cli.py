@@ -1,0 +1,85 @@
+"""``tide operator``: run the WorkerPool operator (one replica, kopf in standalone mode).
+
+The command wires the pieces and runs kopf in-process (no ``kopf run`` of a file): the
+handlers from ``handlers.build_registry``, the settings from ``handlers.make_settings``
+(watch timeouts, so a silently dropped watch reconnects instead of going deaf), a liveness
+endpoint for the pod's probe, and the operator's own metrics on ``:9091/metrics``.
+
+It watches either the namespaces given with ``--namespace`` (repeatable; RBAC can then be
+a Role per namespace) or the whole cluster with ``--all-namespaces``. Standalone means no
+peering objects: run exactly one replica (the Deployment in the chart uses ``Recreate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+__all__ = ["operator_command"]
+
+
+@click.command("operator")
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    envvar="TIDE_OPERATOR_NAMESPACES",
+    help="Watch this namespace (repeatable; env TIDE_OPERATOR_NAMESPACES, space-separated).",
+)
+@click.option(
+    "-A",
+    "--all-namespaces",
+    is_flag=True,
+    envvar="TIDE_OPERATOR_ALL_NAMESPACES",
+    help="Watch WorkerPools in every namespace (needs a ClusterRole).",
+)
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    show_default=True,
+    help="kopf's liveness endpoint for the pod's probe.",
+)
+@click.option("--metrics-port", type=int, default=9091, show_default=True)
+@click.option("--metrics-addr", default="0.0.0.0", show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log every handler run.")
+@click.option("--debug", is_flag=True, help="Log the API traffic too.")
+def operator_command(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    liveness: str,
+    metrics_port: int,
+    metrics_addr: str,
+    verbose: bool,
+    debug: bool,
+) -> None:
+    """Run the WorkerPool operator: scale Celery worker Deployments from queue metrics."""
+    import kopf
+
+    from tide_operator.handlers import Runtime, build_registry, busy_probe_from_env
+    from tide_operator.metrics import OperatorMetrics, serve
+
+    if all_namespaces and namespaces:
+        raise click.UsageError("use either --namespace or --all-namespaces, not both")
+    if not all_namespaces and not namespaces:
+        # In a pod, default to the operator's own namespace (the chart sets POD_NAMESPACE).
+        own = os.environ.get("POD_NAMESPACE")
+        if not own:
+            raise click.UsageError("give --namespace NAME (repeatable) or --all-namespaces")
+        namespaces = (own,)
+    kopf.configure(verbose=verbose, debug=debug)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    metrics = OperatorMetrics(process=True)
+    serve(metrics, port=metrics_port, addr=metrics_addr)
+    runtime = Runtime(metrics=metrics, busy_probe=busy_probe_from_env())
+    kopf.run(
+        registry=build_registry(runtime),
+        settings=runtime.settings,
+        standalone=True,
+        clusterwide=all_namespaces,
+        namespaces=[n for item in namespaces for n in item.split()],
+        liveness_endpoint=liveness,
+    )

@@ -1,0 +1,327 @@
+"""kopf handlers: one daemon per WorkerPool that parses, calls the reconcile step, reports.
+
+Why a daemon and not a timer: ``pollingInterval`` is per pool and may change while the pool
+runs, which a timer's fixed interval cannot follow; a daemon sleeps whatever the live spec
+says, and kopf keeps its ``body`` up to date from the watch stream. The daemon keeps the
+pool's policy state in a local variable, so it lives exactly as long as the pool is watched
+(an operator restart starts fresh, and the policy seeds itself from the current size, so a
+restart never shrinks a pool at once).
+
+Each tick: parse the spec (a spec the CRD let through but the models refuse is reported as
+``Ready=False/InvalidSpec``, and the daemon carries on, so a bad pool never affects the
+others); for a ``template`` pool create or roll its Deployment; run ``reconcile_step``; write
+the status only if it changed; post an Event per scale and per new failure; update the
+operator's metrics. Every failure of one tick is caught and reported, never raised: kopf
+would otherwise back off the daemon and the pool would silently stop scaling.
+
+Everything is registered on an explicit ``kopf.OperatorRegistry`` built by
+``build_registry``, so tests and the benchmark load the same handlers with their own login
+(the API emulator) and busy-worker probe, and ``kopf run`` is never needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import kopf
+from pydantic import ValidationError
+
+from tide_operator.deployments import deployment_name
+from tide_operator.kube import ApiError, Connection, KubeApi, NotFound
+from tide_operator.metrics import OperatorMetrics
+from tide_operator.policy import PolicyState
+from tide_operator.reconcile import PoolEvent, StepResult, failed_step, reconcile_step
+from tide_operator.sources import MetricSource, source_for
+from tide_operator.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
+from tide_operator.status import INVALID_SPEC, status_changed
+from tide_operator.targets import (
+    BusyProbe,
+    CeleryInspectProbe,
+    DeploymentTarget,
+    TargetUnavailable,
+    ensure_owned_deployment,
+)
+
+__all__ = [
+    "LoginFn",
+    "Runtime",
+    "build_registry",
+    "connection_from_kopf",
+    "default_login",
+    "make_settings",
+]
+
+log = logging.getLogger(__name__)
+
+LoginFn = Callable[[kopf.OperatorSettings], kopf.ConnectionInfo | None]
+
+# Seconds between ticks of a pool whose spec cannot be parsed (no pollingInterval to obey).
+INVALID_SPEC_RETRY = 30.0
+API_ERROR = "ApiError"
+
+
+def default_login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then a kubeconfig (for running it from a laptop)."""
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+
+
+def _path(value: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> str | None:
+    return None if value is None else os.fsdecode(value)
+
+
+def _data(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def connection_from_kopf(info: kopf.ConnectionInfo) -> Connection:
+    return Connection(
+        server=info.server,
+        token=info.token,
+        insecure=bool(info.insecure),
+        ca_path=_path(info.ca_path),
+        ca_data=_data(info.ca_data),
+        certificate_path=_path(info.certificate_path),
+        certificate_data=_data(info.certificate_data),
+        private_key_path=_path(info.private_key_path),
+        private_key_data=_data(info.private_key_data),
+        username=info.username,
+        password=info.password,
+    )
+
+
+def make_settings(
+    *,
+    server_timeout: float = 300.0,
+    client_timeout: float = 330.0,
+    connect_timeout: float = 30.0,
+) -> kopf.OperatorSettings:
+    """kopf settings for the operator: bounded watches, Tide's own finalizer and annotations."""
+    settings = kopf.OperatorSettings()
+    # Without timeouts a watch that a proxy or load balancer silently dropped never ends and
+    # the operator stops seeing changes; with them it reconnects every few minutes.
+    settings.watching.server_timeout = server_timeout
+    settings.watching.client_timeout = client_timeout
+    settings.watching.connect_timeout = connect_timeout
+    settings.persistence.finalizer = "tide.dev/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tide.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tide.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    # One replica, no peering objects to create or RBAC to grant for them.
+    settings.peering.standalone = True
+    # A daemon told to stop (pool deleted, operator exiting) finishes its tick quickly.
+    settings.background.cancellation_polling = 1.0
+    return settings
+
+
+@dataclass
+class Runtime:
+    """What the handlers share: the API client, the metrics HTTP client, probe, metrics."""
+
+    metrics: OperatorMetrics
+    login: LoginFn = default_login
+    busy_probe: BusyProbe | None = None
+    settings: kopf.OperatorSettings = field(default_factory=make_settings)
+    wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _api: KubeApi | None = None
+    _http: httpx.AsyncClient | None = None
+    _lock: asyncio.Lock | None = None
+
+    async def _connection(self) -> Connection:
+        info = await asyncio.to_thread(self.login, self.settings)
+        if info is None:
+            raise kopf.LoginError("no Kubernetes credentials (service account or kubeconfig)")
+        return connection_from_kopf(info)
+
+    async def api(self) -> KubeApi:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._api is None:
+                self._api = KubeApi(await self._connection(), refresh=self._connection)
+            return self._api
+
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # Shared by every pool's metric source: one connection pool for all reads.
+            self._http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=50)
+            )
+        return self._http
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+def _status_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+
+
+def _post(body: Any, event: PoolEvent) -> None:
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+
+
+@dataclass
+class _Pool:
+    """One pool's daemon-local memory."""
+
+    state: PolicyState = field(default_factory=PolicyState)
+    status: Mapping[str, Any] | None = None
+    source: MetricSource | None = None
+    source_spec: MetricsSpec | None = None
+
+
+async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepResult, float]:
+    """One reconcile of one pool: (result, seconds until the next)."""
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    generation = meta.get("generation")
+    wall = runtime.wall_clock()
+    now = asyncio.get_running_loop().time()
+    try:
+        pool = WorkerPool.from_body(body)
+    except ValidationError as exc:
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        result = failed_step(
+            state=pool_memory.state,
+            previous_status=pool_memory.status,
+            generation=generation,
+            wall=wall,
+            reason=INVALID_SPEC,
+            message=message,
+        )
+        return result, INVALID_SPEC_RETRY
+
+    spec = pool.spec
+    api = await runtime.api()
+    if pool_memory.source is None or pool_memory.source_spec != spec.metrics:
+        pool_memory.source = source_for(spec.metrics, client=runtime.http())
+        pool_memory.source_spec = spec.metrics
+    target = DeploymentTarget(
+        api, namespace=namespace, name=deployment_name(pool), busy_probe=runtime.busy_probe
+    )
+    try:
+        if spec.owned:
+            live, _ = await ensure_owned_deployment(api, pool, initial_replicas=spec.min_replicas)
+            target.prime(live)
+        result = await reconcile_step(
+            spec=spec,
+            source=pool_memory.source,
+            target=target,
+            state=pool_memory.state,
+            now=now,
+            wall=wall,
+            previous_status=pool_memory.status,
+            generation=generation,
+            selector=target.selector_string(),
+        )
+    except TargetUnavailable as exc:
+        result = failed_step(
+            state=pool_memory.state,
+            previous_status=pool_memory.status,
+            generation=generation,
+            wall=wall,
+            reason=exc.reason,
+            message=exc.message,
+            spec=spec,
+        )
+    except ApiError as exc:
+        result = failed_step(
+            state=pool_memory.state,
+            previous_status=pool_memory.status,
+            generation=generation,
+            wall=wall,
+            reason=API_ERROR,
+            message=str(exc),
+            spec=spec,
+        )
+    return result, spec.polling_interval
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers, bound to ``runtime``."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        return runtime.login(settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await runtime.close()
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
+    async def workerpool(
+        body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+    ) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        memory = _Pool(status=dict(body.get("status") or {}) or None)
+        try:
+            while not stopped:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                interval = INVALID_SPEC_RETRY
+                try:
+                    result, interval = await _tick(runtime, memory, body)
+                    await _report(runtime, memory, body, result)
+                except Exception:  # a bug or an outage must not end the pool's scaling
+                    logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                    interval = min(interval, 5.0)
+                finally:
+                    runtime.metrics.reconcile_duration.observe(loop.time() - started)
+                await stopped.wait(max(0.0, interval - (loop.time() - started)))
+        finally:
+            if (
+                stopped.reason is not None
+                and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
+            ):
+                runtime.metrics.forget(namespace, name)
+
+    return registry
+
+
+async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult) -> None:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    memory.state = result.state
+    paused = bool((body.get("spec") or {}).get("paused", False))
+    runtime.metrics.record(namespace, name, result, paused=paused)
+    for event in result.events:
+        _post(body, event)
+    if status_changed(memory.status, result.status):
+        api = await runtime.api()
+        try:
+            await api.patch(_status_path(namespace, name), {"status": result.status})
+        except NotFound:
+            return  # the pool was deleted meanwhile; the daemon is being stopped
+        memory.status = result.status
+
+
+def busy_probe_from_env() -> BusyProbe | None:
+    """A Celery inspect probe when the operator knows the broker, else none (no marking)."""
+    url = os.environ.get("CELERY_BROKER_URL")
+    if not url:
+        return None
+    # The same variable Tide's settings read for a shared Redis (see docs/configuration.md).
+    prefix = os.environ.get("CELERY_BROKER_KEYPREFIX")
+    return CeleryInspectProbe(
+        url, transport_options={"global_keyprefix": prefix} if prefix else None
+    )

@@ -1,0 +1,240 @@
+"""One reconcile step of one pool: read, decide, apply, and say what to report.
+
+This is the loop body that the operator's per-pool daemon and local mode (``tide up``) both
+run, so the cluster and a laptop scale by exactly the same steps::
+
+    result = await reconcile_step(spec=..., source=..., target=..., state=..., now=..., wall=...)
+    state = result.state        # thread it into the next step
+    write result.status (if changed), post result.events
+
+The step owns no state: the policy's memory comes in as ``state`` and goes out in the
+result; the previous status comes in so that condition transition times and "changed or
+not" survive. It performs the target's I/O (read the size, mark idle workers, scale) and the
+source's (read the queues) through the two small interfaces, and nothing else: writing the
+status and posting events is the caller's business (a Kubernetes patch and Events for the
+operator, a terminal view for local mode), which is why they are returned, not done.
+
+Order matters in two places. Idle workers are marked *before* the replicas drop, so the
+ReplicaSet controller already sees the costs when it picks pods to delete. And the target is
+read before the metrics, so a missing Deployment is reported as such rather than masked by
+a metrics error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from tide_operator.policy import (
+    FALLBACK,
+    METRICS_UNAVAILABLE,
+    Decision,
+    Observation,
+    PolicyState,
+    decide,
+)
+from tide_operator.sources import MetricSource, MetricsUnavailable
+from tide_operator.spec import WorkerPoolSpec
+from tide_operator.status import (
+    INVALID_SPEC,
+    READY,
+    SAFE_SCALE_IN,
+    build_status,
+    condition_of,
+)
+from tide_operator.targets import ReportsReadiness, ScaleTarget, TargetUnavailable
+
+__all__ = ["PoolEvent", "StepResult", "failed_step", "reconcile_step"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEvent:
+    """Something worth a Kubernetes Event (or a line in local mode's view)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a step saw, decided and did, and what to report about it."""
+
+    state: PolicyState
+    status: dict[str, Any]
+    events: tuple[PoolEvent, ...]
+    decision: Decision | None = None
+    observation: Observation | None = None
+    current: int | None = None
+    scaled: bool = False
+    metric_error: str | None = None
+    error: tuple[str, str] | None = None
+
+    @property
+    def direction(self) -> Literal["up", "down"] | None:
+        if not self.scaled or self.decision is None or self.current is None:
+            return None
+        return "up" if self.decision.replicas > self.current else "down"
+
+
+def _transition_events(
+    previous: Mapping[str, Any] | None, status: Mapping[str, Any]
+) -> list[PoolEvent]:
+    """Warnings when Ready or SafeScaleIn turn False (once, not on every poll)."""
+    events = []
+    for type_ in (READY, SAFE_SCALE_IN):
+        before = condition_of(previous, type_)
+        after = condition_of(status, type_)
+        if after is None or after["status"] != "False":
+            continue
+        if (
+            before is None
+            or before.get("status") != "False"
+            or before.get("reason") != after["reason"]
+        ):
+            events.append(PoolEvent("Warning", str(after["reason"]), str(after["message"])))
+    return events
+
+
+def failed_step(
+    *,
+    state: PolicyState,
+    previous_status: Mapping[str, Any] | None,
+    generation: int | None,
+    wall: datetime,
+    reason: str,
+    message: str,
+    spec: WorkerPoolSpec | None = None,
+    current: int | None = None,
+) -> StepResult:
+    """A step that stopped before deciding (invalid spec, missing target, API error)."""
+    status = build_status(
+        previous=previous_status,
+        generation=generation,
+        now=wall,
+        current=current,
+        ready=None,
+        decision=None,
+        observation=None,
+        scaled=False,
+        error=(reason, message),
+        paused=spec.paused if spec is not None else False,
+        hazards=spec.scale_in_hazards() if spec is not None else (),
+    )
+    return StepResult(
+        state=state,
+        status=status,
+        events=tuple(_transition_events(previous_status, status)),
+        current=current,
+        error=(reason, message),
+    )
+
+
+async def reconcile_step(
+    *,
+    spec: WorkerPoolSpec,
+    source: MetricSource,
+    target: ScaleTarget,
+    state: PolicyState,
+    now: float,
+    wall: datetime,
+    previous_status: Mapping[str, Any] | None = None,
+    generation: int | None = None,
+    selector: str | None = None,
+) -> StepResult:
+    """Read the target and the queues, decide, apply; return the status and events.
+
+    ``now`` is the policy's clock (monotonic seconds, the same clock as the observations);
+    ``wall`` dates the status. Exceptions other than the two interfaces' own
+    (``MetricsUnavailable``, ``TargetUnavailable``) propagate: they are bugs or API errors
+    the caller reports.
+    """
+    try:
+        config = spec.to_policy_config()
+    except ValueError as exc:  # pragma: no cover - the spec validators mirror the policy's
+        return failed_step(
+            state=state,
+            previous_status=previous_status,
+            generation=generation,
+            wall=wall,
+            reason=INVALID_SPEC,
+            message=str(exc),
+            spec=spec,
+        )
+    try:
+        current = await target.current()
+    except TargetUnavailable as exc:
+        return failed_step(
+            state=state,
+            previous_status=previous_status,
+            generation=generation,
+            wall=wall,
+            reason=exc.reason,
+            message=exc.message,
+            spec=spec,
+        )
+
+    observation: Observation | None
+    metric_error: str | None = None
+    try:
+        observation = await source.observe(spec.queues, now=now)
+    except MetricsUnavailable as exc:
+        observation, metric_error = None, str(exc)
+
+    decision = decide(
+        config=config, state=state, observation=observation, current_replicas=current, now=now
+    )
+    scaled = False
+    error: tuple[str, str] | None = None
+    if metric_error is not None:
+        error = (METRICS_UNAVAILABLE, metric_error)
+    if decision.replicas != current:
+        try:
+            if decision.replicas < current:
+                try:
+                    await target.mark_idle_first(current - decision.replicas)
+                except Exception as exc:
+                    log.warning("could not mark idle workers before scaling down: %s", exc)
+            await target.scale(decision.replicas, reason=decision.reason)
+            scaled = True
+        except TargetUnavailable as exc:
+            error = (exc.reason, exc.message)
+
+    ready = await target.ready() if isinstance(target, ReportsReadiness) else None
+    status = build_status(
+        previous=previous_status,
+        generation=generation,
+        now=wall,
+        current=decision.replicas if scaled else current,
+        ready=ready,
+        decision=decision,
+        observation=observation,
+        scaled=scaled,
+        error=error,
+        paused=spec.paused,
+        hazards=spec.scale_in_hazards(),
+        selector=selector,
+    )
+    events = []
+    if scaled:
+        kind: Literal["Normal", "Warning"] = (
+            "Warning" if decision.reason_code == FALLBACK else "Normal"
+        )
+        events.append(PoolEvent(kind, decision.reason_code, decision.reason))
+    events += _transition_events(previous_status, status)
+    return StepResult(
+        state=decision.state,
+        status=status,
+        events=tuple(events),
+        decision=decision,
+        observation=observation,
+        current=current,
+        scaled=scaled,
+        metric_error=metric_error,
+        error=error,
+    )

@@ -1,0 +1,256 @@
+"""Metric sources: "what are the queue observations now", behind one small interface.
+
+A source answers ``observe(queues, now=...)`` with one ``policy.Observation`` summed over the
+pool's queues, or raises ``MetricsUnavailable``; it holds no history (the policy does) and
+makes no decision about a failure (the policy holds, then falls back). Two implementations:
+
+* ``PrometheusSource`` runs instant PromQL queries over Contract 1's series,
+  ``sum by (queue_name)`` so the per-queue figures stay visible in logs. An empty result is
+  0: a queue nobody has published to has no series yet, and scale-from-zero depends on
+  reading that as "nothing waits" rather than as an error. A transport error, a timeout or a
+  non-success answer is ``MetricsUnavailable``, as is the exporter itself saying its last
+  broker read failed (``tide_exporter_stale`` = 1): stale figures must not look fresh.
+* ``ExporterSource`` scrapes the exporter's ``/metrics`` directly, parsing the text with
+  prometheus-client's parser (the same parse the exporter package offers, without importing
+  the Django app into the operator). A queue the exporter does not export is an error here,
+  not 0: the exporter exports every configured queue from the start, so a missing one is a
+  misconfiguration that would otherwise read as an empty queue and scale the pool to zero.
+
+Both use one ``httpx.AsyncClient`` supplied by the caller, so a thousand pools share a
+connection pool, and both take the caller's clock (``now``) for the observation's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tide_operator.policy import Observation
+from tide_operator.spec import MetricsSpec, PrometheusQueries
+
+__all__ = [
+    "DEFAULT_QUERIES",
+    "ExporterSource",
+    "MetricSource",
+    "MetricsUnavailable",
+    "PrometheusSource",
+    "QueueFigures",
+    "queue_regex",
+    "source_for",
+]
+
+QUEUE_LABEL: Final = "queue_name"
+STALE_SERIES: Final = "tide_exporter_stale"
+
+DEFAULT_QUERIES: Final[Mapping[str, str]] = {
+    "waiting": 'sum by (queue_name) (celery_queue_length{queue_name=~"$queues"})',
+    "inflight": 'sum by (queue_name) (celery_queue_inflight{queue_name=~"$queues"})',
+    "scheduled": 'sum by (queue_name) (celery_queue_scheduled{queue_name=~"$queues"})',
+    "oldest_age": 'max by (queue_name) (celery_queue_oldest_age_seconds{queue_name=~"$queues"})',
+}
+_STALE_QUERY: Final = f"max({STALE_SERIES})"
+
+_SERIES: Final[Mapping[str, str]] = {
+    "celery_queue_length": "waiting",
+    "celery_queue_inflight": "inflight",
+    "celery_queue_scheduled": "scheduled",
+    "celery_queue_oldest_age_seconds": "oldest_age",
+}
+
+
+class MetricsUnavailable(Exception):
+    """The source could not give a trustworthy observation now; the message says why."""
+
+
+class MetricSource(Protocol):
+    """Queue observations for a pool. Implementations: Prometheus, exporter scrape."""
+
+    async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
+        """Sum of the figures over ``queues``, taken at ``now``; raises MetricsUnavailable."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """Figures of one queue, as read (None where the source has no such series)."""
+
+    waiting: float = 0.0
+    inflight: float = 0.0
+    scheduled: float = 0.0
+    oldest_age: float | None = None
+
+
+def _total(figures: Mapping[str, QueueFigures], *, now: float) -> Observation:
+    ages = [f.oldest_age for f in figures.values() if f.oldest_age is not None]
+    return Observation(
+        at=now,
+        waiting=round(sum(f.waiting for f in figures.values())),
+        inflight=round(sum(f.inflight for f in figures.values())),
+        scheduled=round(sum(f.scheduled for f in figures.values())),
+        oldest_age=max(ages) if ages else None,
+    )
+
+
+def queue_regex(queues: Sequence[str]) -> str:
+    """A PromQL-string-safe regex matching exactly ``queues`` (PromQL anchors it)."""
+    # re.escape for the regex, then the backslashes doubled for the PromQL string literal.
+    alternatives = "|".join(re.escape(q) for q in queues)
+    return alternatives.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+# ------------------------------------------------------------------------------ Prometheus
+
+
+class PrometheusSource:
+    """Instant queries against ``<url>/api/v1/query``; one HTTP request per figure."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: httpx.AsyncClient,
+        timeout: float = 5.0,
+        queries: PrometheusQueries | None = None,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/query"
+        self.client = client
+        self.timeout = timeout
+        overrides = queries.model_dump(exclude_none=True) if queries is not None else {}
+        self.queries: dict[str, str] = {**DEFAULT_QUERIES, **overrides}
+
+    async def _query(self, promql: str) -> list[dict[str, Any]]:
+        try:
+            response = await self.client.get(
+                self.url, params={"query": promql}, timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise MetricsUnavailable(f"Prometheus timed out after {self.timeout}s") from exc
+        except httpx.HTTPError as exc:
+            raise MetricsUnavailable(f"Prometheus unreachable: {exc}") from exc
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise MetricsUnavailable(
+                f"Prometheus answered {response.status_code} without JSON"
+            ) from exc
+        if response.status_code != 200 or payload.get("status") != "success":
+            raise MetricsUnavailable(
+                f"Prometheus query failed ({response.status_code}): "
+                f"{payload.get('errorType', '')} {payload.get('error', '')}".strip()
+            )
+        data = payload.get("data", {})
+        if data.get("resultType") not in ("vector", "scalar"):
+            raise MetricsUnavailable(f"PromQL must return a vector, got {data.get('resultType')}")
+        if data.get("resultType") == "scalar":
+            return [{"metric": {}, "value": data["result"]}]
+        result: list[dict[str, Any]] = data.get("result", [])
+        return result
+
+    async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
+        regex = queue_regex(queues)
+        names = list(self.queries)
+        results = await asyncio.gather(
+            *(self._query(self.queries[n].replace("$queues", regex)) for n in names),
+            self._query(_STALE_QUERY),
+        )
+        stale = results[-1]
+        if any(float(s["value"][1]) >= 1 for s in stale):
+            raise MetricsUnavailable("the exporter reports stale figures (broker unreachable)")
+        figures: dict[str, dict[str, float]] = {}
+        for name, samples in zip(names, results[:-1], strict=True):
+            for sample in samples:
+                queue = sample.get("metric", {}).get(QUEUE_LABEL, "")
+                figures.setdefault(queue, {})[name] = _finite(float(sample["value"][1]))
+        # An empty result is 0 (see the module docstring): queues with no series simply
+        # contribute nothing to the sums.
+        per_queue = {
+            q: QueueFigures(
+                waiting=f.get("waiting", 0.0),
+                inflight=f.get("inflight", 0.0),
+                scheduled=f.get("scheduled", 0.0),
+                oldest_age=f.get("oldest_age"),
+            )
+            for q, f in figures.items()
+        }
+        return _total(per_queue, now=now)
+
+
+# -------------------------------------------------------------------------------- exporter
+
+
+def parse_queue_figures(text: str) -> tuple[dict[str, QueueFigures], bool]:
+    """(queue -> figures, stale) from Prometheus text exposition."""
+    values: dict[str, dict[str, float]] = {}
+    stale = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in _SERIES and QUEUE_LABEL in sample.labels:
+                queue = sample.labels[QUEUE_LABEL]
+                values.setdefault(queue, {})[_SERIES[sample.name]] = _finite(sample.value)
+            elif sample.name == STALE_SERIES:
+                stale = sample.value >= 1
+    figures = {
+        q: QueueFigures(
+            waiting=v.get("waiting", 0.0),
+            inflight=v.get("inflight", 0.0),
+            scheduled=v.get("scheduled", 0.0),
+            oldest_age=v.get("oldest_age"),
+        )
+        for q, v in values.items()
+        if "waiting" in v
+    }
+    return figures, stale
+
+
+class ExporterSource:
+    """GET the exporter's ``/metrics`` and sum the pool's queues."""
+
+    def __init__(self, url: str, *, client: httpx.AsyncClient, timeout: float = 5.0) -> None:
+        if not url.rstrip("/").endswith("/metrics"):
+            url = url.rstrip("/") + "/metrics"
+        self.url = url
+        self.client = client
+        self.timeout = timeout
+
+    async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
+        try:
+            response = await self.client.get(self.url, timeout=self.timeout)
+            response.raise_for_status()
+        except httpx.TimeoutException as exc:
+            raise MetricsUnavailable(f"exporter timed out after {self.timeout}s") from exc
+        except httpx.HTTPError as exc:
+            raise MetricsUnavailable(f"exporter unreachable: {exc}") from exc
+        try:
+            figures, stale = parse_queue_figures(response.text)
+        except ValueError as exc:
+            raise MetricsUnavailable(f"exporter answered unparsable metrics: {exc}") from exc
+        if stale:
+            raise MetricsUnavailable("the exporter reports stale figures (broker unreachable)")
+        missing = [q for q in queues if q not in figures]
+        if missing:
+            raise MetricsUnavailable(
+                f"the exporter does not export queue(s) {', '.join(missing)}; "
+                "add them to its configuration"
+            )
+        return _total({q: figures[q] for q in queues}, now=now)
+
+
+def source_for(metrics: MetricsSpec, *, client: httpx.AsyncClient) -> MetricSource:
+    """The source a pool's ``spec.metrics`` asks for."""
+    if metrics.prometheus is not None:
+        p = metrics.prometheus
+        return PrometheusSource(p.url, client=client, timeout=p.timeout_seconds, queries=p.queries)
+    assert metrics.exporter is not None  # validated: exactly one
+    e = metrics.exporter
+    return ExporterSource(e.url, client=client, timeout=e.timeout_seconds)

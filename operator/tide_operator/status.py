@@ -1,0 +1,228 @@
+"""The WorkerPool status and its conditions, as a pure function of what a step saw and did.
+
+The operator writes status only when it differs from what is on the object, so "nothing
+changed" must produce an identical dict. Two rules make that true: a condition's
+``lastTransitionTime`` moves only when its ``status`` flips (the Kubernetes convention), and
+``lastObservation.at`` moves only when the figures it dates change. A steady, idle pool
+therefore costs no writes at all, however often it is polled.
+
+Condition types and reasons are named constants, as in the Kubernetes sample-controller:
+
+* ``Ready``: the spec is valid, the target exists and the metrics were read;
+  otherwise ``False`` with the reason (``InvalidSpec``, ``TargetNotFound``,
+  ``DeploymentNotOwned``, ``MetricsUnavailable``, ``ScaleFailed``, ``ApiError``);
+* ``Active``: the pool runs workers (KEDA's word); ``False`` when scaled to zero;
+* ``Fallback``: the policy runs ``fallback.replicas`` because metrics stayed unreadable;
+* ``Paused``: ``spec.paused`` is set and the operator keeps its hands off;
+* ``SafeScaleIn``: ``False`` when the configuration cannot shrink without risking tasks
+  (a grace period shorter than the longest task, early acks, prefetch above 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from tide_operator.policy import FALLBACK, PAUSED, Decision, Observation
+
+__all__ = [
+    "ACTIVE",
+    "CONDITION_TYPES",
+    "FALLBACK_CONDITION",
+    "PAUSED_CONDITION",
+    "READY",
+    "SAFE_SCALE_IN",
+    "build_status",
+    "condition",
+    "format_time",
+    "status_changed",
+]
+
+READY: Final = "Ready"
+ACTIVE: Final = "Active"
+FALLBACK_CONDITION: Final = "Fallback"
+PAUSED_CONDITION: Final = "Paused"
+SAFE_SCALE_IN: Final = "SafeScaleIn"
+CONDITION_TYPES: Final = (READY, ACTIVE, FALLBACK_CONDITION, PAUSED_CONDITION, SAFE_SCALE_IN)
+
+# Reasons (CamelCase, stable: alerts and tests match on them).
+RECONCILED: Final = "Reconciled"
+INVALID_SPEC: Final = "InvalidSpec"
+METRICS_UNAVAILABLE: Final = "MetricsUnavailable"
+WORKERS_RUNNING: Final = "WorkersRunning"
+SCALED_TO_ZERO: Final = "ScaledToZero"
+FALLBACK_ACTIVE: Final = "FallbackActive"
+METRICS_HEALTHY: Final = "MetricsHealthy"
+PAUSED_BY_SPEC: Final = "PausedBySpec"
+SCALING: Final = "Scaling"
+SAFE: Final = "Safe"
+UNSAFE_CONFIGURATION: Final = "UnsafeConfiguration"
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with seconds, as Kubernetes writes timestamps."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    previous: Sequence[Mapping[str, Any]],
+    *,
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> dict[str, Any]:
+    """One condition, keeping ``lastTransitionTime`` unless the status flips."""
+    value = "Unknown" if status is None else ("True" if status else "False")
+    before = next((c for c in previous if c.get("type") == type_), None)
+    since = before.get("lastTransitionTime") if before and before.get("status") == value else None
+    result: dict[str, Any] = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now,
+    }
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def _observation(
+    observation: Observation | None, previous: Mapping[str, Any] | None, *, now: str
+) -> dict[str, Any] | None:
+    if observation is None:
+        return dict(previous) if previous else None
+    figures: dict[str, Any] = {
+        "waiting": observation.waiting,
+        "inflight": observation.inflight,
+        "scheduled": observation.scheduled,
+        # Whole seconds: sub-second drift is noise that would cost a write per poll.
+        "oldestAgeSeconds": None
+        if observation.oldest_age is None
+        else round(observation.oldest_age),
+    }
+    if figures["oldestAgeSeconds"] is None:
+        del figures["oldestAgeSeconds"]
+    same = (
+        previous is not None
+        and all(previous.get(k) == v for k, v in figures.items())
+        and ("oldestAgeSeconds" in previous) == ("oldestAgeSeconds" in figures)
+    )
+    figures["at"] = previous["at"] if same and previous is not None else now
+    return figures
+
+
+def build_status(
+    *,
+    previous: Mapping[str, Any] | None,
+    generation: int | None,
+    now: datetime,
+    current: int | None,
+    ready: int | None,
+    decision: Decision | None,
+    observation: Observation | None,
+    scaled: bool,
+    error: tuple[str, str] | None,
+    paused: bool,
+    hazards: Sequence[str],
+    selector: str | None = None,
+) -> dict[str, Any]:
+    """The whole status to have on the object after a step.
+
+    ``error`` is (reason, message) for the ``Ready`` condition when something failed;
+    ``decision`` is None when the step stopped before the policy (invalid spec, no target).
+    """
+    stamp = format_time(now)
+    before: Mapping[str, Any] = previous or {}
+    conditions_before: Sequence[Mapping[str, Any]] = before.get("conditions") or []
+    status: dict[str, Any] = {}
+    if generation is not None:
+        status["observedGeneration"] = generation
+    if current is not None:
+        status["replicas"] = current
+    elif "replicas" in before:
+        status["replicas"] = before["replicas"]
+    if ready is not None:
+        status["readyReplicas"] = ready
+    if selector:
+        status["selector"] = selector
+    if decision is not None:
+        status["desiredReplicas"] = decision.replicas
+        status["lastDecision"] = decision.reason
+    else:
+        for key in ("desiredReplicas", "lastDecision"):
+            if key in before:
+                status[key] = before[key]
+    last = _observation(observation, before.get("lastObservation"), now=stamp)
+    if last is not None:
+        status["lastObservation"] = last
+    if scaled:
+        status["lastScaleTime"] = stamp
+    elif "lastScaleTime" in before:
+        status["lastScaleTime"] = before["lastScaleTime"]
+
+    def cond(type_: str, ok: bool | None, reason: str, message: str) -> dict[str, Any]:
+        return condition(
+            conditions_before,
+            type_=type_,
+            status=ok,
+            reason=reason,
+            message=message,
+            now=stamp,
+            generation=generation,
+        )
+
+    if error is not None:
+        ready_condition = cond(READY, False, error[0], error[1])
+    else:
+        ready_condition = cond(READY, True, RECONCILED, "metrics read and target reconciled")
+    conditions = [ready_condition]
+
+    replicas = decision.replicas if decision is not None else current
+    if replicas is None:
+        conditions.append(cond(ACTIVE, None, "Unknown", "the target could not be read"))
+    elif replicas > 0:
+        conditions.append(cond(ACTIVE, True, WORKERS_RUNNING, f"{replicas} workers"))
+    else:
+        conditions.append(cond(ACTIVE, False, SCALED_TO_ZERO, "no workers: scaled to zero"))
+
+    if decision is not None and decision.reason_code == FALLBACK:
+        conditions.append(cond(FALLBACK_CONDITION, True, FALLBACK_ACTIVE, decision.reason))
+    else:
+        conditions.append(
+            cond(FALLBACK_CONDITION, False, METRICS_HEALTHY, "not running fallback replicas")
+        )
+
+    if paused or (decision is not None and decision.reason_code == PAUSED):
+        conditions.append(
+            cond(PAUSED_CONDITION, True, PAUSED_BY_SPEC, "spec.paused: replicas are left alone")
+        )
+    else:
+        conditions.append(cond(PAUSED_CONDITION, False, SCALING, "the operator scales the pool"))
+
+    if hazards:
+        conditions.append(cond(SAFE_SCALE_IN, False, UNSAFE_CONFIGURATION, "; ".join(hazards)))
+    else:
+        conditions.append(
+            cond(SAFE_SCALE_IN, True, SAFE, "workers finish their tasks before they stop")
+        )
+    status["conditions"] = conditions
+    return status
+
+
+def status_changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything the object already says."""
+    before = previous or {}
+    return any(before.get(key) != value for key, value in new.items())
+
+
+def condition_of(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for item in (status or {}).get("conditions") or []:
+        if item.get("type") == type_:
+            result: Mapping[str, Any] = item
+            return result
+    return None

@@ -1,0 +1,303 @@
+"""Scale targets: "how many replicas are there" and "make it N", behind one small interface.
+
+``ScaleTarget`` is what the reconcile step drives. ``DeploymentTarget`` implements it for a
+Kubernetes Deployment (owned or adopted); local mode implements it with worker processes.
+The replica count a target reports is the size it is converging to, not counting workers
+that are shutting down: a Deployment's ``spec.replicas`` (pods being deleted after a
+scale-down are already outside it, and the ReplicaSet controller leaves them out of
+``status.replicas`` too), or the local processes not yet told to stop.
+
+Scaling goes through the Deployment's ``scale`` subresource, like the HPA's, so an adopted
+Deployment needs no more than ``deployments/scale`` rights and nothing else about it is
+touched. Before a scale-down, ``mark_idle_first`` asks the pool's workers (by their Celery
+node names, ``worker@<pod>``, and only those) how many tasks each holds, and sets
+``controller.kubernetes.io/pod-deletion-cost`` so the ReplicaSet controller removes idle
+pods first. That is a hint, not a lock: a task that arrives between the inspection and the
+deletion still has the pod's grace period (Celery's warm shutdown) to finish.
+
+``ensure_owned_deployment`` creates the Deployment of a ``template`` pool or rolls its pod
+template when the spec changed, and refuses to touch a same-named Deployment the pool does
+not control: adopting something by accident would let a WorkerPool's deletion delete it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from tide_operator.deployments import (
+    DELETION_COST_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+    PodLoad,
+    build_worker_deployment,
+    deployment_name,
+    is_owned_by,
+    plan_deletion_costs,
+    template_hash,
+    worker_hostname,
+)
+from tide_operator.kube import JSON_PATCH, ApiError, Conflict, KubeApi, NotFound
+from tide_operator.spec import WorkerPool
+
+__all__ = [
+    "BusyProbe",
+    "CeleryInspectProbe",
+    "DeploymentTarget",
+    "ReportsReadiness",
+    "ScaleTarget",
+    "TargetUnavailable",
+    "ensure_owned_deployment",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TargetUnavailable(Exception):
+    """The target cannot be read or written; ``reason`` is a condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ScaleTarget(Protocol):
+    """What the reconcile step scales. Implementations: Deployment, local processes."""
+
+    async def current(self) -> int:
+        """Replicas counted as capacity: the size converged to, terminating ones excluded."""
+        ...
+
+    async def scale(self, replicas: int, *, reason: str) -> None:
+        """Make it ``replicas``; called only when that differs from ``current()``."""
+        ...
+
+    async def mark_idle_first(self, count: int) -> None:
+        """Before removing ``count`` replicas, arrange for idle ones to go. May be a no-op."""
+        ...
+
+
+@runtime_checkable
+class ReportsReadiness(Protocol):
+    """Optional: a target that can also say how many of its replicas are ready."""
+
+    async def ready(self) -> int | None: ...
+
+
+class BusyProbe(Protocol):
+    """Tasks each worker holds (active + reserved); None for a worker that did not answer."""
+
+    async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]: ...
+
+
+class CeleryInspectProbe:
+    """``celery inspect active`` + ``reserved`` addressed to the given node names only."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        timeout: float = 2.0,
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        from celery import Celery
+
+        # A bare app: the operator needs the broker, not the Django project's tasks. The
+        # transport options matter: with a Redis ``global_keyprefix`` the workers listen on
+        # prefixed broadcast keys, and an unprefixed inspect would reach nobody.
+        self._app = Celery("tide-operator", broker=broker_url, set_as_current=False)
+        self._app.conf.broker_transport_options = dict(transport_options or {})
+        self.timeout = timeout
+
+    def _inspect(self, hostnames: list[str]) -> dict[str, int | None]:
+        inspect = self._app.control.inspect(destination=hostnames, timeout=self.timeout)
+        active: dict[str, list[Any]] = inspect.active() or {}
+        reserved: dict[str, list[Any]] = inspect.reserved() or {}
+        return {
+            h: len(active[h]) + len(reserved.get(h) or []) if h in active else None
+            for h in hostnames
+        }
+
+    async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]:
+        if not hostnames:
+            return {}
+        # Celery's remote control is synchronous; keep it off the operator's event loop.
+        return await asyncio.to_thread(self._inspect, list(hostnames))
+
+
+def _deployment_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    return f"{base}/{name}" if name else base
+
+
+def _selector(deployment: Mapping[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+    return dict(labels)
+
+
+class DeploymentTarget:
+    """A Deployment scaled through its ``scale`` subresource."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        namespace: str,
+        name: str,
+        busy_probe: BusyProbe | None = None,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.busy_probe = busy_probe
+        self.last: dict[str, Any] | None = None
+        self._primed = False
+        # What the last mark_idle_first found, for the status and the tests.
+        self.last_idle: int | None = None
+
+    async def fetch(self) -> dict[str, Any]:
+        try:
+            body: dict[str, Any] = await self.api.get(_deployment_path(self.namespace, self.name))
+        except NotFound as exc:
+            raise TargetUnavailable(
+                "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
+            ) from exc
+        except ApiError as exc:
+            raise TargetUnavailable("TargetUnreadable", str(exc)) from exc
+        self.last = body
+        return body
+
+    def prime(self, body: dict[str, Any]) -> None:
+        """Use ``body`` (just read or written) for the next ``current()`` instead of a GET."""
+        self.last = body
+        self._primed = True
+
+    def selector_string(self) -> str | None:
+        """The pods' label selector as text, once the Deployment has been read."""
+        if self.last is None:
+            return None
+        selector = _selector(self.last)
+        return ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or None
+
+    async def current(self) -> int:
+        if self._primed and self.last is not None:
+            self._primed = False
+            body = self.last
+        else:
+            body = await self.fetch()
+        replicas = body.get("spec", {}).get("replicas")
+        # The API server defaults an omitted spec.replicas to 1.
+        return 1 if replicas is None else int(replicas)
+
+    async def ready(self) -> int | None:
+        if self.last is None:
+            return None
+        return int(self.last.get("status", {}).get("readyReplicas") or 0)
+
+    async def scale(self, replicas: int, *, reason: str) -> None:
+        path = _deployment_path(self.namespace, self.name) + "/scale"
+        try:
+            await self.api.patch(path, {"spec": {"replicas": replicas}})
+        except NotFound as exc:
+            raise TargetUnavailable(
+                "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
+            ) from exc
+        except ApiError as exc:
+            raise TargetUnavailable("ScaleFailed", str(exc)) from exc
+        log.info("scaled %s/%s to %d: %s", self.namespace, self.name, replicas, reason)
+
+    async def worker_pods(self) -> list[dict[str, Any]]:
+        """The Deployment's pods that are not terminating."""
+        deployment = self.last if self.last is not None else await self.fetch()
+        selector = _selector(deployment)
+        if not selector:
+            return []
+        label_selector = self.selector_string()
+        pods = await self.api.list(
+            f"/api/v1/namespaces/{self.namespace}/pods", label_selector=label_selector
+        )
+        labels_match = [
+            p
+            for p in pods
+            if all(
+                (p.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in selector.items()
+            )
+        ]
+        # A terminating pod is already leaving; it is neither capacity nor a candidate.
+        return [p for p in labels_match if not p.get("metadata", {}).get("deletionTimestamp")]
+
+    async def mark_idle_first(self, count: int) -> None:
+        if self.busy_probe is None or count <= 0:
+            return
+        pods = await self.worker_pods()
+        names = [p["metadata"]["name"] for p in pods]
+        busy = await self.busy_probe.busy([worker_hostname(n) for n in names])
+        loads = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            raw = (pod["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+            try:
+                current_cost = int(raw) if raw is not None else None
+            except ValueError:
+                current_cost = None
+            loads.append(PodLoad(name, busy.get(worker_hostname(name)), current_cost))
+        plan = plan_deletion_costs(loads, remove=count)
+        self.last_idle = plan.idle
+        for name, cost in plan.costs.items():
+            try:
+                await self.api.patch(
+                    f"/api/v1/namespaces/{self.namespace}/pods/{name}",
+                    {"metadata": {"annotations": {DELETION_COST_ANNOTATION: str(cost)}}},
+                )
+            except NotFound:
+                continue  # the pod went away meanwhile: nothing to rank
+
+
+async def ensure_owned_deployment(
+    api: KubeApi, pool: WorkerPool, *, initial_replicas: int
+) -> tuple[dict[str, Any], bool]:
+    """Create or roll the Deployment of a ``template`` pool: (live object, whether written)."""
+    name = deployment_name(pool)
+    path = _deployment_path(pool.namespace, name)
+    desired = build_worker_deployment(pool, replicas=initial_replicas)
+    try:
+        live: dict[str, Any] = await api.get(path)
+    except NotFound:
+        try:
+            created: dict[str, Any] = await api.create(_deployment_path(pool.namespace), desired)
+            return created, True
+        except Conflict:
+            # Created by someone else between our read and our write: read it again.
+            live = await api.get(path)
+    if not is_owned_by(live, pool):
+        raise TargetUnavailable(
+            "DeploymentNotOwned",
+            f"Deployment {pool.namespace}/{name} exists and is not controlled by this "
+            "WorkerPool; delete it, or use scaleTargetRef to adopt it",
+        )
+    wanted = template_hash(pool)
+    annotations = live.get("metadata", {}).get("annotations") or {}
+    if annotations.get(TEMPLATE_HASH_ANNOTATION) == wanted:
+        return live, False
+    # The spec changed: replace the pod template whole (a merge would keep removed keys),
+    # which rolls the pods; then record the hash, so a failure in between is redone.
+    await api.patch(
+        path,
+        [
+            {"op": "replace", "path": "/spec/template", "value": desired["spec"]["template"]},
+            {"op": "replace", "path": "/spec/strategy", "value": desired["spec"]["strategy"]},
+        ],
+        content_type=JSON_PATCH,
+    )
+    patched: dict[str, Any] = await api.patch(
+        path,
+        {
+            "metadata": {
+                "labels": desired["metadata"]["labels"],
+                "annotations": {TEMPLATE_HASH_ANNOTATION: wanted},
+            }
+        },
+    )
+    return patched, True

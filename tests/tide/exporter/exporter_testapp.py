@@ -1,0 +1,108 @@
+"""A Celery app for the exporter's tests, configured like Tide's but needing no database.
+
+The exporter's figures depend on how a worker takes messages (late acks, prefetch, the
+priority lists, ETA handling), not on what tasks do, so this app copies the Celery
+settings of ``tide.settings.base`` that shape delivery and adds one task, ``hold``, whose
+completion the test controls: it records itself as running in a Redis set and then blocks
+until the test pushes a release token. Tests thereby know exactly how many tasks run, how
+many are prefetched and how many wait, without sleeping.
+
+A worker subprocess loads the module-level ``app``, configured from the environment:
+``EXPORTER_TEST_BROKER_URL``, ``EXPORTER_TEST_KEYPREFIX`` (Redis ``global_keyprefix``),
+``EXPORTER_TEST_PREFETCH`` (prefetch multiplier), ``EXPORTER_TEST_CONTROL_URL`` and
+``EXPORTER_TEST_CONTROL_PREFIX`` (where the running/release bookkeeping lives).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import before_task_publish
+
+CONTROL_URL = os.environ.get("EXPORTER_TEST_CONTROL_URL", "redis://127.0.0.1:6379/6")
+CONTROL_PREFIX = os.environ.get("EXPORTER_TEST_CONTROL_PREFIX", "exporter-test:")
+
+
+@before_task_publish.connect
+def stamp_published_at(
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    """Stamp ``published_at`` as ``tide.celery`` does; ``timestamp`` too, for RabbitMQ.
+
+    RabbitMQ's management API reports the head message's AMQP ``timestamp`` property
+    (whole seconds), not a header, so a producer that wants oldest-age on RabbitMQ sets it.
+    """
+    now = time.time()
+    if headers is not None:
+        headers["published_at"] = now
+    if properties is not None:
+        properties.setdefault("timestamp", int(now))
+
+
+def control() -> redis.Redis:
+    return redis.Redis.from_url(CONTROL_URL)
+
+
+def make_app(
+    *,
+    broker_url: str,
+    keyprefix: str = "",
+    prefetch: int = 1,
+    default_priority: int | None = 5,
+) -> Celery:
+    """A Celery app with Tide's delivery settings and the ``hold`` task."""
+    app = Celery("exporter_testapp", broker=broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {
+        # The same layout as tide.settings.base: ten priority lists joined with ":".
+        "queue_order_strategy": "priority",
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "visibility_timeout": 7200,
+    }
+    if keyprefix:
+        transport_options["global_keyprefix"] = keyprefix
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=prefetch,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queue_max_priority=10,
+        task_default_priority=default_priority,
+        result_backend=None,
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+
+    @app.task(name="exporter_test.hold", bind=True, shared=False)
+    def hold(self: Any, run: str) -> str:
+        """Mark this task running, then block until the test releases one token for ``run``."""
+        client = control()
+        client.sadd(f"{CONTROL_PREFIX}{run}:running", self.request.id)
+        try:
+            # A deadline instead of blocking forever: a test that fails before releasing
+            # must not leave workers stuck for good.
+            client.blpop([f"{CONTROL_PREFIX}{run}:release"], timeout=600)
+        finally:
+            client.srem(f"{CONTROL_PREFIX}{run}:running", self.request.id)
+        return str(self.request.id)
+
+    return app
+
+
+# The app a worker subprocess loads (``celery -A exporter_testapp``), configured from the
+# environment the test fixture passes.
+app = make_app(
+    broker_url=os.environ.get("EXPORTER_TEST_BROKER_URL", "redis://127.0.0.1:6379/6"),
+    keyprefix=os.environ.get("EXPORTER_TEST_KEYPREFIX", ""),
+    prefetch=int(os.environ.get("EXPORTER_TEST_PREFETCH", "1")),
+)

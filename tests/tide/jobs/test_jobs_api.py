@@ -1,0 +1,315 @@
+"""The jobs API on the real database, without workers: what it accepts, what it refuses
+(and that a refusal leaves nothing behind), who sees what, and the 503 path when the
+broker is down. Publishing happens after commit, so these tests run the on-commit
+callbacks explicitly or use committed transactions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from tide.jobs.models import Job, JobState
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def submit(api: APIClient, body: dict[str, Any], path: str = "/api/jobs/") -> Any:
+    return api.post(path, body, format="json")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        # An unknown task name is refused, and the answer lists the names that exist.
+        ({"task": "no.such.task"}, 400, "unknown_task"),
+        # Celery's own tasks exist in the app but are not submittable.
+        ({"task": "celery.backend_cleanup"}, 400, "unknown_task"),
+        # A required argument missing: the signature does not bind.
+        ({"task": "tide.samples.add", "args": [1]}, 400, "invalid_arguments"),
+        # An argument of the wrong type is caught from the task's type hints.
+        ({"task": "tide.samples.add", "args": [1, "two"]}, 400, "invalid_arguments"),
+        # An argument the task does not take.
+        ({"task": "tide.samples.io_bound", "kwargs": {"nope": 1}}, 400, "invalid_arguments"),
+        # args must be a list, not an object.
+        ({"task": "tide.samples.add", "args": {"x": 1}}, 400, "invalid"),
+        # A queue no worker is configured for would strand the job.
+        ({"task": "tide.samples.add", "args": [1, 2], "queue": "nowhere"}, 400, "invalid"),
+        # Priorities run 0-9.
+        ({"task": "tide.samples.add", "args": [1, 2], "priority": 10}, 400, "invalid"),
+        # eta and countdown say the same thing twice.
+        (
+            {
+                "task": "tide.samples.add",
+                "args": [1, 2],
+                "countdown": 5,
+                "eta": "2030-01-01T00:00:00Z",
+            },
+            400,
+            "invalid",
+        ),
+        # A negative countdown makes no sense.
+        ({"task": "tide.samples.add", "args": [1, 2], "countdown": -1}, 400, "invalid"),
+        # No task at all.
+        ({}, 400, "invalid"),
+    ],
+)
+def test_bad_submissions_are_refused_and_leave_nothing(
+    api: APIClient, body: dict[str, Any], status: int, error: str
+) -> None:
+    response = submit(api, body)
+    assert response.status_code == status, response.content
+    assert response.json()["error"] == error
+    assert response.json()["detail"]
+    assert Job.objects.count() == 0
+
+
+def test_unknown_task_lists_the_known_ones(api: APIClient) -> None:
+    body = submit(api, {"task": "no.such.task"}).json()
+    assert "tide.samples.add" in body["known_tasks"]
+    assert all(not name.startswith("celery.") for name in body["known_tasks"])
+
+
+def test_wrong_types_say_which_argument(api: APIClient) -> None:
+    body = submit(api, {"task": "tide.samples.add", "args": [1, "two"]}).json()
+    assert body["errors"][0]["loc"] == ["y"]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        # A chord without its callback.
+        ({"type": "chord", "steps": [{"task": "tide.samples.add", "args": [1, 2]}]}, "callback"),
+        # A chain with a callback (only chords have one).
+        (
+            {
+                "type": "chain",
+                "steps": [{"task": "tide.samples.add", "args": [1, 2]}],
+                "callback": {"task": "tide.samples.total"},
+            },
+            "callback",
+        ),
+        # No steps.
+        ({"type": "group", "steps": []}, "steps"),
+        # An unknown workflow shape.
+        ({"type": "pipeline", "steps": [{"task": "tide.samples.add", "args": [1, 2]}]}, "type"),
+        # A step that is not an object.
+        ({"type": "group", "steps": ["tide.samples.add"]}, "steps"),
+    ],
+)
+def test_malformed_workflows_are_refused(api: APIClient, body: dict[str, Any], why: str) -> None:
+    response = submit(api, body, "/api/workflows/")
+    assert response.status_code == 400, response.content
+    assert why in str(response.json()["detail"])
+    assert Job.objects.count() == 0
+
+
+def test_workflow_step_with_unknown_task_leaves_nothing(api: APIClient) -> None:
+    body = {
+        "type": "chain",
+        "steps": [{"task": "tide.samples.add", "args": [1, 2]}, {"task": "missing"}],
+    }
+    response = submit(api, body, "/api/workflows/")
+    assert response.status_code == 400
+    assert response.json()["error"] == "unknown_task"
+    assert Job.objects.count() == 0
+
+
+def test_chain_steps_after_the_first_receive_the_previous_result(api: APIClient) -> None:
+    # multiply(x, y): the chain supplies x, so one argument is enough for step two...
+    ok = {
+        "type": "chain",
+        "steps": [
+            {"task": "tide.samples.add", "args": [1, 2]},
+            {"task": "tide.samples.multiply", "args": [10]},
+        ],
+    }
+    assert submit(api, ok, "/api/workflows/").status_code == 201
+    # ...but an immutable step gets no previous result and needs both.
+    bad = {
+        "type": "chain",
+        "steps": [
+            {"task": "tide.samples.add", "args": [1, 2]},
+            {"task": "tide.samples.multiply", "args": [10], "immutable": True},
+        ],
+    }
+    assert submit(api, bad, "/api/workflows/").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("client_kwargs", "status"),
+    [
+        # No credentials at all.
+        ({}, 401),
+        # A token that does not exist.
+        ({"HTTP_AUTHORIZATION": "Token 0000000000000000000000000000000000000000"}, 401),
+        # The wrong scheme.
+        ({"HTTP_AUTHORIZATION": "Bearer abc"}, 401),
+    ],
+)
+def test_unauthenticated_requests_are_refused(client_kwargs: dict[str, str], status: int) -> None:
+    client = APIClient()
+    client.credentials(**client_kwargs)
+    response = client.post(
+        "/api/jobs/", {"task": "tide.samples.add", "args": [1, 2]}, format="json"
+    )
+    assert response.status_code == status
+    assert response.json()["error"] in {"not_authenticated", "authentication_failed"}
+    assert client.get("/api/jobs/").status_code == status
+    assert Job.objects.count() == 0
+
+
+def test_oversized_payload_is_413(api: APIClient) -> None:
+    response = submit(api, {"task": "tide.samples.total", "args": [[1.0] * 100_000]})
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert Job.objects.count() == 0
+
+
+def test_malformed_json_is_400(api: APIClient) -> None:
+    response = api.post("/api/jobs/", data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "parse_error"
+
+
+def test_submit_records_the_job_and_publishes_it(api: APIClient) -> None:
+    response = submit(
+        api, {"task": "tide.samples.add", "args": [2, 3], "priority": 7, "countdown": 60}
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert response["Location"] == body["url"]
+    job = Job.objects.get(id=body["id"])
+    assert job.state == JobState.PENDING
+    assert (job.task_name, job.args, job.queue, job.priority) == (
+        "tide.samples.add",
+        [2, 3],
+        "default",
+        7,
+    )
+    assert job.eta is not None
+
+
+def test_routes_decide_the_default_queue(api: APIClient) -> None:
+    body = submit(api, {"task": "tide.samples.io_bound", "args": [0.1]}).json()
+    assert body["queue"] == "io"
+
+
+def test_jobs_are_private_to_their_owner(api: APIClient, other_api: APIClient) -> None:
+    job_id = submit(api, {"task": "tide.samples.add", "args": [1, 2]}).json()["id"]
+    assert other_api.get(f"/api/jobs/{job_id}/").status_code == 404
+    assert other_api.post(f"/api/jobs/{job_id}/cancel/").status_code == 404
+    assert other_api.get("/api/jobs/").json()["results"] == []
+    assert api.get(f"/api/jobs/{job_id}/").status_code == 200
+
+
+def test_list_filters(api: APIClient) -> None:
+    submit(api, {"task": "tide.samples.add", "args": [1, 2]})
+    submit(api, {"task": "tide.samples.io_bound", "args": [0.1]})
+    wf = {"type": "group", "steps": [{"task": "tide.samples.add", "args": [1, 2]}]}
+    submit(api, wf, "/api/workflows/")
+    listing = api.get("/api/jobs/").json()["results"]
+    # Workflow steps are listed inside their workflow, not on their own.
+    assert len(listing) == 3
+    assert [j["task_name"] for j in api.get("/api/jobs/?queue=io").json()["results"]] == [
+        "tide.samples.io_bound"
+    ]
+    assert len(api.get("/api/jobs/?kind=group").json()["results"]) == 1
+    assert len(api.get("/api/jobs/?state=pending").json()["results"]) == 3
+    assert api.get("/api/jobs/?state=succeeded").json()["results"] == []
+    bad = api.get("/api/jobs/?state=finished")
+    assert bad.status_code == 400
+    assert "pending" in bad.json()["detail"]
+
+
+def test_unknown_job_is_404(api: APIClient) -> None:
+    response = api.get("/api/jobs/00000000-0000-0000-0000-000000000000/")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+    assert api.get("/api/jobs/not-a-uuid/").status_code == 404
+
+
+def test_cancel_a_waiting_job(api: APIClient) -> None:
+    job_id = submit(api, {"task": "tide.samples.add", "args": [1, 2], "countdown": 3600}).json()[
+        "id"
+    ]
+    response = api.post(f"/api/jobs/{job_id}/cancel/", {}, format="json")
+    assert response.status_code == 200
+    assert response.json()["state"] == "revoked"
+    assert Job.objects.get(id=job_id).state == JobState.REVOKED
+
+
+def test_tasks_and_queues_are_listed(api: APIClient) -> None:
+    tasks = {t["name"]: t for t in api.get("/api/tasks/").json()}
+    assert tasks["tide.samples.add"]["parameters"][0] == {
+        "name": "x",
+        "required": True,
+        "type": "float",
+    }
+    assert tasks["tide.samples.cpu_bound"]["queue"] == "cpu"
+    queues = {q["name"]: q for q in api.get("/api/queues/").json()}
+    assert {"default", "cpu", "io"} <= set(queues)
+    assert "tide.samples.io_bound" in queues["io"]["tasks"]
+
+
+def test_queues_show_live_figures(api: APIClient) -> None:
+    # Other tests of this session publish too: compare before and after.
+    before = {q["name"]: q for q in api.get("/api/queues/").json()}
+    for _ in range(3):
+        submit(api, {"task": "tide.samples.cpu_bound", "args": [10]})
+    submit(api, {"task": "tide.samples.add", "args": [1, 2], "priority": 9})
+    queues = {q["name"]: q for q in api.get("/api/queues/").json()}
+    # Nothing consumes here: every job waits, whatever its priority list.
+    assert queues["cpu"]["waiting"] - before["cpu"]["waiting"] == 3
+    assert queues["cpu"]["inflight"] == 0
+    assert queues["default"]["waiting"] - before["default"]["waiting"] == 1
+    assert queues["cpu"]["oldest_age_seconds"] >= 0
+    assert queues["cpu"]["metrics_error"] is None
+
+
+def test_queues_list_survives_a_broker_outage(api: APIClient, broker_down: None) -> None:
+    response = api.get("/api/queues/")
+    assert response.status_code == 200
+    (default,) = [q for q in response.json() if q["name"] == "default"]
+    assert default["waiting"] is None
+    assert default["metrics_error"]
+
+
+def test_broker_down_is_503_and_leaves_no_row(api: APIClient, broker_down: Any) -> None:
+    response = submit(api, {"task": "tide.samples.add", "args": [1, 2]})
+    assert response.status_code == 503
+    assert response.json()["error"] == "broker_unavailable"
+    assert response["Retry-After"]
+    assert Job.objects.count() == 0
+    wf = {"type": "group", "steps": [{"task": "tide.samples.add", "args": [1, 2]}] * 3}
+    assert submit(api, wf, "/api/workflows/").status_code == 503
+    assert Job.objects.count() == 0
+
+
+def test_schema_is_public_and_describes_the_api() -> None:
+    response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {
+        "/api/jobs/",
+        "/api/jobs/{id}/",
+        "/api/jobs/{id}/cancel/",
+        "/api/workflows/",
+        "/api/tasks/",
+        "/api/queues/",
+    } <= set(paths)
+
+
+def test_fast_job_rendering_matches_drf(api: APIClient) -> None:
+    from rest_framework import serializers
+    from rest_framework.test import APIRequestFactory
+
+    from tide.jobs.api.serializers import JobSerializer
+
+    submit(api, {"task": "tide.samples.add", "args": [1, 2], "countdown": 30, "expires_in": 60})
+    job = Job.objects.get()
+    context = {"request": APIRequestFactory().get("/")}
+    fast = JobSerializer(job, context=context).data
+    drf = serializers.ModelSerializer.to_representation(JobSerializer(context=context), job)
+    assert fast == dict(drf)

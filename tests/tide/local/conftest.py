@@ -1,0 +1,125 @@
+"""Fixtures for local mode: a ``tide up`` process on the test database and broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tide.local.environment import free_port
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Platform:
+    process: subprocess.Popen[bytes]
+    api: httpx.Client
+    var: Path
+    pool: str
+
+    def workers(self) -> list[str]:
+        """Worker hostnames of the pool that answer a ping: Celery's own view."""
+        from tide.celery import app
+
+        replies = app.control.ping(timeout=0.5) or []
+        return sorted(h for reply in replies for h in reply if h.startswith(f"{self.pool}-"))
+
+    def pid_running(self, hostname: str, task_id: str) -> int | None:
+        """The pool process running ``task_id``, as the worker itself reports it."""
+        from tide.celery import app
+
+        replies = app.control.inspect(destination=[hostname], timeout=1.0).active() or {}
+        for task in replies.get(hostname, []):
+            if task["id"] == task_id:
+                return int(task["worker_pid"])
+        return None
+
+
+POOL = """\
+apiVersion: tide.dev/v1alpha1
+kind: WorkerPool
+metadata: {{name: {name}}}
+spec:
+  queues: [default, io]
+  concurrency: 2
+  minReplicas: 0
+  maxReplicas: 4
+  maxWaitSeconds: 10
+  cooldownPeriod: 5
+  pollingInterval: 1
+  staleAfterSeconds: 5
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 5
+      policies: [{{type: Percent, value: 100, periodSeconds: 5}}]
+  shutdown: {{gracePeriodSeconds: 60}}
+  template: {{image: tide}}
+  metrics: {{exporter: {{url: "http://127.0.0.1:9808/metrics"}}}}
+"""
+
+
+@pytest.fixture
+def platform(
+    worker_env: dict[str, str], tmp_path: Path, wait: Any, transactional_db: Any
+) -> Iterator[Platform]:
+    name = f"e2e{os.getpid()}"
+    pools = tmp_path / "pools.yaml"
+    pools.write_text(POOL.format(name=name))
+    port, exporter_port = free_port(), free_port()
+    env = {**worker_env, "TIDE_VAR_DIR": str(tmp_path / "var")}
+    process = subprocess.Popen(
+        [
+            str(BIN / "tide"),
+            "up",
+            "--no-ui",
+            "--no-flower",
+            "--pools",
+            str(pools),
+            "--port",
+            str(port),
+            "--exporter-port",
+            str(exporter_port),
+        ],
+        env=env,
+        stdout=(tmp_path / "up.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    var = tmp_path / "var"
+    token_file = var / "api-token"
+
+    def api_ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail((tmp_path / "up.log").read_text()[-3000:])
+        try:
+            return token_file.exists() and httpx.get(f"http://127.0.0.1:{port}/healthz").is_success
+        except httpx.HTTPError:
+            return False
+
+    wait(api_ready, timeout=60, what="tide up's API")
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=30,
+        headers={"Authorization": f"Token {token_file.read_text().strip()}"},
+    )
+    yield Platform(process, client, var, name)
+    client.close()
+    if process.poll() is None:
+        # The clean path first: tide up stops its services and workers itself.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    # Whatever a failed run left behind must not outlive the test (or hold the test DB).
+    for pattern in (f"--hostname {name}-", f"127.0.0.1:{port}", f"--port {exporter_port}"):
+        subprocess.run(["pkill", "-9", "-f", "--", pattern], check=False)

@@ -1,0 +1,235 @@
+"""The operator tests' harness: API emulator, fake exporter, kopf in this loop, helpers.
+
+kopf runs as a task in the test's own event loop (``kopf.operator``), so ``looptime`` fakes
+its clock: polling intervals and stabilisation windows pass in milliseconds of real time.
+The exporter is a real HTTP server on loopback serving a mutable exposition, so the
+operator's ``ExporterSource`` is exercised as in production. Waiting is always on state,
+with a deadline (``eventually``), never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import kmock
+import kopf
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from kube_emulator import WORKERPOOLS, TideEmulator
+
+from tide_operator.handlers import Runtime, build_registry, make_settings
+from tide_operator.kube import Connection, KubeApi
+from tide_operator.metrics import OperatorMetrics
+
+T = TypeVar("T")
+NS = "default"
+DEPLOYMENTS = "apps/v1/deployments"
+PODS = "v1/pods"
+EVENTS = "v1/events"
+
+
+async def eventually(
+    probe: Callable[[], T | Awaitable[T | None] | None], *, timeout: float = 60.0, what: str = ""
+) -> T:
+    """Poll ``probe`` (in loop time) until truthy; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout}s (loop time) waiting for {what or probe}")
+        await asyncio.sleep(0.05)
+
+
+class FakeExporter:
+    """Serves ``celery_queue_*`` text for the queues set on it; ``down`` answers 503."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, dict[str, float]] = {}
+        self.down = False
+        self.url = ""
+        self.scrapes = 0
+
+    def set(self, queue: str, *, waiting: int = 0, inflight: int = 0, oldest: float = 0.0) -> None:
+        self.queues[queue] = {"waiting": waiting, "inflight": inflight, "oldest": oldest}
+
+    def text(self) -> str:
+        lines = []
+        for name, series in (
+            ("celery_queue_length", "waiting"),
+            ("celery_queue_inflight", "inflight"),
+            ("celery_queue_scheduled", None),
+            ("celery_queue_oldest_age_seconds", "oldest"),
+        ):
+            lines.append(f"# TYPE {name} gauge")
+            for queue, figures in self.queues.items():
+                value = figures[series] if series else 0
+                lines.append(f'{name}{{queue_name="{queue}"}} {value}')
+        lines += ["# TYPE tide_exporter_stale gauge", "tide_exporter_stale 0", ""]
+        return "\n".join(lines)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.scrapes += 1
+        if self.down:
+            return web.Response(status=503, text="broker down")
+        return web.Response(text=self.text(), content_type="text/plain")
+
+
+class FakeBusyProbe:
+    """Tasks held per Celery node name; unknown names answer 0 (idle)."""
+
+    def __init__(self) -> None:
+        self.busy_by_host: dict[str, int | None] = {}
+        self.asked: list[list[str]] = []
+
+    async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]:
+        self.asked.append(list(hostnames))
+        return {h: self.busy_by_host.get(h, 0) for h in hostnames}
+
+
+@pytest_asyncio.fixture()
+async def emulator() -> AsyncIterator[TideEmulator]:
+    async with TideEmulator() as k8s, kmock.Server(k8s):
+        yield k8s
+
+
+@pytest_asyncio.fixture()
+async def exporter() -> AsyncIterator[FakeExporter]:
+    fake = FakeExporter()
+    app = web.Application()
+    app.router.add_get("/metrics", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}/metrics"
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+def probe() -> FakeBusyProbe:
+    return FakeBusyProbe()
+
+
+@pytest_asyncio.fixture()
+async def api(emulator: TideEmulator) -> AsyncIterator[KubeApi]:
+    client = KubeApi(Connection(server=str(emulator.url), insecure=True))
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture()
+async def operator(emulator: TideEmulator, probe: FakeBusyProbe) -> AsyncIterator[Runtime]:
+    url = str(emulator.url)
+    runtime = Runtime(
+        metrics=OperatorMetrics(),
+        login=lambda settings: kopf.ConnectionInfo(server=url, insecure=True),
+        busy_probe=probe,
+        settings=make_settings(server_timeout=600, client_timeout=660),
+    )
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=build_registry(runtime),
+            settings=runtime.settings,
+            standalone=True,
+            clusterwide=True,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    )
+    await asyncio.wait_for(ready.wait(), timeout=30)
+    yield runtime
+    stop.set()
+    with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+        await asyncio.wait_for(task, timeout=30)
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def pool_body(name: str, *, exporter_url: str, **spec: Any) -> dict[str, Any]:
+    body_spec: dict[str, Any] = {
+        "queues": ["default"],
+        "metrics": {"exporter": {"url": exporter_url}},
+        "template": {"image": "tide:test"},
+    }
+    body_spec.update(spec)
+    if "scaleTargetRef" in spec:
+        body_spec.pop("template")
+    return {
+        "apiVersion": "tide.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": body_spec,
+    }
+
+
+def deployment_body(name: str, *, replicas: int, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [{"name": "worker", "image": "tide:test"}]},
+            },
+        },
+    }
+
+
+def pod_body(name: str, *, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": dict(labels)},
+        "spec": {"containers": [{"name": "worker", "image": "tide:test"}]},
+    }
+
+
+def obj(emulator: TideEmulator, resource: str, name: str) -> dict[str, Any] | None:
+    try:
+        found = emulator.objects[resource, NS, name]
+    except KeyError:
+        return None
+    if found.deleted:
+        return None
+    raw: dict[str, Any] = found.raw
+    return raw
+
+
+def replicas(emulator: TideEmulator, name: str) -> int | None:
+    found = obj(emulator, DEPLOYMENTS, name)
+    return None if found is None else found.get("spec", {}).get("replicas")
+
+
+def condition(emulator: TideEmulator, pool: str, type_: str) -> dict[str, Any] | None:
+    found = obj(emulator, WORKERPOOLS, pool)
+    for item in ((found or {}).get("status") or {}).get("conditions") or []:
+        if item["type"] == type_:
+            return dict(item)
+    return None
+
+
+def events(emulator: TideEmulator, reason: str | None = None) -> list[dict[str, Any]]:
+    result = []
+    for (resource, _, _), item in emulator.objects.items():
+        if item.deleted or getattr(resource, "plural", None) != "events":
+            continue
+        if reason is None or item.raw.get("reason") == reason:
+            result.append(item.raw)
+    return result

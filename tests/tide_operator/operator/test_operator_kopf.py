@@ -1,0 +1,341 @@
+"""The operator end to end: kopf in this loop, kmock as the API server, fake time.
+
+Every test creates WorkerPools through the API (so kopf sees watch events as in a cluster),
+drives the fake exporter's numbers, and waits on the API objects' state with a deadline in
+loop time. ``looptime`` makes the polling intervals and windows pass instantly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from kube_emulator import WORKERPOOLS, TideEmulator
+from pool_harness import (
+    DEPLOYMENTS,
+    NS,
+    PODS,
+    FakeBusyProbe,
+    FakeExporter,
+    condition,
+    deployment_body,
+    events,
+    eventually,
+    obj,
+    pod_body,
+    pool_body,
+    replicas,
+)
+
+from tide_operator.deployments import DELETION_COST_ANNOTATION, TEMPLATE_HASH_ANNOTATION
+from tide_operator.handlers import Runtime
+from tide_operator.kube import KubeApi
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.timeout(60)]
+
+POOLS = f"/apis/tide.dev/v1alpha1/namespaces/{NS}/workerpools"
+DEPLOYMENTS_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
+PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+
+
+async def test_owned_pool_creates_its_deployment_and_reports_ready(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=0)
+    await api.create(POOLS, pool_body("mail", exporter_url=exporter.url, minReplicas=1))
+
+    deployment = await eventually(lambda: obj(emulator, DEPLOYMENTS, "mail-workers"))
+    pool = obj(emulator, WORKERPOOLS, "mail")
+    assert pool is not None
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == pool["metadata"]["uid"]
+    assert owner["controller"] is True
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:7] == ["worker", "-Q", "default", "-c", "1", "-n", "worker@%h"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    assert deployment["spec"]["replicas"] == 1
+
+    ready = await eventually(lambda: condition(emulator, "mail", "Ready"))
+    assert ready["status"] == "True", ready
+    status = obj(emulator, WORKERPOOLS, "mail")["status"]  # type: ignore[index]
+    assert status["desiredReplicas"] == 1
+    assert status["lastObservation"]["waiting"] == 0
+    assert status["observedGeneration"] == pool["metadata"]["generation"]
+
+
+async def test_burst_scales_up_within_one_polling_interval(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=0)
+    await api.create(
+        POOLS, pool_body("burst", exporter_url=exporter.url, minReplicas=1, maxReplicas=8)
+    )
+    await eventually(lambda: condition(emulator, "burst", "Ready"))
+    loop = asyncio.get_running_loop()
+    exporter.set("default", waiting=40, oldest=3.0)
+    started = loop.time()
+    await eventually(lambda: replicas(emulator, "burst-workers") == 8, timeout=30)
+    # pollingInterval is 5 s: the next tick must see the burst and patch at once.
+    assert loop.time() - started <= 5.0 + 1.0
+    scaled = events(emulator, "ScaledUp")
+    assert scaled
+    assert "1→8" in scaled[-1]["message"]
+    assert (
+        operator.metrics.registry.get_sample_value(
+            "tide_workerpool_scale_events_total",
+            {"namespace": NS, "workerpool": "burst", "direction": "up"},
+        )
+        == 1.0
+    )
+
+
+async def test_drop_scales_down_after_window_idle_pods_marked_first(
+    operator: Runtime,
+    emulator: TideEmulator,
+    exporter: FakeExporter,
+    api: KubeApi,
+    probe: FakeBusyProbe,
+) -> None:
+    exporter.set("default", waiting=3)
+    await api.create(POOLS, pool_body("drop", exporter_url=exporter.url, maxReplicas=5))
+    await eventually(lambda: replicas(emulator, "drop-workers") == 3)
+    labels = obj(emulator, DEPLOYMENTS, "drop-workers")["spec"]["selector"]["matchLabels"]  # type: ignore[index]
+    for name in ("drop-a", "drop-b", "drop-c"):
+        await api.create(PODS_PATH, pod_body(name, labels=labels))
+    probe.busy_by_host = {"worker@drop-a": 1, "worker@drop-b": 0, "worker@drop-c": 0}
+
+    loop = asyncio.get_running_loop()
+    exporter.set("default", waiting=0, inflight=1)
+    dropped_at = loop.time()
+    await eventually(lambda: replicas(emulator, "drop-workers") == 1, timeout=120)
+    # The default scale-down window is 30 s: not a moment earlier.
+    assert loop.time() - dropped_at >= 30 - 5
+    # The busy pod was ranked above the idle ones before the replicas dropped.
+    busy_pod = obj(emulator, PODS, "drop-a")
+    assert busy_pod["metadata"]["annotations"][DELETION_COST_ANNOTATION] == "1"  # type: ignore[index]
+    for idle in ("drop-b", "drop-c"):
+        annotations = obj(emulator, PODS, idle)["metadata"].get("annotations") or {}  # type: ignore[index]
+        assert annotations.get(DELETION_COST_ANNOTATION, "0") == "0"
+    paths = [path for _, path in emulator.writes]
+    mark = paths.index(f"{PODS_PATH}/drop-a")
+    scale_down = max(i for i, p in enumerate(paths) if p.endswith("drop-workers/scale"))
+    assert mark < scale_down
+    assert ["worker@drop-a", "worker@drop-b", "worker@drop-c"] in probe.asked
+
+
+async def test_adopted_deployment_is_scaled_and_never_deleted(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    await api.create(DEPLOYMENTS_PATH, deployment_body("legacy", replicas=2, labels={"app": "x"}))
+    exporter.set("default", waiting=5)
+    await api.create(
+        POOLS,
+        pool_body(
+            "adopt", exporter_url=exporter.url, scaleTargetRef={"name": "legacy"}, maxReplicas=5
+        ),
+    )
+    await eventually(lambda: replicas(emulator, "legacy") == 5)
+    legacy = obj(emulator, DEPLOYMENTS, "legacy")
+    assert legacy is not None
+    assert "ownerReferences" not in legacy["metadata"]
+    assert legacy["spec"]["template"]["spec"]["containers"][0]["image"] == "tide:test"
+
+    await api._send("DELETE", f"{POOLS}/adopt")
+    await eventually(lambda: obj(emulator, WORKERPOOLS, "adopt") is None)
+    assert obj(emulator, DEPLOYMENTS, "legacy") is not None
+
+
+async def test_update_rolls_the_template_and_delete_removes_the_deployment(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=1)
+    await api.create(POOLS, pool_body("roll", exporter_url=exporter.url))
+    first = await eventually(lambda: obj(emulator, DEPLOYMENTS, "roll-workers"))
+    first_hash = first["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
+
+    await api.patch(f"{POOLS}/roll", {"spec": {"template": {"image": "tide:v2"}, "concurrency": 4}})
+
+    def rolled() -> dict[str, object] | None:
+        d = obj(emulator, DEPLOYMENTS, "roll-workers")
+        containers = (d or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+        return d if containers and containers[0]["image"] == "tide:v2" else None
+
+    deployment = await eventually(rolled)
+    assert deployment["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] != first_hash  # type: ignore[index]
+    assert "4" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]  # type: ignore[index]
+    await eventually(
+        lambda: (
+            (c := condition(emulator, "roll", "Ready"))
+            and c.get("observedGeneration")
+            == obj(emulator, WORKERPOOLS, "roll")["metadata"]["generation"]
+        )  # type: ignore[index]
+    )
+
+    await api._send("DELETE", f"{POOLS}/roll")
+    await eventually(lambda: obj(emulator, WORKERPOOLS, "roll") is None)
+    # The garbage collector follows the owner reference.
+    await eventually(lambda: obj(emulator, DEPLOYMENTS, "roll-workers") is None)
+    await eventually(
+        lambda: (
+            operator.metrics.registry.get_sample_value(
+                "tide_workerpool_desired_replicas", {"namespace": NS, "workerpool": "roll"}
+            )
+            is None
+        )
+    )
+
+
+async def test_metrics_unavailable_hold_then_fallback(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=2)
+    await api.create(
+        POOLS,
+        pool_body(
+            "blind",
+            exporter_url=exporter.url,
+            fallback={"failureThreshold": 3, "replicas": 4},
+            maxReplicas=6,
+        ),
+    )
+    await eventually(lambda: replicas(emulator, "blind-workers") == 2)
+    exporter.down = True
+    ready = await eventually(
+        lambda: (c := condition(emulator, "blind", "Ready")) and c["status"] == "False" and c
+    )
+    assert ready["reason"] == "MetricsUnavailable"
+    # Held while below the threshold: a broken metric is not an empty queue.
+    assert replicas(emulator, "blind-workers") == 2
+    await eventually(lambda: replicas(emulator, "blind-workers") == 4)
+    fallback = condition(emulator, "blind", "Fallback")
+    assert fallback is not None
+    assert fallback["status"] == "True"
+    assert events(emulator, "MetricsUnavailable")
+    assert (
+        operator.metrics.registry.get_sample_value(
+            "tide_workerpool_fallback_active", {"namespace": NS, "workerpool": "blind"}
+        )
+        == 1.0
+    )
+
+    exporter.down = False
+    await eventually(lambda: (c := condition(emulator, "blind", "Ready")) and c["status"] == "True")
+
+
+async def test_paused_pool_is_left_alone(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=50)
+    await api.create(
+        POOLS, pool_body("still", exporter_url=exporter.url, paused=True, minReplicas=1)
+    )
+    paused = await eventually(
+        lambda: (c := condition(emulator, "still", "Paused")) and c["status"] == "True" and c
+    )
+    assert paused["reason"] == "PausedBySpec"
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 20
+    await eventually(lambda: loop.time() >= until)
+    assert replicas(emulator, "still-workers") == 1
+    await api.patch(f"{POOLS}/still", {"spec": {"paused": False}})
+    await eventually(lambda: replicas(emulator, "still-workers") == 10)
+
+
+async def test_invalid_and_broken_pools_report_and_others_carry_on(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=2)
+    # minReplicas above maxReplicas: the CRD refuses it; here it bypassed the schema.
+    await api.create(
+        POOLS, pool_body("bad", exporter_url=exporter.url, minReplicas=5, maxReplicas=2)
+    )
+    # A Deployment that does not exist.
+    await api.create(
+        POOLS, pool_body("lost", exporter_url=exporter.url, scaleTargetRef={"name": "nowhere"})
+    )
+    # An unreachable metrics URL.
+    await api.create(
+        POOLS,
+        pool_body(
+            "deaf",
+            exporter_url=exporter.url,
+            metrics={"prometheus": {"url": "http://127.0.0.1:9", "timeoutSeconds": 1}},
+        ),
+    )
+    # A Deployment of the same name that the pool does not own.
+    await api.create(
+        DEPLOYMENTS_PATH, deployment_body("squat-workers", replicas=1, labels={"app": "s"})
+    )
+    await api.create(POOLS, pool_body("squat", exporter_url=exporter.url))
+    await api.create(POOLS, pool_body("good", exporter_url=exporter.url))
+
+    expected = {
+        "bad": "InvalidSpec",
+        "lost": "TargetNotFound",
+        "deaf": "MetricsUnavailable",
+        "squat": "DeploymentNotOwned",
+    }
+    for pool, reason in expected.items():
+        found = await eventually(
+            lambda pool=pool: (
+                (c := condition(emulator, pool, "Ready")) and c["status"] == "False" and c
+            ),
+            what=f"{pool} Ready=False",
+        )
+        assert found["reason"] == reason, (pool, found)
+    await eventually(lambda: replicas(emulator, "good-workers") == 2)
+    assert "maxReplicas" in (condition(emulator, "bad", "Ready") or {})["message"]
+    squat = obj(emulator, DEPLOYMENTS, "squat-workers")
+    assert squat is not None
+    assert squat["spec"]["replicas"] == 1
+
+
+async def test_conflicts_are_retried(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=0)
+    await api.create(POOLS, pool_body("race", exporter_url=exporter.url, minReplicas=1))
+    await eventually(lambda: replicas(emulator, "race-workers") == 1)
+    emulator.faults[("PATCH", "race-workers/scale")] = 2
+    exporter.set("default", waiting=3)
+    await eventually(lambda: replicas(emulator, "race-workers") == 3)
+    attempts = [p for m, p in emulator.writes if m == "PATCH" and p.endswith("race-workers/scale")]
+    assert len(attempts) == 3
+    assert emulator.faults[("PATCH", "race-workers/scale")] == 0
+
+
+async def test_steady_state_makes_no_writes(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=2)
+    await api.create(POOLS, pool_body("calm", exporter_url=exporter.url))
+    await eventually(lambda: replicas(emulator, "calm-workers") == 2)
+    await eventually(lambda: condition(emulator, "calm", "Ready"))
+    loop = asyncio.get_running_loop()
+    settle = loop.time() + 10
+    await eventually(lambda: loop.time() >= settle)
+    before = len(emulator.writes)
+    until = loop.time() + 60
+    await eventually(lambda: loop.time() >= until)
+    assert emulator.writes[before:] == []
+
+
+async def test_unsafe_configuration_is_warned_on_status(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("default", waiting=1)
+    await api.create(
+        POOLS,
+        pool_body(
+            "risky",
+            exporter_url=exporter.url,
+            shutdown={"gracePeriodSeconds": 30, "longestTaskSeconds": 600},
+            worker={"prefetchMultiplier": 4},
+        ),
+    )
+    safe = await eventually(lambda: condition(emulator, "risky", "SafeScaleIn"))
+    assert safe["status"] == "False"
+    assert safe["reason"] == "UnsafeConfiguration"
+    assert "longestTaskSeconds" in safe["message"]
+    assert "prefetchMultiplier" in safe["message"]
+    assert events(emulator, "UnsafeConfiguration")

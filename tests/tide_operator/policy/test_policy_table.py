@@ -1,0 +1,273 @@
+"""Table-driven decisions: each row is one situation and what the policy must do about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from policy_scenarios import make_config, replay, stream
+
+from tide_operator.policy import (
+    ACTIVATED,
+    COOLDOWN_TO_ZERO,
+    FALLBACK,
+    HELD,
+    HPA_DEFAULT_BEHAVIOR,
+    METRICS_UNAVAILABLE,
+    PAUSED,
+    SCALED_DOWN,
+    SCALED_UP,
+    Fallback,
+    Observation,
+    PolicyState,
+    decide,
+)
+
+
+def obs(at: float, waiting: int = 0, inflight: int = 0, **extra: Any) -> Observation:
+    return Observation(at=at, waiting=waiting, inflight=inflight, **extra)
+
+
+@dataclass
+class Case:
+    id: str
+    config: dict[str, Any]
+    # What happened before, fed in order from the starting size ``current``.
+    before: list[tuple[float, Observation | None]]
+    current: int
+    now: float
+    observation: Observation | None
+    replicas: int
+    code: str
+    reason_contains: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = [
+    # A backlog scales up at once: 42 waiting + 3 running need ceil(45/4) = 12 workers, and
+    # Tide's default steps (+300% or +10 per 15 s) allow 2 → 12.
+    Case("backlog-scales-up", {}, [], 2, 0.0, obs(0, 42, 3), 12, SCALED_UP, "scale up 2→12"),
+    # Under HPA's default behaviour the same move is capped at max(2+4, 2*2) = 6.
+    Case(
+        "hpa-step-limit",
+        {"behavior": HPA_DEFAULT_BEHAVIOR},
+        [],
+        2,
+        0.0,
+        obs(0, 42, 3),
+        6,
+        SCALED_UP,
+    ),
+    # maxReplicas clamps whatever the demand.
+    Case("clamp-max", {"max_replicas": 7}, [], 2, 0.0, obs(0, 900, 8), 7, SCALED_UP),
+    # One waiting message wakes a sleeping pool (activation threshold 0, like KEDA).
+    Case("activate-from-zero", {}, [], 0, 0.0, obs(0, 1, 0), 1, ACTIVATED, "activate 0→1"),
+    # Below the activation threshold a sleeping pool stays asleep.
+    Case("below-activation", {"activation_threshold": 5}, [], 0, 0.0, obs(0, 5, 0), 0, HELD),
+    # Demand gone 10 s after the pool was seeded at 10: the 30 s scale-down window holds it.
+    Case(
+        "window-holds",
+        {},
+        [(0.0, obs(0, 30, 10))],
+        10,
+        10.0,
+        obs(10, 0, 2),
+        10,
+        HELD,
+        "scale-down window",
+    ),
+    # After the window the pool shrinks to what is in flight (2 tasks → 1 worker of 4 slots).
+    Case(
+        "window-passed",
+        {},
+        [(0.0, obs(0, 30, 10))],
+        10,
+        31.0,
+        obs(31, 0, 2),
+        1,
+        SCALED_DOWN,
+    ),
+    # Scale-down never removes workers that in-flight tasks occupy: 20 running → 5 workers.
+    Case("inflight-floor", {}, [(0.0, obs(0, 0, 20))], 10, 31.0, obs(31, 0, 20), 5, SCALED_DOWN),
+    # Nothing waits or runs for longer than the cooldown: the pool goes to zero.
+    Case(
+        "cooldown-to-zero",
+        {"cooldown_period": 60},
+        [(0.0, obs(0, 0, 0)), (30.0, obs(30, 0, 0))],
+        1,
+        61.0,
+        obs(61, 0, 0),
+        0,
+        COOLDOWN_TO_ZERO,
+    ),
+    # Idle, but the cooldown has not passed: one worker stays for the next task.
+    Case(
+        "cooldown-pending",
+        {"cooldown_period": 60},
+        [(0.0, obs(0, 0, 0))],
+        1,
+        40.0,
+        obs(40, 0, 0),
+        1,
+        HELD,
+        "cooldown",
+    ),
+    # ETA tasks are held by a worker: a pool holding them must not sleep, or they run late.
+    Case(
+        "scheduled-blocks-zero",
+        {"cooldown_period": 0},
+        [(0.0, obs(0, 0, 0, scheduled=3))],
+        1,
+        100.0,
+        obs(100, 0, 0, scheduled=3),
+        1,
+        HELD,
+    ),
+    # ETA tasks are not demand: 50 scheduled tasks do not add workers.
+    Case("scheduled-not-demand", {}, [], 1, 0.0, obs(0, 0, 0, scheduled=50), 1, HELD),
+    # minReplicas keeps a floor even when idle past the cooldown.
+    Case("min-replicas", {"min_replicas": 2, "cooldown_period": 0}, [], 3, 0.0, obs(0), 3, HELD),
+    # A failed read holds the current size.
+    Case("metrics-missing", {}, [], 4, 0.0, None, 4, METRICS_UNAVAILABLE, "no metrics"),
+    # A read older than staleAfterSeconds (30 s) counts as a failure too.
+    Case("metrics-stale", {}, [], 4, 100.0, obs(10), 4, METRICS_UNAVAILABLE, "90s old"),
+    # The third consecutive failure moves to the fallback size.
+    Case(
+        "fallback",
+        {"fallback": Fallback(failure_threshold=3, replicas=6)},
+        [(0.0, None), (5.0, None)],
+        4,
+        10.0,
+        None,
+        6,
+        FALLBACK,
+    ),
+    # A good read resets the failure count: two failures, a success, one failure: no fallback.
+    Case(
+        "fallback-reset",
+        {"fallback": Fallback(failure_threshold=2, replicas=6)},
+        [(0.0, None), (5.0, obs(5, 0, 16))],
+        4,
+        10.0,
+        None,
+        4,
+        METRICS_UNAVAILABLE,
+    ),
+    # Paused: hands off whatever the queue says.
+    Case("paused", {"paused": True}, [], 3, 0.0, obs(0, 500, 0), 3, PAUSED),
+    # Oldest message past maxWait: every task gets a slot even if rates say fewer would do.
+    Case(
+        "age-over-max-wait",
+        {},
+        stream(rate=1.0, service=1.0, start=0.0, seconds=60.0),
+        1,
+        65.0,
+        obs(65, 40, 4, oldest_age=120.0, completed_total=65.0),
+        11,
+        SCALED_UP,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_decision(case: Case) -> None:
+    config = make_config(**case.config)
+    _, current, state = replay(config, case.before, current=case.current)
+    assert current == case.current, "the history must leave the pool at the row's size"
+    decisions, replicas, _ = replay(
+        config, [(case.now, case.observation)], current=current, state=state
+    )
+    decision = decisions[-1]
+    assert (replicas, decision.reason_code) == (case.replicas, case.code), decision.reason
+    assert case.reason_contains in decision.reason
+
+
+# λ = 10/s of 2.2 s tasks: λS = 22 slots, √(λS) ≈ 4.7. Workers have 4 slots. The band runs
+# from 22 + 0.25 * 4.7 = 23.2 slots (6 workers) to 22 + 0.75 * 4.7 = 25.5 slots (7 workers).
+RATE_CASES = [
+    # Too small for even the low headroom: grow to the high one, ceil(25.5 / 4) = 7.
+    (5, 7, SCALED_UP),
+    # Inside the band (6 or 7 workers): hold; noise in the rates must not move the pool.
+    (6, 6, HELD),
+    (7, 7, HELD),
+    # Above the band: shrink, after the window, to the high level.
+    (9, 7, SCALED_DOWN),
+]
+
+
+@pytest.mark.parametrize(("current", "expected", "code"), RATE_CASES)
+def test_steady_stream_band(current: int, expected: int, code: str) -> None:
+    config = make_config()
+    state = PolicyState()
+    for now, observation in stream(rate=10.0, service=2.2, start=0.0, seconds=120.0):
+        # The size is held at ``current`` throughout, so only the last decision is under test.
+        final = decide(
+            config=config, state=state, observation=observation, current_replicas=current, now=now
+        )
+        state = final.state
+    assert (final.replicas, final.reason_code) == (expected, code), final.reason
+    assert final.demand is not None
+    assert final.demand.basis == "rates"
+    assert final.demand.service_time == pytest.approx(2.2, rel=0.05)
+    assert final.demand.arrival_rate == pytest.approx(10.0, rel=0.05)
+
+
+CONFIG_ERRORS = [
+    # min above max is a contradiction.
+    ({"minReplicas": 5, "maxReplicas": 2}, "minReplicas (5) must not exceed maxReplicas (2)"),
+    # The fallback size must be reachable.
+    (
+        {"maxReplicas": 3, "fallback": {"failureThreshold": 2, "replicas": 9}},
+        "fallback.replicas (9) must not exceed maxReplicas (3)",
+    ),
+    # A fallback to zero would let a broken metric stop the pool.
+    ({"fallback": {"failureThreshold": 2, "replicas": 0}}, "greater than or equal to 1"),
+    # Step policies are required unless the direction is disabled.
+    (
+        {"behavior": {"scaleUp": {"policies": []}}},
+        "policies must list at least one",
+    ),
+    # Unknown keys are typos, not silently ignored.
+    ({"maxReplica": 3}, "Extra inputs are not permitted"),
+    # staleAfterSeconds below the polling interval would mark every read stale.
+    ({"pollingInterval": 30, "staleAfterSeconds": 10}, "must be at least pollingInterval"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), CONFIG_ERRORS)
+def test_config_rejected(spec: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    from tide_operator.policy import PolicyConfig
+
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PolicyConfig.model_validate(spec)
+
+
+def test_config_from_workerpool_spec() -> None:
+    """A WorkerPool spec in camelCase maps onto the config, HPA's field names included."""
+    from tide_operator.policy import PolicyConfig
+
+    config = PolicyConfig.model_validate(
+        {
+            "minReplicas": 1,
+            "maxReplicas": 20,
+            "concurrency": 8,
+            "targetBacklogPerWorker": 16,
+            "maxWaitSeconds": 30,
+            "cooldownPeriod": 120,
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 120,
+                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+                }
+            },
+            "fallback": {"failureThreshold": 3, "replicas": 4},
+        }
+    )
+    assert config.backlog_per_worker == 16
+    assert config.behavior.scale_down.policies[0].period_seconds == 60
+    # The direction not given keeps Tide's default.
+    assert config.behavior.scale_up.policies
+    assert config.model_dump(by_alias=True)["behavior"]["scaleDown"]["selectPolicy"] == "Max"

@@ -1,0 +1,134 @@
+"""PrometheusSource against a real Prometheus, ExporterSource against a served exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from prometheus_harness import Exposition
+
+from tide_operator.policy import Observation
+from tide_operator.sources import (
+    ExporterSource,
+    MetricsUnavailable,
+    PrometheusSource,
+    queue_regex,
+)
+from tide_operator.spec import PrometheusQueries
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def text(*, stale: int = 0, **queues: tuple[int, int, int, float]) -> str:
+    lines = []
+    for series, index in (
+        ("celery_queue_length", 0),
+        ("celery_queue_inflight", 1),
+        ("celery_queue_scheduled", 2),
+        ("celery_queue_oldest_age_seconds", 3),
+    ):
+        lines.append(f"# TYPE {series} gauge")
+        lines += [f'{series}{{queue_name="{q}"}} {v[index]}' for q, v in queues.items()]
+    lines += ["# TYPE tide_exporter_stale gauge", f"tide_exporter_stale {stale}", ""]
+    return "\n".join(lines)
+
+
+async def observe_until(
+    source: PrometheusSource, queues: list[str], expected: Observation, *, timeout: float = 20
+) -> Observation:
+    """Prometheus scrapes every second: wait (with a deadline) for the new figures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = await source.observe(queues, now=1.0)
+        if seen == expected or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.asyncio
+async def test_prometheus_sums_the_pools_queues(prometheus: str, exposition: Exposition) -> None:
+    exposition.text = text(a=(5, 2, 1, 12.5), b=(3, 1, 0, 40.0), other=(100, 9, 9, 999.0))
+    async with httpx.AsyncClient() as client:
+        source = PrometheusSource(prometheus, client=client, timeout=5)
+        want = Observation(at=1.0, waiting=8, inflight=3, scheduled=1, oldest_age=40.0)
+        assert await observe_until(source, ["a", "b"], want) == want
+        # A queue nobody has published to has no series: an empty result reads as 0.
+        empty = await source.observe(["never-used"], now=2.0)
+        assert empty == Observation(at=2.0, waiting=0, inflight=0, scheduled=0, oldest_age=None)
+
+
+@pytest.mark.asyncio
+async def test_prometheus_query_override(prometheus: str, exposition: Exposition) -> None:
+    exposition.text = text(a=(5, 2, 1, 12.5))
+    async with httpx.AsyncClient() as client:
+        source = PrometheusSource(
+            prometheus,
+            client=client,
+            queries=PrometheusQueries(
+                waiting='sum(celery_queue_length{queue_name=~"$queues"}) * 10'
+            ),
+        )
+        want = Observation(at=1.0, waiting=50, inflight=2, scheduled=1, oldest_age=12.5)
+        assert await observe_until(source, ["a"], want) == want
+
+
+@pytest.mark.asyncio
+async def test_prometheus_reports_a_stale_exporter(prometheus: str, exposition: Exposition) -> None:
+    exposition.text = text(stale=1, a=(5, 0, 0, 1.0))
+    async with httpx.AsyncClient() as client:
+        source = PrometheusSource(prometheus, client=client)
+        deadline = time.monotonic() + 20
+        error: MetricsUnavailable | None = None
+        while error is None and time.monotonic() < deadline:
+            try:
+                await source.observe(["a"], now=1.0)
+            except MetricsUnavailable as exc:
+                error = exc
+            await asyncio.sleep(0.2)
+        assert error is not None
+        assert "stale" in str(error)
+    exposition.text = text(a=(0, 0, 0, 0.0))
+
+
+@pytest.mark.asyncio
+async def test_prometheus_errors_and_timeouts(prometheus: str, silent_server: str) -> None:
+    async with httpx.AsyncClient() as client:
+        # A server that never answers: the timeout, not a hang.
+        slow = PrometheusSource(silent_server, client=client, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(MetricsUnavailable, match="timed out"):
+            await slow.observe(["a"], now=0)
+        assert time.monotonic() - started < 5
+        # Nothing listening.
+        with pytest.raises(MetricsUnavailable, match="unreachable"):
+            await PrometheusSource("http://127.0.0.1:9", client=client).observe(["a"], now=0)
+        # Invalid PromQL: Prometheus says bad_data.
+        broken = PrometheusSource(
+            prometheus, client=client, queries=PrometheusQueries(waiting="sum(")
+        )
+        with pytest.raises(MetricsUnavailable, match="bad_data"):
+            await broken.observe(["a"], now=0)
+
+
+@pytest.mark.asyncio
+async def test_exporter_source(exposition: Exposition, silent_server: str) -> None:
+    exposition.text = text(a=(4, 1, 0, 2.0), b=(1, 0, 2, 9.0))
+    async with httpx.AsyncClient() as client:
+        source = ExporterSource(exposition.url.removesuffix("/metrics"), client=client)
+        seen = await source.observe(["a", "b"], now=3.0)
+        assert seen == Observation(at=3.0, waiting=5, inflight=1, scheduled=2, oldest_age=9.0)
+        # A queue the exporter does not export would read as empty: refuse it instead.
+        with pytest.raises(MetricsUnavailable, match="does not export queue"):
+            await source.observe(["a", "missing"], now=3.0)
+        exposition.text = text(stale=1, a=(4, 1, 0, 2.0))
+        with pytest.raises(MetricsUnavailable, match="stale"):
+            await source.observe(["a"], now=3.0)
+        with pytest.raises(MetricsUnavailable, match="timed out"):
+            await ExporterSource(silent_server, client=client, timeout=0.3).observe(["a"], now=0)
+
+
+def test_queue_regex_escapes() -> None:
+    # Dots and quotes in queue names must match literally inside a PromQL string.
+    assert queue_regex(["a.b", 'c"d']) == 'a\\\\.b|c\\"d'
