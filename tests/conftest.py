@@ -27,12 +27,18 @@ T = TypeVar("T")
 
 
 def wait_for(
-    probe: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
+    explain: Callable[[], str] | None = None,
 ) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline.
 
     This waits on observable state (a row, a process, an HTTP answer), never for a fixed
-    time: it returns as soon as the state is reached.
+    time: it returns as soon as the state is reached. ``explain`` adds what the system
+    under test said about itself (its decisions, its log) to the failure.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -40,7 +46,8 @@ def wait_for(
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or probe}")
+            detail = f"\n{explain()}" if explain else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {what or probe}{detail}")
         time.sleep(interval)
 
 

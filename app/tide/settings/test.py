@@ -15,5 +15,12 @@ from tide.settings.base import CELERY_BROKER_TRANSPORT_OPTIONS, DATABASES
 SECRET_KEY = "tide-test-key"
 TEST_RUN = os.environ.setdefault("TIDE_TEST_RUN", str(os.getpid()))
 DATABASES["default"]["TEST"] = {"NAME": f"test_tide_{TEST_RUN}"}
-CELERY_BROKER_TRANSPORT_OPTIONS.setdefault("global_keyprefix", f"tide-test-{TEST_RUN}:")
+
+
+def broker_key_prefix(run: str) -> str:
+    """The Redis key prefix of a test run's broker keyspace."""
+    return f"tide-test-{run}:"
+
+
+CELERY_BROKER_TRANSPORT_OPTIONS.setdefault("global_keyprefix", broker_key_prefix(TEST_RUN))
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

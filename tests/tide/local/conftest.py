@@ -13,8 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+from celery import Celery
+from django.conf import settings
 
 from tide.local.environment import free_port
+from tide.settings.test import broker_key_prefix
 
 BIN = Path(sys.executable).parent
 
@@ -25,19 +29,32 @@ class Platform:
     api: httpx.Client
     var: Path
     pool: str
+    # A Celery app on the platform's own broker keyspace, for ping and inspect.
+    control: Celery
 
     def workers(self) -> list[str]:
         """Worker hostnames of the pool that answer a ping: Celery's own view."""
-        from tide.celery import app
-
-        replies = app.control.ping(timeout=0.5) or []
+        replies = self.control.control.ping(timeout=0.5) or []
         return sorted(h for reply in replies for h in reply if h.startswith(f"{self.pool}-"))
+
+    def processes(self) -> list[int]:
+        """Every process of the pool's workers (main and pool children), as the OS sees them."""
+        found = subprocess.run(
+            ["pgrep", "-f", "--", f"--hostname {self.pool}-"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+    def decisions(self, last: int = 15) -> str:
+        """The autoscaler's last decisions (``--no-ui`` logs one JSON line per step)."""
+        lines = (self.var.parent / "up.log").read_text(errors="replace").splitlines()
+        return "\n".join([line for line in lines if '"decision"' in line][-last:])
 
     def pid_running(self, hostname: str, task_id: str) -> int | None:
         """The pool process running ``task_id``, as the worker itself reports it."""
-        from tide.celery import app
-
-        replies = app.control.inspect(destination=[hostname], timeout=1.0).active() or {}
+        replies = self.control.control.inspect(destination=[hostname], timeout=1.0).active() or {}
         for task in replies.get(hostname, []):
             if task["id"] == task_id:
                 return int(task["worker_pid"])
@@ -75,7 +92,20 @@ def platform(
     pools = tmp_path / "pools.yaml"
     pools.write_text(POOL.format(name=name))
     port, exporter_port = free_port(), free_port()
-    env = {**worker_env, "TIDE_VAR_DIR": str(tmp_path / "var")}
+    # The platform gets a broker keyspace of its own (the test settings derive the key
+    # prefix from TIDE_TEST_RUN): messages other tests left behind, such as ETA jobs an
+    # hour away, would otherwise be real work to this pool and rightly keep a worker up.
+    run = f"{worker_env['TIDE_TEST_RUN']}-{name}"
+    prefix = broker_key_prefix(run)
+    env = {**worker_env, "TIDE_VAR_DIR": str(tmp_path / "var"), "TIDE_TEST_RUN": run}
+    control = Celery("tide-e2e", set_as_current=False)
+    control.conf.update(
+        broker_url=settings.CELERY_BROKER_URL,
+        broker_transport_options={
+            **settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+            "global_keyprefix": prefix,
+        },
+    )
     process = subprocess.Popen(
         [
             str(BIN / "tide"),
@@ -110,7 +140,7 @@ def platform(
         timeout=30,
         headers={"Authorization": f"Token {token_file.read_text().strip()}"},
     )
-    yield Platform(process, client, var, name)
+    yield Platform(process, client, var, name, control)
     client.close()
     if process.poll() is None:
         # The clean path first: tide up stops its services and workers itself.
@@ -123,3 +153,9 @@ def platform(
     # Whatever a failed run left behind must not outlive the test (or hold the test DB).
     for pattern in (f"--hostname {name}-", f"127.0.0.1:{port}", f"--port {exporter_port}"):
         subprocess.run(["pkill", "-9", "-f", "--", pattern], check=False)
+    control.close()
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    keys = list(broker.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        broker.delete(*keys)
+    broker.close()

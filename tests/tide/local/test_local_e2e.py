@@ -20,7 +20,7 @@ BURST = 240
 
 
 def test_burst_scales_up_from_zero_drains_and_scales_back(platform: Any, wait: Any) -> None:
-    assert platform.workers() == []
+    assert platform.processes() == []
 
     # A job long enough to be killed mid-task, submitted ahead of the burst.
     response = platform.api.post(
@@ -70,7 +70,12 @@ def test_burst_scales_up_from_zero_drains_and_scales_back(platform: Any, wait: A
     ]
 
     # Back to zero after the cooldown, and the processes are gone, not just quiet.
-    wait(lambda: platform.workers() == [], timeout=90, what="workers to scale back to zero")
+    wait(
+        lambda: platform.processes() == [],
+        timeout=90,
+        what="workers to scale back to zero",
+        explain=platform.decisions,
+    )
 
     # Ctrl-C: a clean, prompt exit.
     platform.process.send_signal(signal.SIGINT)
