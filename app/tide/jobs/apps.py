@@ -15,5 +15,8 @@ class JobsConfig(AppConfig):
         from django.utils.module_loading import autodiscover_modules
 
         from tide.jobs import signals  # noqa: F401
+        from tide.jobs.api import authentication
+
+        authentication.connect()
 
         autodiscover_modules("tasks")

@@ -100,7 +100,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TIDE_MAX_REQUEST_BYTES
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tide.jobs.api.authentication.CachedTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -110,6 +110,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "tide.jobs.api.errors.exception_handler",
 }
+
+# How long a process trusts a token it has checked (seconds; 0: check every request).
+# A token deleted elsewhere stays accepted by other processes for at most this long.
+TIDE_TOKEN_CACHE_SECONDS = env_int("TIDE_TOKEN_CACHE_SECONDS", 30)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tide jobs API",
