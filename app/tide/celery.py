@@ -16,6 +16,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import before_task_publish
 
+import tide.completions  # noqa: F401  (connects task_postrun: per-queue completion counters)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tide.settings.local")
 
 app = Celery("tide")

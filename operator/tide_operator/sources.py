@@ -16,6 +16,16 @@ makes no decision about a failure (the policy holds, then falls back). Two imple
   not 0: the exporter exports every configured queue from the start, so a missing one is a
   misconfiguration that would otherwise read as an empty queue and scale the pool to zero.
 
+Both fill ``Observation.completed_total`` from ``celery_queue_completed_total`` (the
+exporter's per-queue count of messages that left the queue), summed over the pool's
+queues, so the policy can estimate rates. The sum is of raw counter values, not of
+``increase()``: the policy keeps the history and treats a total that went down as a
+counter reset (Redis lost the workers' hash, RabbitMQ's statistics restarted) and starts
+its rates over. When no queue of the pool has the series (celery-exporter, RabbitMQ
+without the management API) ``completed_total`` is ``None`` and the policy sizes on counts
+alone. The query is fixed, not one of the ``spec.metrics.prometheus.queries`` overrides:
+an override that reads other series leaves it empty, which is exactly that fallback.
+
 Both use one ``httpx.AsyncClient`` supplied by the caller, so a thousand pools share a
 connection pool, and both take the caller's clock (``now``) for the observation's time.
 """
@@ -56,12 +66,16 @@ DEFAULT_QUERIES: Final[Mapping[str, str]] = {
     "oldest_age": 'max by (queue_name) (celery_queue_oldest_age_seconds{queue_name=~"$queues"})',
 }
 _STALE_QUERY: Final = f"max({STALE_SERIES})"
+COMPLETED_SERIES: Final = "celery_queue_completed_total"
+COMPLETED_QUERY: Final = f'sum by (queue_name) ({COMPLETED_SERIES}{{queue_name=~"$queues"}})'
 
 _SERIES: Final[Mapping[str, str]] = {
     "celery_queue_length": "waiting",
     "celery_queue_inflight": "inflight",
     "celery_queue_scheduled": "scheduled",
     "celery_queue_oldest_age_seconds": "oldest_age",
+    # The sample's name; prometheus-client's parser names the family without "_total".
+    COMPLETED_SERIES: "completed",
 }
 
 
@@ -85,16 +99,21 @@ class QueueFigures:
     inflight: float = 0.0
     scheduled: float = 0.0
     oldest_age: float | None = None
+    completed: float | None = None
 
 
 def _total(figures: Mapping[str, QueueFigures], *, now: float) -> Observation:
     ages = [f.oldest_age for f in figures.values() if f.oldest_age is not None]
+    # One exporter gives the counter for all of a pool's queues or for none, so a sum over
+    # the queues that have it is the pool's count; none at all means "no counter".
+    completed = [f.completed for f in figures.values() if f.completed is not None]
     return Observation(
         at=now,
         waiting=round(sum(f.waiting for f in figures.values())),
         inflight=round(sum(f.inflight for f in figures.values())),
         scheduled=round(sum(f.scheduled for f in figures.values())),
         oldest_age=max(ages) if ages else None,
+        completed_total=sum(completed) if completed else None,
     )
 
 
@@ -159,9 +178,10 @@ class PrometheusSource:
 
     async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
         regex = queue_regex(queues)
-        names = list(self.queries)
+        queries = {**self.queries, "completed": COMPLETED_QUERY}
+        names = list(queries)
         results = await asyncio.gather(
-            *(self._query(self.queries[n].replace("$queues", regex)) for n in names),
+            *(self._query(queries[n].replace("$queues", regex)) for n in names),
             self._query(_STALE_QUERY),
         )
         stale = results[-1]
@@ -180,6 +200,7 @@ class PrometheusSource:
                 inflight=f.get("inflight", 0.0),
                 scheduled=f.get("scheduled", 0.0),
                 oldest_age=f.get("oldest_age"),
+                completed=f.get("completed"),
             )
             for q, f in figures.items()
         }
@@ -206,6 +227,7 @@ def parse_queue_figures(text: str) -> tuple[dict[str, QueueFigures], bool]:
             inflight=v.get("inflight", 0.0),
             scheduled=v.get("scheduled", 0.0),
             oldest_age=v.get("oldest_age"),
+            completed=v.get("completed"),
         )
         for q, v in values.items()
         if "waiting" in v

@@ -38,6 +38,8 @@ QUEUE_LENGTH = "celery_queue_length"
 QUEUE_INFLIGHT = "celery_queue_inflight"
 QUEUE_SCHEDULED = "celery_queue_scheduled"
 QUEUE_OLDEST_AGE = "celery_queue_oldest_age_seconds"
+# Tide's own series: a counter, so Prometheus' rate() and reset handling apply to it.
+QUEUE_COMPLETED = "celery_queue_completed_total"
 QUEUE_SOURCE = "tide_exporter_queue_source"
 UP = "tide_exporter_up"
 STALE = "tide_exporter_stale"
@@ -123,6 +125,12 @@ def families(snapshot: Snapshot) -> list[Metric]:
         "Seconds since the oldest waiting message was published (0 when none waits).",
         labels=label,
     )
+    completed = CounterMetricFamily(
+        QUEUE_COMPLETED,
+        "Messages that left the queue since the broker's count began: tasks finished "
+        "(Redis: counted by Tide's workers) or acknowledged (RabbitMQ).",
+        labels=label,
+    )
     source = InfoMetricFamily(
         QUEUE_SOURCE, "Where the exporter read each queue's figures.", labels=label
     )
@@ -137,6 +145,10 @@ def families(snapshot: Snapshot) -> list[Metric]:
         # nothing has waited, which is the wrong answer for a max-wait target.
         if stats.oldest_age is not None:
             age.add_metric(value, stats.oldest_age)
+        # Absent where the source keeps no count (AMQP without the management API), so a
+        # consumer falls back to counts instead of reading a counter stuck at 0.
+        if stats.completed is not None:
+            completed.add_metric(value, stats.completed)
         source.add_metric(value, {"source": stats.source})
 
     stale = snapshot.last_success is not None and not snapshot.up
@@ -178,7 +190,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
     for kind, count in sorted(snapshot.errors.items()):
         errors.add_metric([kind], count)
     health.append(errors)
-    return [length, inflight, scheduled, age, source, *health]
+    return [length, inflight, scheduled, age, completed, source, *health]
 
 
 class QueueCollector(Collector):

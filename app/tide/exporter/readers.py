@@ -18,12 +18,18 @@ makes reading cheap; it holds no Prometheus or HTTP state, so the poller, the AP
   its existence check sends ``EXISTS``, which kombu's prefixing client does not prefix,
   so with a ``global_keyprefix`` it answers 404 for a queue full of messages (kombu
   5.7.0). For the same reason the reader prefixes keys itself on a plain client over
-  kombu's connection pool.
+  kombu's connection pool. The same write carries one ``HMGET`` of the workers'
+  completion counters (``tide.completions``: a hash under the same prefix, one field per
+  queue; an absent field reads 0), so ``completed`` costs one command, not one per queue.
 * ``RabbitMQReader`` with a management URL reads all queues in one HTTP request
-  (``messages_ready``, ``messages_unacknowledged``, ``head_message_timestamp``); those
-  figures are RabbitMQ's statistics, refreshed every ``collect_statistics_interval``
-  (5 s by default). Without one it falls back to AMQP passive declares, which see only
-  ready messages: in-flight is then unknown (``None``) rather than a false 0.
+  (``messages_ready``, ``messages_unacknowledged``, ``head_message_timestamp``, and
+  ``message_stats.ack``, the broker's own cumulative count of acknowledged messages, as
+  ``completed``); those figures are RabbitMQ's statistics, refreshed every
+  ``collect_statistics_interval`` (5 s by default). The ack count lives in the management
+  database: a node restart or a re-created queue starts it again from 0, which consumers
+  treat as a counter reset. Without a management URL the reader falls back to AMQP passive
+  declares, which see only ready messages: in-flight and completions are then unknown
+  (``None``) rather than a false 0.
 * ``KombuQueueReader`` serves any other kombu transport the same way (waiting only).
 
 A queue nobody declared reads 0 on every broker: kombu's 404 ``ChannelError`` and
@@ -42,6 +48,7 @@ import httpx
 import redis
 from kombu.connection import Connection
 
+from tide.completions import COMPLETED_KEY
 from tide.exporter.stats import (
     SOURCE_AMQP,
     SOURCE_KOMBU,
@@ -104,6 +111,7 @@ class RedisQueueReader:
         bucket_size: int = 256,
         slack: float = 2.0,
         resync_interval: float = 60.0,
+        completions: bool = True,
     ) -> None:
         options = dict(transport_options or {})
         options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
@@ -113,6 +121,8 @@ class RedisQueueReader:
         self._bucket_size = bucket_size
         self._slack = slack
         self._resync_interval = resync_interval
+        #: Read the workers' completion counters (``False``: ``completed`` is ``None``).
+        self.completions = completions
         self._connection: Connection | None = None
         self._channel: Any = None
         self._client: redis.Redis | None = None
@@ -177,12 +187,16 @@ class RedisQueueReader:
             # LLEN and LINDEX -1 (the list's oldest message) for every priority list of
             # every queue, packed once and re-sent while the watch list is unchanged.
             keys = [self.priority_keys(name) for name in names]
-            commands = [
+            commands: list[tuple[Any, ...]] = [
                 command
                 for queue_keys in keys
                 for key in queue_keys
                 for command in (("LLEN", key), ("LINDEX", key, -1))
             ]
+            if self.completions and names:
+                # One HMGET for every queue's counter; a queue no task finished on yet has
+                # no field, and reads 0.
+                commands.append(("HMGET", channel.global_keyprefix + COMPLETED_KEY, *names))
             self._layout = (names, [len(queue_keys) for queue_keys in keys], RawBatch(commands))
         _, widths, depth = self._layout
         # One write, one read: queue depths and the tracker's counts travel together. No
@@ -193,10 +207,13 @@ class RedisQueueReader:
         replies = execute(channel.pool, depth, tracked)
         self.tracker.apply(replies[len(depth) :], pool=channel.pool, routes=self.routes, now=now)
         unacked = self.tracker.counts(now=now)
+        completed: list[Any] = (
+            list(replies[len(depth) - 1]) if self.completions and names else [None] * len(names)
+        )
 
         stats: list[QueueStats] = []
         position = 0
-        for name, width in zip(names, widths, strict=True):
+        for name, width, done in zip(names, widths, completed, strict=True):
             waiting = 0
             stamps: list[float | None] = []
             for _ in range(width):
@@ -214,6 +231,7 @@ class RedisQueueReader:
                     scheduled=scheduled,
                     oldest_age=oldest_age(stamps, waiting=waiting, now=now),
                     source=self.source,
+                    completed=int(done or 0) if self.completions else None,
                 )
             )
         return stats
@@ -385,7 +403,8 @@ class RabbitMQReader:
         response = self._client().get(
             f"/api/queues/{vhost}",
             params={
-                "columns": "name,messages_ready,messages_unacknowledged,head_message_timestamp",
+                "columns": "name,messages_ready,messages_unacknowledged,"
+                "head_message_timestamp,message_stats.ack",
                 "disable_stats": "false",
             },
         )
@@ -414,6 +433,7 @@ class RabbitMQReader:
                         now=now,
                     ),
                     source=self.source,
+                    completed=acked(queue),
                 )
             )
         return stats
@@ -428,6 +448,17 @@ class RabbitMQReader:
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+def acked(queue: Mapping[str, Any]) -> int:
+    """A management API queue's cumulative acknowledgements (``message_stats.ack``).
+
+    RabbitMQ omits ``message_stats`` for a queue that has seen no traffic and ``ack`` for
+    one that has seen no acknowledgement, and a queue not declared yet is absent: all 0.
+    """
+    stats = queue.get("message_stats")
+    value = stats.get("ack") if isinstance(stats, Mapping) else None
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 def _vhost_of(url: str) -> str:

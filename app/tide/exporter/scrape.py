@@ -5,6 +5,8 @@ text Prometheus reads, so they see exactly what Prometheus would, including stal
 Parsing goes through prometheus-client's own parser; anything that is not one of the
 exporter's queue series is ignored, so the function also reads celery-exporter's output
 (``celery_queue_length`` only: the other figures come back as ``None``).
+``celery_queue_completed_total`` is read from its sample (the family is named without
+``_total`` by the parser, the sample keeps it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tide.exporter.collector import (
+    QUEUE_COMPLETED,
     QUEUE_INFLIGHT,
     QUEUE_LABEL,
     QUEUE_LENGTH,
@@ -28,6 +31,7 @@ _FIGURES = {
     QUEUE_INFLIGHT: "inflight",
     QUEUE_SCHEDULED: "scheduled",
     QUEUE_OLDEST_AGE: "oldest_age",
+    QUEUE_COMPLETED: "completed",
 }
 
 
@@ -55,6 +59,7 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
             continue
         inflight = values.get("inflight")
         scheduled = values.get("scheduled")
+        completed = values.get("completed")
         result[queue] = QueueStats(
             name=queue,
             waiting=int(values["waiting"]),
@@ -63,6 +68,7 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
             oldest_age=values.get("oldest_age"),
             source=sources.get(queue, "exposition"),
             stale=stale,
+            completed=None if completed is None else int(completed),
         )
     return result
 

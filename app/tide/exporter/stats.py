@@ -41,6 +41,9 @@ class QueueStats:
     ``oldest_age`` is seconds since the oldest waiting message was published: 0.0 when
     nothing waits, ``None`` when messages wait but none carries a publish stamp.
     ``stale`` is true when these are the last good values kept through a failed read.
+    ``completed`` is a monotonic count of messages that left the queue (finished tasks:
+    Tide's workers count them on Redis, RabbitMQ counts acks), 0 before the first, ``None``
+    where the source keeps no such count.
     """
 
     name: str
@@ -50,6 +53,7 @@ class QueueStats:
     oldest_age: float | None
     source: str
     stale: bool = False
+    completed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,10 @@ priority lists, ETA handling), not on what tasks do, so this app copies the Cele
 settings of ``tide.settings.base`` that shape delivery and adds one task, ``hold``, whose
 completion the test controls: it records itself as running in a Redis set and then blocks
 until the test pushes a release token. Tests thereby know exactly how many tasks run, how
-many are prefetched and how many wait, without sleeping.
+many are prefetched and how many wait, without sleeping. A second task, ``outcome``, ends
+in the way the test asks (success, failure, retry, ignore, requeue), for the completion
+counters, which this app's workers keep exactly as Tide's do: the module imports
+``tide.completions``, as ``tide.celery`` does.
 
 A worker subprocess loads the module-level ``app``, configured from the environment:
 ``EXPORTER_TEST_BROKER_URL``, ``EXPORTER_TEST_KEYPREFIX`` (Redis ``global_keyprefix``),
@@ -21,7 +24,10 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import Ignore, Reject
 from celery.signals import before_task_publish
+
+import tide.completions  # noqa: F401  (the task_postrun handler, as in tide.celery)
 
 CONTROL_URL = os.environ.get("EXPORTER_TEST_CONTROL_URL", "redis://127.0.0.1:6379/6")
 CONTROL_PREFIX = os.environ.get("EXPORTER_TEST_CONTROL_PREFIX", "exporter-test:")
@@ -95,6 +101,22 @@ def make_app(
         finally:
             client.srem(f"{CONTROL_PREFIX}{run}:running", self.request.id)
         return str(self.request.id)
+
+    @app.task(name="exporter_test.outcome", bind=True, shared=False)
+    def outcome(self: Any, run: str, how: str) -> str:
+        """End as ``how`` says: ok, fail, retry (once, then ok), ignore, requeue (once)."""
+        if how == "fail":
+            raise ValueError("asked to fail")
+        if how == "ignore":
+            raise Ignore()
+        if how == "retry" and self.request.retries == 0:
+            raise self.retry(countdown=0, max_retries=1)
+        # The first run rejects back to the queue; the redelivery finishes. The run count
+        # lives in the control Redis because a redelivered message carries no memory of it.
+        runs_key = f"{CONTROL_PREFIX}{run}:runs:{self.request.id}"
+        if how == "requeue" and control().incr(runs_key) == 1:
+            raise Reject("asked to requeue", requeue=True)
+        return how
 
     return app
 

@@ -44,7 +44,7 @@ def test_exposition_passes_promtool_and_parses_back(
     assert parsed[queue].waiting == 3
     assert (parsed[queue].inflight, parsed[queue].scheduled, parsed[queue].stale) == (0, 0, False)
     assert parsed[empty] == QueueStats(
-        name=empty, waiting=0, inflight=0, scheduled=0, oldest_age=0.0, source="redis"
+        name=empty, waiting=0, inflight=0, scheduled=0, oldest_age=0.0, source="redis", completed=0
     )
     assert httpx.get(exporter.url + "/healthz").status_code == 200
     assert httpx.get(exporter.url + "/nothing").status_code == 404
@@ -108,6 +108,11 @@ def test_prometheus_scrapes_the_exporter(
     assert value(f'celery_queue_length{{queue_name="{never}"}}') == 0
     assert value(f'celery_queue_inflight{{queue_name="{queue}"}}') == 0
     assert value(f'celery_queue_scheduled{{queue_name="{queue}"}}') == 0
+    # Nothing finished yet: the counter exists from the start at 0, typed as a counter.
+    assert value(f'celery_queue_completed_total{{queue_name="{never}"}}') == 0
+    # Prometheus scrapes OpenMetrics, where the family is named without "_total".
+    metadata = httpx.get(f"{prometheus.url}/api/v1/metadata").json()["data"]
+    assert metadata["celery_queue_completed"][0]["type"] == "counter"
     age = value(f'celery_queue_oldest_age_seconds{{queue_name="{queue}"}}')
     assert age is not None
     assert age >= 0

@@ -128,7 +128,7 @@ def test_queue_configured_but_never_declared_reads_zero(
     )
     figures = scrape(exporter.url)
     assert figures[queue] == QueueStats(
-        name=queue, waiting=0, inflight=0, scheduled=0, oldest_age=0.0, source="redis"
+        name=queue, waiting=0, inflight=0, scheduled=0, oldest_age=0.0, source="redis", completed=0
     )
 
 

@@ -9,11 +9,12 @@ import httpx
 import pytest
 from prometheus_harness import Exposition
 
-from tide_operator.policy import Observation
+from tide_operator.policy import Observation, PolicyConfig, PolicyState, decide
 from tide_operator.sources import (
     ExporterSource,
     MetricsUnavailable,
     PrometheusSource,
+    parse_queue_figures,
     queue_regex,
 )
 from tide_operator.spec import PrometheusQueries
@@ -21,7 +22,12 @@ from tide_operator.spec import PrometheusQueries
 pytestmark = pytest.mark.timeout(90)
 
 
-def text(*, stale: int = 0, **queues: tuple[int, int, int, float]) -> str:
+def text(
+    *,
+    stale: int = 0,
+    completed: dict[str, int] | None = None,
+    **queues: tuple[int, int, int, float],
+) -> str:
     lines = []
     for series, index in (
         ("celery_queue_length", 0),
@@ -31,6 +37,12 @@ def text(*, stale: int = 0, **queues: tuple[int, int, int, float]) -> str:
     ):
         lines.append(f"# TYPE {series} gauge")
         lines += [f'{series}{{queue_name="{q}"}} {v[index]}' for q, v in queues.items()]
+    if completed is not None:
+        # As prometheus-client writes a counter: the TYPE line and sample both with "_total".
+        lines.append("# TYPE celery_queue_completed_total counter")
+        lines += [
+            f'celery_queue_completed_total{{queue_name="{q}"}} {n}' for q, n in completed.items()
+        ]
     lines += ["# TYPE tide_exporter_stale gauge", f"tide_exporter_stale {stale}", ""]
     return "\n".join(lines)
 
@@ -38,12 +50,21 @@ def text(*, stale: int = 0, **queues: tuple[int, int, int, float]) -> str:
 async def observe_until(
     source: PrometheusSource, queues: list[str], expected: Observation, *, timeout: float = 20
 ) -> Observation:
-    """Prometheus scrapes every second: wait (with a deadline) for the new figures."""
+    """Prometheus scrapes every second: wait (with a deadline) for the new figures.
+
+    A stale flag left by an earlier test's exposition clears at the next scrape, so
+    ``MetricsUnavailable`` is waited out too, and raised only at the deadline.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        seen = await source.observe(queues, now=1.0)
-        if seen == expected or time.monotonic() > deadline:
-            return seen
+        try:
+            seen = await source.observe(queues, now=1.0)
+        except MetricsUnavailable:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if seen == expected or time.monotonic() > deadline:
+                return seen
         await asyncio.sleep(0.2)
 
 
@@ -132,3 +153,97 @@ async def test_exporter_source(exposition: Exposition, silent_server: str) -> No
 def test_queue_regex_escapes() -> None:
     # Dots and quotes in queue names must match literally inside a PromQL string.
     assert queue_regex(["a.b", 'c"d']) == 'a\\\\.b|c\\"d'
+
+
+# ----------------------------------------------------------------- the completion counter
+
+PARSE_ROWS = [
+    # prometheus-client's text format: TYPE and sample both carry "_total".
+    pytest.param(text(a=(1, 0, 0, 0.0), completed={"a": 12}), {"a": 12.0}, id="text-format"),
+    # OpenMetrics-style family name without "_total"; the sample keeps it.
+    pytest.param(
+        text(a=(1, 0, 0, 0.0)).replace(
+            "# TYPE tide_exporter_stale",
+            "# TYPE celery_queue_completed counter\n"
+            'celery_queue_completed_total{queue_name="a"} 7\n# TYPE tide_exporter_stale',
+        ),
+        {"a": 7.0},
+        id="family-without-total",
+    ),
+    # celery-exporter, or RabbitMQ without the management API: no series, None.
+    pytest.param(text(a=(1, 0, 0, 0.0)), {"a": None}, id="absent"),
+]
+
+
+@pytest.mark.parametrize(("exposition_text", "expected"), PARSE_ROWS)
+def test_parse_completed(exposition_text: str, expected: dict[str, float | None]) -> None:
+    figures, stale = parse_queue_figures(exposition_text)
+    assert {q: f.completed for q, f in figures.items()} == expected
+    assert stale is False
+
+
+@pytest.mark.asyncio
+async def test_exporter_source_sums_the_counter(exposition: Exposition) -> None:
+    exposition.text = text(
+        a=(4, 1, 0, 2.0), b=(1, 0, 2, 9.0), c=(0, 0, 0, 0.0), completed={"a": 30, "b": 12, "c": 5}
+    )
+    async with httpx.AsyncClient() as client:
+        source = ExporterSource(exposition.url, client=client)
+        seen = await source.observe(["a", "b"], now=3.0)
+        assert seen.completed_total == 42
+        # Without the series the policy must fall back to counts: None, never 0.
+        exposition.text = text(a=(4, 1, 0, 2.0))
+        assert (await source.observe(["a"], now=4.0)).completed_total is None
+
+
+@pytest.mark.asyncio
+async def test_prometheus_sums_the_counter(prometheus: str, exposition: Exposition) -> None:
+    exposition.text = text(
+        a=(5, 2, 1, 12.5), b=(3, 1, 0, 40.0), other=(0, 0, 0, 0.0),
+        completed={"a": 100, "b": 23, "other": 1000},
+    )  # fmt: skip
+    async with httpx.AsyncClient() as client:
+        source = PrometheusSource(prometheus, client=client, timeout=5)
+        want = Observation(
+            at=1.0, waiting=8, inflight=3, scheduled=1, oldest_age=40.0, completed_total=123
+        )
+        assert await observe_until(source, ["a", "b"], want) == want
+        # A pool whose queues have no counter series: None (counts), not 0.
+        exposition.text = text(a=(5, 2, 1, 12.5))
+        no_counter = Observation(at=1.0, waiting=5, inflight=2, scheduled=1, oldest_age=12.5)
+        assert await observe_until(source, ["a"], no_counter) == no_counter
+    exposition.text = text(a=(0, 0, 0, 0.0))
+
+
+def test_a_counter_reset_restarts_the_rates() -> None:
+    """The sources pass raw sums; the policy sees a total that went down and starts over."""
+    config = PolicyConfig(max_replicas=20, concurrency=1)
+    state, current = PolicyState(), 4
+    # A steady 2 tasks/s with 4 in flight (2 s each): rates, not counts.
+    for at in range(0, 65, 5):
+        observation = Observation(at=at, waiting=0, inflight=4, completed_total=1000 + 2.0 * at)
+        decision = decide(
+            config=config, state=state, observation=observation, current_replicas=current, now=at
+        )
+        state, current = decision.state, decision.replicas
+    assert decision.demand is not None
+    assert decision.demand.basis == "rates"
+    assert decision.demand.arrival_rate == pytest.approx(2.0)
+    # Redis lost the hash (or RabbitMQ's statistics restarted): the total falls to 4.
+    reset = Observation(at=65, waiting=0, inflight=4, completed_total=4)
+    decision = decide(
+        config=config, state=state, observation=reset, current_replicas=current, now=65
+    )
+    # The old history is dropped rather than read as -1,126 completions.
+    assert decision.state.observations == (reset,)
+    assert decision.demand is not None
+    assert decision.demand.arrival_rate is None
+    assert decision.replicas >= 4  # never below the in-flight work
+    # Rates come back from the new history alone.
+    after = Observation(at=70, waiting=0, inflight=4, completed_total=14)
+    decision = decide(
+        config=config, state=decision.state, observation=after, current_replicas=decision.replicas,
+        now=70,
+    )  # fmt: skip
+    assert decision.demand is not None
+    assert decision.demand.arrival_rate == pytest.approx(2.0)
