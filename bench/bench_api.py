@@ -132,8 +132,18 @@ def fixed_rate(token: str, *, rate: float, seconds: float) -> dict[str, float]:
         latencies: list[float] = []
 
         async def one(due: float) -> None:
-            conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", PORT)
-            await exchange(*conn)
+            conn = idle.pop() if idle else None
+            if conn is not None:
+                try:
+                    await exchange(*conn)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # The server closed this idle keep-alive connection (gunicorn's
+                    # keepalive timeout) before reading the request: send it on a new one.
+                    conn[1].close()
+                    conn = None
+            if conn is None:
+                conn = await asyncio.open_connection("127.0.0.1", PORT)
+                await exchange(*conn)
             latencies.append(time.perf_counter() - due)
             idle.append(conn)
 
