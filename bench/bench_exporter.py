@@ -12,7 +12,12 @@ Figures, each the median over repeated reads:
   (nothing changed since the last read) and with churn (50 acks and 50 deliveries between
   reads), plus the cold first read that decodes every payload once;
 * the same 10,000 in-flight figures read naively (``HGETALL`` + decode), for comparison;
-* counting error of ``LLEN <queue>`` against the true count on a priority workload.
+* counting error of ``LLEN <queue>`` against the true count on a priority workload;
+* the cost of the workers' completion counters in a read (one ``HMGET`` of the
+  ``_tide.completed`` hash, see ``tide.completions``): steady reads of 100 and 1,000
+  queues, every queue with a counter, by a reader that reads them and one that does not
+  (``completions=False``), interleaved. The scenario figures above include the ``HMGET``
+  (on an absent hash), as every read now does.
 
 Prints a table and writes ``bench/results/exporter.json``.
 """
@@ -38,6 +43,7 @@ from kombu import Connection, Exchange, Producer, Queue
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "app"))
 
+from tide.completions import COMPLETED_KEY  # noqa: E402
 from tide.exporter.readers import RedisQueueReader  # noqa: E402
 from tide.exporter.stats import count_unacked, parse_unacked  # noqa: E402
 
@@ -190,6 +196,34 @@ def scenario(url: str, *, queues: int, inflight: int) -> dict[str, Any]:
     return result
 
 
+def completions_read(url: str, *, queues: int) -> dict[str, Any]:
+    """Steady read of ``queues`` queues with and without the completion counters."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    rng = random.Random(queues)
+    names = [f"q{index:04d}" for index in range(queues)]
+    publish(url, names, per_queue=3, rng=rng)
+    client.hset(PREFIX + COMPLETED_KEY, mapping={name: rng.randrange(10**6) for name in names})
+    counting = RedisQueueReader(url=url, transport_options=OPTIONS)
+    silent = RedisQueueReader(url=url, transport_options=OPTIONS, completions=False)
+    for reader in (counting, silent):
+        reader.read(names, now=time.time())  # cold read: payload cache and packed commands
+    with_counters: list[tuple[float, float]] = []
+    without: list[tuple[float, float]] = []
+    for _ in range(REPEATS):
+        with_counters.append(measure(client, lambda: counting.read(names, now=time.time())))
+        without.append(measure(client, lambda: silent.read(names, now=time.time())))
+    stats = counting.read(names, now=time.time())
+    assert all(s.completed is not None and s.completed >= 0 for s in stats)
+    counting.close()
+    silent.close()
+    return {
+        "queues": queues,
+        "with_counters": median_pair(with_counters),
+        "without_counters": median_pair(without),
+    }
+
+
 def counting_error(url: str) -> dict[str, Any]:
     """What ``LLEN <queue>`` (celery-exporter, KEDA) reads against the true count."""
     client = redis.Redis.from_url(url)
@@ -241,6 +275,7 @@ def main() -> None:
                 for queues in (1, 100, 1000)
             ]
             errors = counting_error(url)
+            completions = [completions_read(url, queues=queues) for queues in (100, 1000)]
             version = redis.Redis.from_url(url).info("server")["redis_version"]
         finally:
             process.terminate()
@@ -253,6 +288,7 @@ def main() -> None:
         "repeats": REPEATS,
         "scenarios": scenarios,
         "counting_error": errors,
+        "completions_read": completions,
         "targets": {
             "100_queues_wall_under_5ms": target["steady"]["wall_ms"] < 5,
             "100_queues_redis_under_1ms": target["steady"]["redis_ms"] < 1,
@@ -276,6 +312,13 @@ def main() -> None:
         print(
             f"  {name:<20} true {row['true']:>5}  tide {row['tide']:>5} ({row['tide_error_pct']}%)"
             f"  LLEN {row['base_key_llen']:>5} ({row['llen_error_pct']}%)"
+        )
+    print("\ncompletion counters in a steady read (one HMGET, every queue counted):")
+    for row in completions:
+        on, off = row["with_counters"], row["without_counters"]
+        print(
+            f"  {row['queues']:>5} queues: wall {on['wall_ms']:.3f} ms vs {off['wall_ms']:.3f} ms"
+            f" without; Redis {on['redis_ms']:.3f} ms vs {off['redis_ms']:.3f} ms"
         )
     print("\ntargets:", json.dumps(results["targets"]))
     out = ROOT / "bench" / "results" / "exporter.json"
