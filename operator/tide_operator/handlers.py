@@ -38,7 +38,7 @@ from tide_operator.kube import ApiError, Connection, KubeApi, NotFound
 from tide_operator.metrics import OperatorMetrics
 from tide_operator.policy import PolicyState
 from tide_operator.reconcile import PoolEvent, StepResult, failed_step, reconcile_step
-from tide_operator.sources import MetricSource, source_for
+from tide_operator.sources import MetricSource, SharedScrapes, source_for
 from tide_operator.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
 from tide_operator.status import INVALID_SPEC, status_changed
 from tide_operator.targets import (
@@ -126,13 +126,16 @@ def make_settings(
 
 @dataclass
 class Runtime:
-    """What the handlers share: the API client, the metrics HTTP client, probe, metrics."""
+    """What the handlers share: the API client, the metrics HTTP client and its shared
+    scrapes, probe, metrics."""
 
     metrics: OperatorMetrics
     login: LoginFn = default_login
     busy_probe: BusyProbe | None = None
     settings: kopf.OperatorSettings = field(default_factory=make_settings)
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # One exporter scrape serves every pool reading the same URL within half a second.
+    scrapes: SharedScrapes = field(default_factory=SharedScrapes)
     _api: KubeApi | None = None
     _http: httpx.AsyncClient | None = None
     _lock: asyncio.Lock | None = None
@@ -212,7 +215,7 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
     spec = pool.spec
     api = await runtime.api()
     if pool_memory.source is None or pool_memory.source_spec != spec.metrics:
-        pool_memory.source = source_for(spec.metrics, client=runtime.http())
+        pool_memory.source = source_for(spec.metrics, client=runtime.http(), shared=runtime.scrapes)
         pool_memory.source_spec = spec.metrics
     target = DeploymentTarget(
         api, namespace=namespace, name=deployment_name(pool), busy_probe=runtime.busy_probe

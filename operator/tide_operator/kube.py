@@ -17,7 +17,11 @@ Decisions worth knowing:
   message, for the caller to report on the pool's status;
 * a 401 calls the ``refresh`` callback once and retries, because service-account tokens
   are rotated on disk while the operator runs;
-* requests are counted by verb (``counts``) for the benchmark's requests-per-minute.
+* requests are counted by verb (``counts``) for the benchmark's requests-per-minute;
+* at most ``MAX_CONNECTIONS`` requests are in flight, the rest wait on a semaphore: httpcore
+  rescans every queued request against every connection whenever one frees, so a thousand
+  pools' requests queued inside its pool cost O(queued x connections) each (cProfile of the
+  1,000-pool benchmark: most of the operator's CPU), where a semaphore wakes one waiter.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
 CONFLICT_RETRIES: Final = 5
 CONFLICT_BACKOFF: Final = 0.1
+MAX_CONNECTIONS: Final = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class KubeApi:
         self.timeout = timeout
         self.counts: Counter[str] = Counter()
         self._client = self._make_client(connection)
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     def _make_client(self, conn: Connection) -> httpx.AsyncClient:
         auth = (conn.username, conn.password) if conn.username and conn.password else None
@@ -136,7 +142,9 @@ class KubeApi:
             headers={"Accept": "application/json", **_headers(conn)},
             auth=auth,
             timeout=self.timeout,
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            ),
         )
 
     async def aclose(self) -> None:
@@ -153,13 +161,14 @@ class KubeApi:
     ) -> Any:
         for attempt in (1, 2):
             self.counts[method] += 1
-            response = await self._client.request(
-                method,
-                path,
-                params=params,
-                json=body,
-                headers={"Content-Type": content_type} if body is not None else None,
-            )
+            async with self._slots:
+                response = await self._client.request(
+                    method,
+                    path,
+                    params=params,
+                    json=body,
+                    headers={"Content-Type": content_type} if body is not None else None,
+                )
             if response.status_code == 401 and attempt == 1 and self.refresh is not None:
                 # A rotated token: log in again and retry once.
                 self.connection = await self.refresh()
