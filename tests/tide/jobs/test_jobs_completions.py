@@ -19,7 +19,9 @@ from tide.celery import app
 from tide.completions import COMPLETED_KEY
 from tide.exporter import read_queues
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.broker]
+# Not marked ``broker``: the counter is the Redis transport's; the RabbitMQ re-run of the
+# worker suite has nothing of it to check (the exporter's tests cover RabbitMQ's ack count).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 #: A queue the session's worker consumes and no other test of this folder publishes to.
 QUEUE = "priority"
@@ -28,8 +30,6 @@ QUEUE = "priority"
 def test_every_finished_task_is_counted_once(
     api: APIClient, job_done: Any, celery_worker: Any, wait: Any
 ) -> None:
-    if not settings.CELERY_BROKER_URL.startswith("redis"):
-        pytest.skip("RabbitMQ counts acknowledgements itself; the handler writes nothing")
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     key = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + COMPLETED_KEY
 
