@@ -36,18 +36,15 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "app"))
 
+from tide.settings.base import CELERY_BROKER_TRANSPORT_OPTIONS  # noqa: E402
+
 PREFIX = "bench:"
 QUEUE = "bench"
 TASKS = 4000
 ROUNDS = 3
 CALLS = 20_000
-OPTIONS: dict[str, Any] = {
-    "queue_order_strategy": "priority",
-    "priority_steps": list(range(10)),
-    "sep": ":",
-    "global_keyprefix": PREFIX,
-    "visibility_timeout": 7200,
-}
+# Tide's own broker layout (priority lists, separator, visibility timeout), under a bench prefix.
+OPTIONS: dict[str, Any] = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": PREFIX}
 START_KEY, END_KEY = "bench-control:start", "bench-control:end"
 
 

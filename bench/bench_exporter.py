@@ -46,15 +46,11 @@ sys.path.insert(0, str(ROOT / "app"))
 from tide.completions import COMPLETED_KEY  # noqa: E402
 from tide.exporter.readers import RedisQueueReader  # noqa: E402
 from tide.exporter.stats import count_unacked, parse_unacked  # noqa: E402
+from tide.settings.base import CELERY_BROKER_TRANSPORT_OPTIONS  # noqa: E402
 
 PREFIX = "bench:"
-OPTIONS: dict[str, Any] = {
-    "queue_order_strategy": "priority",
-    "priority_steps": list(range(10)),
-    "sep": ":",
-    "global_keyprefix": PREFIX,
-    "visibility_timeout": 7200,
-}
+# Tide's own broker layout (priority lists, separator, visibility timeout), under a bench prefix.
+OPTIONS: dict[str, Any] = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": PREFIX}
 REPEATS = 15
 
 
