@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from celery import Celery
 from django.conf import settings
 
@@ -95,7 +94,8 @@ def platform(
     # The platform gets a broker keyspace of its own (the test settings derive the key
     # prefix from TIDE_TEST_RUN): messages other tests left behind, such as ETA jobs an
     # hour away, would otherwise be real work to this pool and rightly keep a worker up.
-    run = f"{worker_env['TIDE_TEST_RUN']}-{name}"
+    # Nested under the session's prefix, so the session's key clean-up removes it too.
+    run = f"{worker_env['TIDE_TEST_RUN']}:{name}"
     prefix = broker_key_prefix(run)
     env = {**worker_env, "TIDE_VAR_DIR": str(tmp_path / "var"), "TIDE_TEST_RUN": run}
     control = Celery("tide-e2e", set_as_current=False)
@@ -154,8 +154,3 @@ def platform(
     for pattern in (f"--hostname {name}-", f"127.0.0.1:{port}", f"--port {exporter_port}"):
         subprocess.run(["pkill", "-9", "-f", "--", pattern], check=False)
     control.close()
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    keys = list(broker.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        broker.delete(*keys)
-    broker.close()
