@@ -101,5 +101,5 @@ def connect() -> None:
     post_delete.connect(_token_changed, sender=Token, dispatch_uid="tide-token-cache-delete")
     post_save.connect(_token_changed, sender=Token, dispatch_uid="tide-token-cache-save")
     user_model = get_user_model()
-    for signal in (post_save, post_delete):
-        signal.connect(_user_changed, sender=user_model, dispatch_uid=f"tide-user-cache-{signal}")
+    post_save.connect(_user_changed, sender=user_model, dispatch_uid="tide-user-cache-save")
+    post_delete.connect(_user_changed, sender=user_model, dispatch_uid="tide-user-cache-delete")
