@@ -1,0 +1,275 @@
+"""Running the stock app (``stockapp``) in tests: its broker corner, its workers, its producers.
+
+Any test folder can use it (``tests/stockapp`` is on pytest's ``pythonpath``); the fixtures
+in ``tests/stockapp/conftest.py`` wrap it. Isolation on brokers other runs share:
+
+* Redis: a ``global_keyprefix`` of the run's own (``STOCKAPP_KEYPREFIX``), in DB 7, which
+  the other suites leave alone; the prefix is deleted afterwards;
+* RabbitMQ: a virtual host of the run's own, made through the management API and deleted
+  afterwards, so the stock app keeps its fixed queue names (``orders``, ``emails``,
+  ``reports``) as a real deployment would.
+
+Workers are real ``celery -A stockapp worker`` processes; the in-process producer is a fresh
+copy of the stock app's module loaded with the test's environment (``load_app``), so each
+test's producer talks to its own corner while Celery's current app stays what it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+#: The folder that holds the ``stockapp`` package: put it on ``PYTHONPATH``.
+STOCKAPP_PATH = Path(__file__).resolve().parent
+QUEUES = ("orders", "emails", "reports")
+CELERY = str(Path(sys.executable).with_name("celery"))
+CONTROL_URL = os.environ.get("STOCKAPP_TEST_CONTROL_URL", "redis://127.0.0.1:6379/7")
+REDIS_URL = os.environ.get("STOCKAPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+RABBITMQ_URL = os.environ.get("TIDE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+RABBITMQ_MANAGEMENT_URL = os.environ.get(
+    "TIDE_TEST_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"
+)
+CONTROL_PREFIX = "stockapp-control:"
+
+
+def control() -> redis.Redis:
+    return redis.Redis.from_url(CONTROL_URL)
+
+
+@dataclass
+class StockBroker:
+    """One test's corner of a shared broker for the stock app."""
+
+    url: str
+    run: str
+    #: Redis ``global_keyprefix`` ('' on RabbitMQ, whose isolation is the vhost).
+    keyprefix: str = ""
+    management_url: str | None = None
+
+    @property
+    def is_redis(self) -> bool:
+        return self.url.startswith(("redis://", "rediss://"))
+
+    @property
+    def transport_options(self) -> dict[str, Any]:
+        """Exactly the stock app's: kombu's defaults plus the key prefix."""
+        return {"global_keyprefix": self.keyprefix} if self.keyprefix else {}
+
+    def client(self) -> redis.Redis:
+        assert self.is_redis
+        return redis.Redis.from_url(self.url)
+
+    def env(self, *, acks_late: bool = False, integration: bool = True) -> dict[str, str]:
+        """Environment of a stock app process (worker or producer) on this corner."""
+        return {
+            "STOCKAPP_BROKER_URL": self.url,
+            "STOCKAPP_KEYPREFIX": self.keyprefix,
+            "STOCKAPP_ACKS_LATE": "1" if acks_late else "0",
+            "STOCKAPP_INTEGRATION": "1" if integration else "0",
+            "STOCKAPP_CONTROL_URL": CONTROL_URL,
+        }
+
+    # -- the hold task's bookkeeping ---------------------------------------------------------
+
+    def running(self) -> int:
+        """How many ``hold``/``build_report`` tasks of this run execute now (their own record)."""
+        return int(control().scard(f"{CONTROL_PREFIX}{self.run}:running"))
+
+    def release(self, count: int) -> None:
+        if count > 0:
+            control().lpush(f"{CONTROL_PREFIX}{self.run}:release", *["go"] * count)
+
+    def cleanup(self) -> None:
+        client = control()
+        for key in client.scan_iter(match=f"{CONTROL_PREFIX}{self.run}*", count=1000):
+            client.delete(key)
+        if self.is_redis and self.keyprefix:
+            client = self.client()
+            keys = list(client.scan_iter(match=_glob_escape(self.keyprefix) + "*", count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
+        elif self.management_url:
+            delete_vhost(self.management_url, _vhost_of(self.url))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _vhost_of(url: str) -> str:
+    path = urllib.parse.urlsplit(url).path
+    return urllib.parse.unquote(path[1:]) if path.startswith("/") else "/"
+
+
+def _management(url: str) -> httpx.Client:
+    parsed = urllib.parse.urlsplit(url)
+    base = f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 15672}"
+    auth = (parsed.username or "guest", parsed.password or "guest")
+    return httpx.Client(base_url=base, auth=auth, timeout=10)
+
+
+def create_vhost(management_url: str, vhost: str) -> None:
+    """A RabbitMQ virtual host that ``guest`` may use fully."""
+    name = urllib.parse.quote(vhost, safe="")
+    with _management(management_url) as client:
+        client.put(f"/api/vhosts/{name}").raise_for_status()
+        client.put(
+            f"/api/permissions/{name}/guest",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+        ).raise_for_status()
+
+
+def delete_vhost(management_url: str, vhost: str) -> None:
+    with _management(management_url) as client:
+        client.delete(f"/api/vhosts/{urllib.parse.quote(vhost, safe='')}")
+
+
+def redis_broker(run: str | None = None) -> StockBroker:
+    run = run or uuid.uuid4().hex[:10]
+    return StockBroker(url=REDIS_URL, run=run, keyprefix=f"stockapp-test-{run}:")
+
+
+def rabbitmq_broker(run: str | None = None) -> StockBroker:
+    run = run or uuid.uuid4().hex[:10]
+    vhost = f"stockapp-test-{run}"
+    create_vhost(RABBITMQ_MANAGEMENT_URL, vhost)
+    parsed = urllib.parse.urlsplit(RABBITMQ_URL)
+    url = urllib.parse.urlunsplit(
+        (parsed.scheme, parsed.netloc, "/" + urllib.parse.quote(vhost, safe=""), "", "")
+    )
+    return StockBroker(url=url, run=run, management_url=RABBITMQ_MANAGEMENT_URL)
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def load_app(env: Mapping[str, str]) -> Any:
+    """A fresh copy of ``stockapp.celery.app`` configured from ``env``, for producing.
+
+    The stock module sets its app as Celery's current app, as any ``Celery()`` does; the
+    caller's current app is put back, so a test process that also holds Tide's app keeps it.
+    """
+    import celery
+
+    previous = celery.current_app._get_current_object()
+    # The shared tasks register with every app, this copy included, once their module ran.
+    importlib.import_module("stockapp.tasks")
+    spec = importlib.util.spec_from_file_location(
+        f"stockapp_celery_{uuid.uuid4().hex[:8]}", STOCKAPP_PATH / "stockapp" / "celery.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        with _environ(env):
+            spec.loader.exec_module(module)
+    finally:
+        previous.set_current()
+    return module.app
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+    name: str
+    broker: StockBroker
+
+    def tail(self, size: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-size:]
+
+
+@dataclass
+class Workers:
+    """Real ``celery -A stockapp worker`` processes; ``stop_all`` ends them (warm shutdown)."""
+
+    folder: Path
+    started: list[Worker] = field(default_factory=list)
+
+    def start(
+        self,
+        broker: StockBroker,
+        *,
+        queues: Sequence[str] = QUEUES,
+        concurrency: int = 2,
+        acks_late: bool = False,
+        integration: bool = True,
+        name: str | None = None,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Worker:
+        name = name or f"stock-{uuid.uuid4().hex[:8]}@%h"
+        log = self.folder / f"stock-worker-{len(self.started)}.log"
+        environment = {
+            **os.environ,
+            **broker.env(acks_late=acks_late, integration=integration),
+            "PYTHONPATH": os.pathsep.join(
+                [str(STOCKAPP_PATH), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        # Nothing of Tide's settings may leak into the user's app.
+        environment.pop("DJANGO_SETTINGS_MODULE", None)
+        argv = [
+            CELERY, "-A", "stockapp", "worker",
+            "-Q", ",".join(queues), "-c", str(concurrency), "-n", name,
+            "--loglevel", "INFO", *extra,
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv, cwd=self.folder, env=environment, stdout=out, stderr=subprocess.STDOUT
+            )
+        worker = Worker(process=process, log=log, name=name, broker=broker)
+        self.started.append(worker)
+        return worker
+
+    def stop(self, worker: Worker, *, timeout: float = 30) -> int:
+        """Warm shutdown (SIGTERM) and wait; kill if it outlives ``timeout``."""
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+        try:
+            return worker.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            return worker.process.wait(10)
+
+    def stop_all(self) -> None:
+        # Held tasks end at once, so the warm shutdown is quick.
+        for run in {worker.broker.run: worker.broker for worker in self.started}.values():
+            run.release(10_000)
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for worker in self.started:
+            try:
+                worker.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait(10)

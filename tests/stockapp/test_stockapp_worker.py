@@ -1,0 +1,55 @@
+"""The stock app as its team runs it, with nothing of Tide's: the baseline every other
+stock-app test builds on. Its worker consumes all three queues, and its priorities land
+where kombu's default Redis layout puts them (four lists per queue, joined by
+``\\x06\\x16``), which is the layout Tide's exporter must read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from stockapp_harness import QUEUES, StockBroker, Workers
+
+SEP = "\x06\x16"
+
+
+@pytest.mark.broker
+def test_stock_worker_runs_tasks_from_every_queue(
+    stock_broker: StockBroker,
+    stock_workers: Workers,
+    stock_producer: Callable[..., Any],
+    wait: Callable[..., Any],
+) -> None:
+    app = stock_producer(stock_broker, integration=False)
+    for queue in QUEUES:
+        app.tasks["stockapp.tasks.hold"].apply_async(args=[stock_broker.run], queue=queue)
+    worker = stock_workers.start(stock_broker, concurrency=3, integration=False)
+    wait(
+        lambda: stock_broker.running() == 3,
+        timeout=60,
+        what="one held task per queue running",
+        explain=worker.tail,
+    )
+    stock_broker.release(3)
+    wait(lambda: stock_broker.running() == 0, timeout=30, what="held tasks finished")
+
+
+def test_priorities_land_on_kombus_default_lists(
+    redis_stock_broker: StockBroker, stock_producer: Callable[..., Any]
+) -> None:
+    broker = redis_stock_broker
+    app = stock_producer(broker, integration=False)
+    for index in range(3):
+        app.tasks["stockapp.tasks.send_email"].apply_async(args=[f"{index}@x"], priority=5)
+    for index in range(2):
+        app.tasks["stockapp.tasks.place_order"].apply_async(args=[index])
+    app.tasks["stockapp.tasks.build_report"].apply_async(args=[broker.run], priority=9)
+    client = broker.client()
+    lengths = {
+        name: client.llen(broker.keyprefix + name)
+        for name in ("orders", "emails", f"emails{SEP}3", f"reports{SEP}9")
+    }
+    # Priority 5 falls in kombu's step 3 (steps 0/3/6/9); no priority is step 0.
+    assert lengths == {"orders": 2, "emails": 0, f"emails{SEP}3": 3, f"reports{SEP}9": 1}
