@@ -64,9 +64,9 @@ sys.path.insert(0, str(ROOT / "tests" / "tide_operator" / "operator"))
 
 from kube_emulator import TideEmulator  # noqa: E402
 
-from tide_operator.handlers import Runtime, build_registry, make_settings  # noqa: E402
-from tide_operator.kube import Connection, KubeApi  # noqa: E402
-from tide_operator.metrics import OperatorMetrics  # noqa: E402
+from tide_operator.adapters.kube import Connection, KubeApi  # noqa: E402
+from tide_operator.edge.handlers import Runtime, build_registry, make_settings  # noqa: E402
+from tide_operator.edge.metrics import OperatorMetrics  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "operator.json"
 NS = "bench"

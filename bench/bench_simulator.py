@@ -15,8 +15,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tide_operator.baselines import EXTRA_POLICIES, POLICIES, make_controller, tide_config
-from tide_operator.report import (
+from tide_operator.simulation.baselines import (
+    EXTRA_POLICIES,
+    POLICIES,
+    make_controller,
+    tide_config,
+)
+from tide_operator.simulation.cli import run_comparison
+from tide_operator.simulation.report import (
     Summary,
     check_targets,
     plot_trace,
@@ -25,9 +31,8 @@ from tide_operator.report import (
     summarize,
     write_json,
 )
-from tide_operator.simulate_cli import run_comparison
-from tide_operator.simulator import SimSettings, simulate
-from tide_operator.traces import builtin_trace, diurnal, trace_names
+from tide_operator.simulation.simulator import SimSettings, simulate
+from tide_operator.simulation.traces import builtin_trace, diurnal, trace_names
 
 OUT = Path(__file__).parent / "results" / "simulator"
 

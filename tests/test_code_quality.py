@@ -23,8 +23,10 @@ BIN = Path(sys.executable).parent
         [str(BIN / "hadolint"), "Dockerfile"],
         # Types: strict on tide_operator, checked on the app.
         [str(BIN / "mypy")],
+        # The layers of both packages (.importlinter).
+        [str(BIN / "lint-imports")],
     ],
-    ids=["ruff", "ruff-format", "hadolint", "mypy"],
+    ids=["ruff", "ruff-format", "hadolint", "mypy", "import-linter"],
 )
 def test_tool_is_clean(argv: list[str]) -> None:
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -127,8 +127,8 @@ def _register_optional() -> None:
     from tide.exporter.cli import exporter
     from tide.local.cli import up
     from tide.local.load import load
-    from tide_operator.cli import operator_command
-    from tide_operator.simulate_cli import simulate
+    from tide_operator.edge.cli import operator_command
+    from tide_operator.simulation.cli import simulate
 
     main.add_command(up)
     main.add_command(load)

@@ -108,8 +108,8 @@ def pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def worker_deployments(render: Render) -> list[dict[str, Any]]:
     """The Deployments the operator would build from the scenario's WorkerPools."""
-    from tide_operator.deployments import build_worker_deployment
-    from tide_operator.spec import WorkerPool
+    from tide_operator.resources.deployments import build_worker_deployment
+    from tide_operator.resources.spec import WorkerPool
 
     out = []
     for pool in render.kind("WorkerPool"):

@@ -25,9 +25,9 @@ from typing import Any
 
 from tide.local.pools import LocalPool
 from tide.local.workers import LocalWorkers
-from tide_operator.policy import Observation, PolicyState
-from tide_operator.reconcile import PoolEvent, reconcile_step
-from tide_operator.sources import ExporterSource, MetricsUnavailable
+from tide_operator.adapters.sources import ExporterSource, MetricsUnavailable
+from tide_operator.core.policy import Observation, PolicyState
+from tide_operator.reconcile.step import PoolEvent, reconcile_step
 
 logger = logging.getLogger("tide.local.autoscaler")
 
@@ -94,7 +94,7 @@ class PoolAutoscaler:
             self.on_step(self.pool.name, self.status)
 
     async def _baseline_step(self, now: float) -> None:
-        from tide_operator.simulator import Snapshot
+        from tide_operator.simulation.simulator import Snapshot
 
         current = await self.workers.current()
         try:
@@ -135,9 +135,9 @@ class PoolAutoscaler:
 def _baseline(name: str, pool: LocalPool) -> Any:
     import numpy as np
 
-    from tide_operator.baselines import make_controller
-    from tide_operator.simulator import SimSettings
-    from tide_operator.traces import Trace
+    from tide_operator.simulation.baselines import make_controller
+    from tide_operator.simulation.simulator import SimSettings
+    from tide_operator.simulation.traces import Trace
 
     policy = pool.policy
     settings = SimSettings(

@@ -215,7 +215,7 @@ async def _autoscale(
 
     from tide.local.autoscaler import PoolAutoscaler, log_step
     from tide.local.workers import LocalWorkers
-    from tide_operator.sources import ExporterSource
+    from tide_operator.adapters.sources import ExporterSource
 
     stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

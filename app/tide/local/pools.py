@@ -1,6 +1,7 @@
 """Worker pools for local mode, read from WorkerPool YAML: the same resource the operator
-reads in a cluster, validated by the same model (``tide_operator.spec.WorkerPoolSpec``), so
-a pool tried locally is the pool deployed.
+reads in a cluster, validated by the same model
+(``tide_operator.resources.spec.WorkerPoolSpec``), so a pool tried locally is the pool
+deployed.
 
 Local mode honours the queues, the concurrency, the shutdown grace and every scaling field
 (mapped to the policy by ``to_policy_config``, as the operator maps them). The pod
@@ -17,8 +18,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tide_operator.policy import PolicyConfig
-from tide_operator.spec import WorkerPoolSpec
+from tide_operator.core.policy import PolicyConfig
+from tide_operator.resources.spec import WorkerPoolSpec
 
 EXAMPLE_POOL = """\
 apiVersion: tide.dev/v1alpha1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tide.local.pools import LocalPool
-from tide_operator.targets import BusyProbe, CeleryInspectProbe
+from tide_operator.adapters.targets import BusyProbe, CeleryInspectProbe
 
 
 def _local_probe() -> BusyProbe:

@@ -24,7 +24,7 @@ from kombu import Exchange, Queue
 from tide.completions import COMPLETED_KEY, leaves_queue, queue_of, routes_of
 from tide.exporter.readers import RedisQueueReader, acked
 from tide.exporter.scrape import parse_exposition, scrape
-from tide_operator.sources import ExporterSource
+from tide_operator.adapters.sources import ExporterSource
 
 OUTCOME = "exporter_test.outcome"
 

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tide_operator.crd import build_crd
+from tide_operator.resources.crd import build_crd
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))

@@ -15,8 +15,8 @@ import yaml
 from crd_admission import EXAMPLES, load_examples
 from pydantic import ValidationError
 
-from tide_operator.crd import CRD_PATH, build_crd, render_crd_yaml
-from tide_operator.spec import WorkerPool, WorkerPoolSpec
+from tide_operator.resources.crd import CRD_PATH, build_crd, render_crd_yaml
+from tide_operator.resources.spec import WorkerPool, WorkerPoolSpec
 
 BASE: dict[str, Any] = {
     "apiVersion": "tide.dev/v1alpha1",
@@ -161,7 +161,7 @@ def test_examples_cover_the_documented_cases() -> None:
 
 
 def test_committed_yaml_is_generated() -> None:
-    assert CRD_PATH.read_text() == render_crd_yaml(), "run: python -m tide_operator.crd"
+    assert CRD_PATH.read_text() == render_crd_yaml(), "run: python -m tide_operator.resources.crd"
     assert yaml.safe_load(CRD_PATH.read_text()) == build_crd()
 
 

@@ -21,9 +21,9 @@ import pytest_asyncio
 from aiohttp import web
 from kube_emulator import WORKERPOOLS, TideEmulator
 
-from tide_operator.handlers import Runtime, build_registry, make_settings
-from tide_operator.kube import Connection, KubeApi
-from tide_operator.metrics import OperatorMetrics
+from tide_operator.adapters.kube import Connection, KubeApi
+from tide_operator.edge.handlers import Runtime, build_registry, make_settings
+from tide_operator.edge.metrics import OperatorMetrics
 
 T = TypeVar("T")
 NS = "default"

@@ -27,9 +27,9 @@ from pool_harness import (
     replicas,
 )
 
-from tide_operator.deployments import DELETION_COST_ANNOTATION, TEMPLATE_HASH_ANNOTATION
-from tide_operator.handlers import Runtime
-from tide_operator.kube import KubeApi
+from tide_operator.adapters.kube import KubeApi
+from tide_operator.edge.handlers import Runtime
+from tide_operator.resources.deployments import DELETION_COST_ANNOTATION, TEMPLATE_HASH_ANNOTATION
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.timeout(60)]
 

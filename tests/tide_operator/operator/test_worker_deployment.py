@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from tide_operator.deployments import (
+from tide_operator.resources.deployments import (
     UNKNOWN_BUSY_COST,
     PodLoad,
     build_worker_deployment,
     plan_deletion_costs,
     template_hash,
 )
-from tide_operator.spec import WorkerPool
+from tide_operator.resources.spec import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tide_operator.policy import (
+from tide_operator.core.policy import (
     Decision,
     Observation,
     PolicyConfig,

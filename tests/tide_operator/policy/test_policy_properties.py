@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from policy_scenarios import configs, observation_steps, replay
 
-from tide_operator.policy import (
+from tide_operator.core.policy import (
     COOLDOWN_TO_ZERO,
     Fallback,
     Observation,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from policy_scenarios import make_config, replay, stream
 
-from tide_operator.policy import (
+from tide_operator.core.policy import (
     ACTIVATED,
     COOLDOWN_TO_ZERO,
     FALLBACK,
@@ -239,7 +239,7 @@ CONFIG_ERRORS = [
 def test_config_rejected(spec: dict[str, Any], message: str) -> None:
     from pydantic import ValidationError
 
-    from tide_operator.policy import PolicyConfig
+    from tide_operator.core.policy import PolicyConfig
 
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         PolicyConfig.model_validate(spec)
@@ -247,7 +247,7 @@ def test_config_rejected(spec: dict[str, Any], message: str) -> None:
 
 def test_config_from_workerpool_spec() -> None:
     """A WorkerPool spec in camelCase maps onto the config, HPA's field names included."""
-    from tide_operator.policy import PolicyConfig
+    from tide_operator.core.policy import PolicyConfig
 
     config = PolicyConfig.model_validate(
         {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tide_operator.simulator import SimSettings
+from tide_operator.simulation.simulator import SimSettings
 
 
 @pytest.fixture

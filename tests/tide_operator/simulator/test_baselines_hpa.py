@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from tide_operator.baselines import (
-    HpaAlgorithm,
-    KedaController,
-    hpa_replicas_for_average_value,
-)
-from tide_operator.policy import (
+from tide_operator.core.policy import (
     HPA_DEFAULT_BEHAVIOR,
     Behavior,
     ScalingPolicy,
     ScalingRules,
 )
-from tide_operator.simulator import Snapshot
+from tide_operator.simulation.baselines import (
+    HpaAlgorithm,
+    KedaController,
+    hpa_replicas_for_average_value,
+)
+from tide_operator.simulation.simulator import Snapshot
 
 
 def test_one_to_forty_takes_four_periods() -> None:

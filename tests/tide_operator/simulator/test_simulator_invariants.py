@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tide_operator.baselines import EXTRA_POLICIES, POLICIES, make_controller
-from tide_operator.report import count_reversals, summarize
-from tide_operator.simulator import SimResult, SimSettings, simulate
-from tide_operator.traces import Trace, builtin_trace, load_trace
+from tide_operator.simulation.baselines import EXTRA_POLICIES, POLICIES, make_controller
+from tide_operator.simulation.report import count_reversals, summarize
+from tide_operator.simulation.simulator import SimResult, SimSettings, simulate
+from tide_operator.simulation.traces import Trace, builtin_trace, load_trace
 
 ALL_POLICIES = POLICIES + EXTRA_POLICIES
 

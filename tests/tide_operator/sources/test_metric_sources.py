@@ -9,15 +9,15 @@ import httpx
 import pytest
 from prometheus_harness import Exposition
 
-from tide_operator.policy import Observation, PolicyConfig, PolicyState, decide
-from tide_operator.sources import (
+from tide_operator.adapters.sources import (
     ExporterSource,
     MetricsUnavailable,
     PrometheusSource,
     parse_queue_figures,
     queue_regex,
 )
-from tide_operator.spec import PrometheusQueries
+from tide_operator.core.policy import Observation, PolicyConfig, PolicyState, decide
+from tide_operator.resources.spec import PrometheusQueries
 
 pytestmark = pytest.mark.timeout(90)
 

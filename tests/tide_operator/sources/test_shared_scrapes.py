@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from tide_operator.sources import MetricsUnavailable, SharedScrapes
+from tide_operator.adapters.sources import MetricsUnavailable, SharedScrapes
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.timeout(30)]
 

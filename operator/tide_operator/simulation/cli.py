@@ -6,7 +6,7 @@ and renders (``report``): a table and the targets in the terminal, ``results.jso
 PNG per trace in ``--out``. A newcomer runs ``tide simulate`` and gets the ``bursts`` trace
 compared across every policy, with the plot written to ``./tide-simulation/``.
 
-Standalone: ``python -m tide_operator.simulate_cli --trace spike``.
+Standalone: ``python -m tide_operator.simulation.cli --trace spike``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tide_operator.baselines import EXTRA_POLICIES, POLICIES, make_controller, tide_config
-from tide_operator.report import (
+from tide_operator.simulation.baselines import (
+    EXTRA_POLICIES,
+    POLICIES,
+    make_controller,
+    tide_config,
+)
+from tide_operator.simulation.report import (
     Summary,
     check_targets,
     plot_trace,
@@ -29,9 +34,9 @@ from tide_operator.report import (
     summarize,
     write_json,
 )
-from tide_operator.simulator import SimResult, SimSettings
-from tide_operator.simulator import simulate as replay
-from tide_operator.traces import Trace, builtin_trace, load_trace, trace_names
+from tide_operator.simulation.simulator import SimResult, SimSettings
+from tide_operator.simulation.simulator import simulate as replay
+from tide_operator.simulation.traces import Trace, builtin_trace, load_trace, trace_names
 
 __all__ = ["resolve_traces", "run_comparison", "simulate"]
 

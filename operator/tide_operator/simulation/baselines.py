@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tide_operator.policy import (
+from tide_operator.core.policy import (
     HPA_DEFAULT_BEHAVIOR,
     Behavior,
     Observation,
@@ -42,8 +42,8 @@ from tide_operator.policy import (
     limit_by_behavior,
     stabilize,
 )
-from tide_operator.simulator import SimSettings, Snapshot
-from tide_operator.traces import Trace
+from tide_operator.simulation.simulator import SimSettings, Snapshot
+from tide_operator.simulation.traces import Trace
 
 __all__ = [
     "EXTRA_POLICIES",

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
-from tide_operator.simulator import SimResult
+from tide_operator.simulation.simulator import SimResult
 
 __all__ = [
     "Summary",

@@ -45,8 +45,8 @@ from typing import Any, Final, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tide_operator.policy import Observation
-from tide_operator.spec import MetricsSpec, PrometheusQueries
+from tide_operator.core.policy import Observation
+from tide_operator.resources.spec import MetricsSpec, PrometheusQueries
 
 __all__ = [
     "DEFAULT_QUERIES",

@@ -44,7 +44,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from tide_operator.traces import Trace
+from tide_operator.simulation.traces import Trace
 
 __all__ = ["Controller", "SimResult", "SimSettings", "Snapshot", "simulate"]
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from tide_operator.policy import (
+from tide_operator.adapters.sources import MetricSource, MetricsUnavailable
+from tide_operator.adapters.targets import ReportsReadiness, ScaleTarget, TargetUnavailable
+from tide_operator.core.policy import (
     FALLBACK,
     METRICS_UNAVAILABLE,
     Decision,
@@ -36,16 +38,14 @@ from tide_operator.policy import (
     PolicyState,
     decide,
 )
-from tide_operator.sources import MetricSource, MetricsUnavailable
-from tide_operator.spec import WorkerPoolSpec
-from tide_operator.status import (
+from tide_operator.resources.spec import WorkerPoolSpec
+from tide_operator.resources.status import (
     INVALID_SPEC,
     READY,
     SAFE_SCALE_IN,
     build_status,
     condition_of,
 )
-from tide_operator.targets import ReportsReadiness, ScaleTarget, TargetUnavailable
 
 __all__ = ["PoolEvent", "StepResult", "failed_step", "reconcile_step"]
 

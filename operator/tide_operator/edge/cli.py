@@ -58,8 +58,8 @@ def operator_command(
     """Run the WorkerPool operator: scale Celery worker Deployments from queue metrics."""
     import kopf
 
-    from tide_operator.handlers import Runtime, build_registry, busy_probe_from_env
-    from tide_operator.metrics import OperatorMetrics, serve
+    from tide_operator.edge.handlers import Runtime, build_registry, busy_probe_from_env
+    from tide_operator.edge.metrics import OperatorMetrics, serve
 
     if all_namespaces and namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")

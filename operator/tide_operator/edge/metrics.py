@@ -24,7 +24,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from tide_operator.reconcile import StepResult
+from tide_operator.reconcile.step import StepResult
 
 __all__ = ["OperatorMetrics", "serve"]
 

@@ -27,7 +27,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from tide_operator.deployments import (
+from tide_operator.adapters.kube import JSON_PATCH, ApiError, Conflict, KubeApi, NotFound
+from tide_operator.resources.deployments import (
     DELETION_COST_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
     PodLoad,
@@ -38,8 +39,7 @@ from tide_operator.deployments import (
     template_hash,
     worker_hostname,
 )
-from tide_operator.kube import JSON_PATCH, ApiError, Conflict, KubeApi, NotFound
-from tide_operator.spec import WorkerPool
+from tide_operator.resources.spec import WorkerPool
 
 __all__ = [
     "BusyProbe",

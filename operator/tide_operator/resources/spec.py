@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from tide_operator.policy import Behavior, Fallback, PolicyConfig
+from tide_operator.core.policy import Behavior, Fallback, PolicyConfig
 
 __all__ = [
     "API_VERSION",

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tide_operator.policy import FALLBACK, PAUSED, Decision, Observation
+from tide_operator.core.policy import FALLBACK, PAUSED, Decision, Observation
 
 __all__ = [
     "ACTIVE",

@@ -33,21 +33,21 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
-from tide_operator.deployments import deployment_name
-from tide_operator.kube import ApiError, Connection, KubeApi, NotFound
-from tide_operator.metrics import OperatorMetrics
-from tide_operator.policy import PolicyState
-from tide_operator.reconcile import PoolEvent, StepResult, failed_step, reconcile_step
-from tide_operator.sources import MetricSource, SharedScrapes, source_for
-from tide_operator.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
-from tide_operator.status import INVALID_SPEC, status_changed
-from tide_operator.targets import (
+from tide_operator.adapters.kube import ApiError, Connection, KubeApi, NotFound
+from tide_operator.adapters.sources import MetricSource, SharedScrapes, source_for
+from tide_operator.adapters.targets import (
     BusyProbe,
     CeleryInspectProbe,
     DeploymentTarget,
     TargetUnavailable,
     ensure_owned_deployment,
 )
+from tide_operator.core.policy import PolicyState
+from tide_operator.edge.metrics import OperatorMetrics
+from tide_operator.reconcile.step import PoolEvent, StepResult, failed_step, reconcile_step
+from tide_operator.resources.deployments import deployment_name
+from tide_operator.resources.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
+from tide_operator.resources.status import INVALID_SPEC, status_changed
 
 __all__ = [
     "LoginFn",

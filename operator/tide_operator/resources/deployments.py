@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tide_operator.spec import API_VERSION, KIND, WorkerPool
+from tide_operator.resources.spec import API_VERSION, KIND, WorkerPool
 
 __all__ = [
     "DELETION_COST_ANNOTATION",
