@@ -8,7 +8,11 @@ import jsonschema
 import yaml
 from chart_render import REPO, Render
 
-SCHEMA = REPO.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
+# The team's shared copy when it sits beside the clone (as in CI), else the one the project
+# carries, so a newcomer's clone with nothing beside it validates too.
+_SCHEMA_NAME = "skaffold-v4beta14.json"
+_SHARED = REPO.parent / "shared" / "schemas" / _SCHEMA_NAME
+SCHEMA = _SHARED if _SHARED.is_file() else REPO / "tests" / "charts" / "schemas" / _SCHEMA_NAME
 
 
 def config() -> dict:
