@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install up test lint bench manifests clean
+.PHONY: install up test e2e lint bench manifests clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ test: install
 	$(BIN)/pytest
 	CELERY_BROKER_URL=$(RABBITMQ_URL) CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/0 \
 		$(BIN)/pytest -m broker -q
+
+# The end-to-end suite on the cluster KUBECONFIG names (kind, minikube, a cloud cluster, a
+# control plane of your own); outside `make test`, since CI has no cluster. See
+# docs/operator.md, "End-to-end on a real cluster". Figures: bench/results/e2e.json.
+e2e: install
+	$(BIN)/pytest -m e2e tests/e2e
 
 lint: install
 	$(BIN)/ruff check .

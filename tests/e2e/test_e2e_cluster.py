@@ -1,0 +1,740 @@
+"""The operator and the chart on a real cluster, checked with figures (``make e2e``).
+
+One scenario, in file order (each test leaves the pools as the next one expects): install,
+start, idle steady state, restart, bursts and windows, scale to zero, an exporter outage,
+pause, deletion, and the RBAC record. Bounds come from the product's contract
+(docs/operator.md): a change reaches ``spec.replicas`` within one polling interval plus the
+exporter's interval (plus Prometheus's scrape interval where it sits between) plus 1 s; a
+scale-down waits out its window; nothing is denied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_harness import (
+    BATCH_COOLDOWN,
+    EXPORTER_INTERVAL,
+    GROUP,
+    OPERATOR_SA,
+    PLURAL,
+    SCRAPE_INTERVAL,
+    VERSION,
+    Broker,
+    Cluster,
+    Exporter,
+    Install,
+    Operator,
+    Prometheus,
+    Report,
+    adopted_deployment,
+    example_pools,
+    measure,
+    summarise_log,
+)
+
+pytestmark = pytest.mark.e2e
+
+#: Default ``pollingInterval`` of the examples that do not set one; ``batch`` polls every 10 s.
+POLL = 5.0
+BATCH_POLL = 10.0
+#: One change to ``spec.replicas``: a polling interval, the exporter's read, and 1 s.
+REACT = POLL + EXPORTER_INTERVAL + 1.0
+#: The default scale-down window (docs/operator.md), which ``emails`` keeps.
+WINDOW = 30.0
+#: Steady-state window for the request rate.
+STEADY = 60.0
+
+OWNED = {"emails": "emails-workers", "default": "default-workers", "batch": "batch-workers"}
+ADOPTED = "reports-worker"
+
+
+def condition(pool: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    for item in ((pool or {}).get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind:
+            return item
+    return None
+
+
+def is_true(pool: dict[str, Any] | None, kind: str) -> bool:
+    found = condition(pool, kind)
+    return bool(found and found.get("status") == "True")
+
+
+def pools_state(cluster: Cluster, namespace: str) -> str:
+    lines = []
+    for item in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+        "items"
+    ]:
+        status = item.get("status") or {}
+        lines.append(
+            f"{item['metadata']['name']}: desired={status.get('desiredReplicas')} "
+            f"current={status.get('replicas')} decision={status.get('lastDecision')!r} "
+            + " ".join(
+                f"{c['type']}={c['status']}/{c.get('reason')}"
+                for c in status.get("conditions") or []
+            )
+        )
+    return "\n".join(lines)
+
+
+# -- the audit log (optional) ----------------------------------------------------------------
+
+
+def audit_entries(
+    operator_ns: str, since: datetime, until: datetime | None = None
+) -> list[dict[str, Any]] | None:
+    """Requests of the operator's ServiceAccount in the API server's audit log, one entry per
+    request (``TIDE_E2E_AUDIT_LOG``; ``None`` when there is no audit log to read)."""
+    path = os.environ.get("TIDE_E2E_AUDIT_LOG")
+    if not path or not Path(path).exists():
+        return None
+    user = f"system:serviceaccount:{operator_ns}:{OPERATOR_SA}"
+    seen: dict[str, dict[str, Any]] = {}
+    with open(path) as handle:
+        for line in handle:
+            if user not in line:
+                continue
+            entry = json.loads(line)
+            if entry.get("user", {}).get("username") != user:
+                continue
+            at = datetime.fromisoformat(entry["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            if at < since or (until is not None and at > until):
+                continue
+            # A watch has a ResponseStarted and a ResponseComplete entry: count it once,
+            # with the later stage's code.
+            seen[entry["auditID"]] = entry
+    return list(seen.values())
+
+
+def describe_requests(entries: list[dict[str, Any]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for entry in entries:
+        ref = entry.get("objectRef") or {}
+        resource = ref.get("resource", entry.get("requestURI", ""))
+        if ref.get("subresource"):
+            resource += "/" + ref["subresource"]
+        counts[f"{entry['verb']} {resource}"] += 1
+    return counts
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def require_operator(operator: Operator, report: Report, check: str) -> None:
+    """Fail at once, with the operator's own last words, when it is not running."""
+    if not operator.alive():
+        report.record(check, ok=False, detail="not run: " + operator.exit_note())
+        pytest.fail(operator.exit_note())
+
+
+# -- the scenario ----------------------------------------------------------------------------
+
+
+def test_control_plane(cluster: Cluster, standin_kubelet: bool, report: Report) -> None:
+    ok = report.record(
+        "cluster answers /version",
+        ok=bool(cluster.version),
+        detail=f"{cluster.version}; {report.facts.get('nodes')}",
+    )
+    assert ok
+
+
+def test_chart_installs(cluster: Cluster, chart: Install, report: Report) -> None:
+    # Every pod the chart's workloads asked for was admitted under `restricted`: a pod the
+    # namespace's Pod Security refuses shows up as a FailedCreate event of its controller.
+    def pods_created() -> bool:
+        pods = cluster.core.list_namespaced_pod(chart.namespace).items
+        return len(pods) >= 1
+
+    measure(pods_created, timeout=30)
+    refused = [
+        e.message
+        for e in cluster.core.list_namespaced_event(chart.namespace).items
+        if e.reason == "FailedCreate"
+    ]
+    pods = cluster.core.list_namespaced_pod(chart.namespace).items
+    ok = report.record(
+        "chart installs (namespace scope, restricted namespace)",
+        ok=not refused,
+        seconds=chart.seconds,
+        detail=f"{chart.how}; {len(chart.objects)} objects, {len(pods)} pods admitted, "
+        f"{len(refused)} refused" + (f": {refused[0]}" if refused else ""),
+    )
+    assert ok, refused
+
+
+def test_operator_starts_clean(
+    cluster: Cluster,
+    chart: Install,
+    operator: Operator,
+    exporter: Exporter,
+    prometheus: Prometheus,
+    report: Report,
+) -> None:
+    namespace = chart.namespace
+    cluster.apps.create_namespaced_deployment(namespace, adopted_deployment(namespace))
+    pools = example_pools(
+        namespace=namespace, exporter_url=exporter.url, prometheus_url=prometheus.url
+    )
+    for pool in pools:
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, pool)
+    names = [p["metadata"]["name"] for p in pools]
+
+    operator.start()
+    up, startup = measure(lambda: operator.healthy() or not operator.alive(), timeout=60)
+    alive = operator.alive()
+    report.record(
+        "operator process starts (liveness answers)",
+        ok=alive and bool(up),
+        seconds=startup,
+        bound="60",
+        detail="running"
+        if alive
+        else f"exited {operator.process and operator.process.returncode}: "
+        + operator.logs()[-400:],
+    )
+    assert alive, operator.logs()[-5000:]
+
+    # Every pool reconciled: the operator wrote its status (Ready=True) and created the
+    # owned Deployments at their minimum size.
+    def reconciled() -> bool:
+        return all(is_true(cluster.pool(namespace, n), "Ready") for n in names) and all(
+            cluster.deployment(namespace, d) is not None for d in OWNED.values()
+        )
+
+    done, seconds = measure(reconciled, timeout=60)
+    sizes = {
+        name: cluster.replicas(namespace, d) for name, d in {**OWNED, "reports": ADOPTED}.items()
+    }
+    expected = {"emails": 1, "default": 2, "batch": 0, "reports": 1}
+    log = operator.logs()
+    problems = [w for w in ("Traceback", " 403", "Forbidden", "ERROR") if w in log]
+    alive = operator.alive()
+    ok = report.record(
+        "operator start → every pool Ready, owned Deployments created",
+        ok=bool(done) and sizes == expected and not problems and alive,
+        seconds=seconds,
+        bound=f"{BATCH_POLL:g} (slowest pollingInterval)",
+        detail=f"sizes {sizes}; "
+        + ("" if alive else f"operator exited ({operator.process and operator.process.poll()}); ")
+        + ("log: " + summarise_log(log) if problems else "log: no traceback, 403 or ERROR"),
+    )
+    assert ok, pools_state(cluster, namespace) + "\n" + log[-5000:]
+    assert seconds <= BATCH_POLL
+
+
+def pool_statuses(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    listing = cluster.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    return {p["metadata"]["name"]: p.get("status") or {} for p in listing["items"]}
+
+
+def changed_fields(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """Paths of the status fields that differ (conditions by type)."""
+    paths = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if key == "conditions":
+            old = {c["type"]: c for c in old or []}
+            new = {c["type"]: c for c in new or []}
+        if isinstance(old, dict) and isinstance(new, dict):
+            paths += changed_fields(old, new, f"{prefix}{key}.")
+        elif old != new:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def settled(cluster: Cluster, namespace: str) -> bool:
+    """Every Deployment's pods are ready and every pool's status says so."""
+    statuses = pool_statuses(cluster, namespace)
+    for pool, deployment in {**OWNED, "reports": ADOPTED}.items():
+        found = cluster.deployment(namespace, deployment)
+        if found is None:
+            return False
+        ready = found.status.ready_replicas or 0
+        if ready != found.spec.replicas:
+            return False
+        if statuses.get(pool, {}).get("readyReplicas", ready) != ready:
+            return False
+    return True
+
+
+def test_idle_steady_state(
+    cluster: Cluster, chart: Install, operator: Operator, report: Report
+) -> None:
+    """An idle pool costs reads only: requests per pool per minute from the audit log."""
+    require_operator(operator, report, "idle steady state")
+    namespace = chart.namespace
+    measure(lambda: settled(cluster, namespace), timeout=3 * REACT)
+    start = now_utc()
+    replicas_before = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    statuses_before = pool_statuses(cluster, namespace)
+    # A measurement window, not a synchronisation: the figure is what happens in it.
+    time.sleep(STEADY)
+    end = now_utc()
+    replicas_after = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    statuses_after = pool_statuses(cluster, namespace)
+    moved = {
+        pool: fields
+        for pool in statuses_after
+        if (fields := changed_fields(statuses_before.get(pool, {}), statuses_after[pool]))
+    }
+    entries = audit_entries(namespace, start, end)
+    pools = 4
+    if entries is None:
+        ok = report.record(
+            "idle steady state: no scale, no status change",
+            ok=replicas_before == replicas_after and not moved,
+            seconds=STEADY,
+            detail="no audit log (TIDE_E2E_AUDIT_LOG): request rate not measured; "
+            f"status fields changed: {moved or 'none'}",
+        )
+    else:
+        writes = [e for e in entries if e["verb"] in ("create", "update", "patch", "delete")]
+        minutes = STEADY / 60
+        counts = describe_requests(entries)
+        report.facts["steady_state_requests_per_minute"] = {
+            k: round(v / minutes, 1) for k, v in counts.items()
+        }
+        ok = report.record(
+            "idle steady state: requests per pool per minute (audit log)",
+            ok=replicas_before == replicas_after and not writes,
+            seconds=STEADY,
+            bound="0 writes",
+            detail=f"{len(entries) / pools / minutes:.1f} requests/pool/min, "
+            f"{len(writes) / minutes:.0f} writes/min; "
+            + ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+            + (f"; status fields changed: {moved}" if moved else ""),
+        )
+    assert ok, (replicas_before, replicas_after, moved)
+
+
+def test_restart_without_spurious_scale(
+    cluster: Cluster, chart: Install, operator: Operator, report: Report
+) -> None:
+    require_operator(operator, report, "operator restart: no spurious scale")
+    namespace = chart.namespace
+    before = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    stopped = operator.stop()
+    restarted = now_utc()
+    operator.start()
+
+    # Two ticks of every pool (the reconcile histogram's count) after the new start.
+    def ticked() -> bool:
+        if not operator.alive():
+            return True
+        try:
+            count = sum(operator.samples("tide_operator_reconcile_duration_seconds_count").values())
+        except Exception:
+            return False
+        return count >= 2 * 4
+
+    _, seconds = measure(ticked, timeout=60)
+    after = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    scaled = (
+        sum(operator.samples("tide_workerpool_scale_events_total").values())
+        if operator.alive()
+        else -1
+    )
+    entries = audit_entries(namespace, restarted)
+    patches = (
+        "n/a"
+        if entries is None
+        else sum(
+            1
+            for e in entries
+            if (e.get("objectRef") or {}).get("subresource") == "scale" and e["verb"] == "patch"
+        )
+    )
+    ok = report.record(
+        "operator restart: no spurious scale",
+        ok=operator.alive() and before == after and scaled == 0 and patches in (0, "n/a"),
+        seconds=seconds,
+        bound="0 scale events",
+        detail=f"stopped in {stopped:.1f} s; two ticks per pool after restart; replicas "
+        f"{'unchanged' if before == after else f'{before} → {after}'}; scale events {scaled}; "
+        f"scale patches in audit log {patches}",
+    )
+    assert ok, operator.logs()[-3000:]
+
+
+def scaled_to(cluster: Cluster, namespace: str, deployment: str, replicas: int) -> Any:
+    return lambda: cluster.replicas(namespace, deployment) == replicas
+
+
+def test_burst_scales_up(
+    cluster: Cluster, chart: Install, broker: Broker, report: Report, operator: Operator
+) -> None:
+    require_operator(operator, report, "burst 40 tasks → emails 1→10 replicas")
+    # 40 tasks on `emails` (concurrency 4, target backlog 4 a worker) need 10 workers; the
+    # default scale-up rules allow 1 → 11 at once.
+    broker.publish("emails", 40)
+    done, seconds = measure(
+        scaled_to(cluster, chart.namespace, OWNED["emails"], 10), timeout=3 * REACT
+    )
+    pods, ready_seconds = measure(
+        lambda: (
+            len(
+                [
+                    p
+                    for p in cluster.core.list_namespaced_pod(
+                        chart.namespace, label_selector="tide.dev/workerpool=emails"
+                    ).items
+                    if any(
+                        c.type == "Ready" and c.status == "True" for c in p.status.conditions or []
+                    )
+                ]
+            )
+            >= 10
+        ),
+        timeout=60,
+    )
+    ok = report.record(
+        "burst 40 tasks → emails 1→10 replicas",
+        ok=bool(done) and seconds <= REACT,
+        seconds=seconds,
+        bound=f"{REACT:g} (polling {POLL:g} + exporter {EXPORTER_INTERVAL:g} + 1)",
+        detail=f"replicas {cluster.replicas(chart.namespace, OWNED['emails'])}; "
+        f"10 pods Ready {ready_seconds + seconds:.1f} s after the burst"
+        if pods
+        else "pods not Ready",
+    )
+    assert ok, pools_state(cluster, chart.namespace)
+
+
+def test_scale_down_after_window(
+    cluster: Cluster, chart: Install, broker: Broker, report: Report, operator: Operator
+) -> None:
+    require_operator(operator, report, "queue drained → emails 10→1 after the scale-down window")
+    broker.purge("emails")
+    done, seconds = measure(
+        scaled_to(cluster, chart.namespace, OWNED["emails"], 1), timeout=WINDOW + 4 * REACT
+    )
+    pods, _ = measure(
+        lambda: (
+            len(
+                cluster.core.list_namespaced_pod(
+                    chart.namespace, label_selector="tide.dev/workerpool=emails"
+                ).items
+            )
+            == 1
+        ),
+        timeout=60,
+    )
+    low, high = WINDOW - POLL, WINDOW + REACT
+    ok = report.record(
+        "queue drained → emails 10→1 after the scale-down window",
+        ok=bool(done) and low <= seconds <= high and bool(pods),
+        seconds=seconds,
+        bound=f"{low:g}-{high:g} (window {WINDOW:g})",
+        detail=f"replicas {cluster.replicas(chart.namespace, OWNED['emails'])}; "
+        + ("9 pods removed by the ReplicaSet controller" if pods else "pods not removed"),
+    )
+    assert ok, pools_state(cluster, chart.namespace)
+
+
+def test_adoption_touches_only_replicas(
+    cluster: Cluster, chart: Install, broker: Broker, report: Report, operator: Operator
+) -> None:
+    require_operator(operator, report, "adopted Deployment: only replicas change")
+    namespace = chart.namespace
+    before = cluster.apps.read_namespaced_deployment(ADOPTED, namespace).to_dict()
+    broker.publish("reports", 12)  # concurrency 2, target backlog 4 a worker: 3 workers
+    done, seconds = measure(scaled_to(cluster, namespace, ADOPTED, 3), timeout=3 * REACT)
+    after = cluster.apps.read_namespaced_deployment(ADOPTED, namespace).to_dict()
+
+    spec_before = {**before["spec"], "replicas": None}
+    spec_after = {**after["spec"], "replicas": None}
+    ignored = {"deployment.kubernetes.io/revision"}
+
+    def annotations(deployment: dict[str, Any]) -> dict[str, str]:
+        found = deployment["metadata"]["annotations"] or {}
+        return {k: v for k, v in found.items() if k not in ignored}
+
+    managers = {
+        m["manager"]: sorted(json.loads(json.dumps(m.get("fields_v1") or {})).get("f:spec", {}))
+        for m in after["metadata"]["managed_fields"] or []
+        if m["operation"] == "Update"
+        and m.get("subresource") in (None, "scale")
+        and "f:spec" in (m.get("fields_v1") or {})
+    }
+    differences = []
+    if spec_before != spec_after:
+        differences.append("spec")
+    if before["metadata"]["labels"] != after["metadata"]["labels"]:
+        differences.append("labels")
+    if annotations(before) != annotations(after):
+        differences.append("annotations")
+    if after["metadata"].get("owner_references"):
+        differences.append("ownerReferences")
+    ok = report.record(
+        "adopted Deployment: only replicas change (burst 12 → 1→3)",
+        ok=bool(done) and seconds <= REACT and not differences,
+        seconds=seconds,
+        bound=f"{REACT:g}",
+        detail=(
+            f"changed besides replicas: {differences}"
+            if differences
+            else "spec, labels, annotations, owners unchanged"
+        )
+        + f"; spec field managers {managers}",
+    )
+    assert ok, pools_state(cluster, namespace)
+
+
+def test_prometheus_pool_scales(
+    cluster: Cluster, chart: Install, broker: Broker, report: Report, operator: Operator
+) -> None:
+    require_operator(operator, report, "Prometheus pool: burst 40 → default 2→5")
+    # `default` reads Prometheus (scraping the exporter every second): 40 tasks, concurrency
+    # 8 → 5 workers.
+    broker.publish("default", 40)
+    bound = POLL + EXPORTER_INTERVAL + SCRAPE_INTERVAL + 1
+    done, seconds = measure(
+        scaled_to(cluster, chart.namespace, OWNED["default"], 5), timeout=3 * bound
+    )
+    ok = report.record(
+        "Prometheus pool: burst 40 → default 2→5",
+        ok=bool(done) and seconds <= bound,
+        seconds=seconds,
+        bound=f"{bound:g} (+ scrape {SCRAPE_INTERVAL:g})",
+        detail=f"replicas {cluster.replicas(chart.namespace, OWNED['default'])}",
+    )
+    assert ok, pools_state(cluster, chart.namespace)
+
+
+def test_scale_to_zero_and_back(
+    cluster: Cluster, chart: Install, broker: Broker, report: Report, operator: Operator
+) -> None:
+    require_operator(operator, report, "scale from zero and back to zero")
+    namespace, deployment = chart.namespace, OWNED["batch"]
+    react = BATCH_POLL + EXPORTER_INTERVAL + 1
+    broker.publish("batch", 10)  # above the activation threshold (5); 1 task per worker
+    woke, up = measure(
+        lambda: (cluster.replicas(namespace, deployment) or 0) > 0, timeout=3 * react
+    )
+    awake = cluster.replicas(namespace, deployment)
+    report.record(
+        "scale from zero: 10 tasks (activation above 5) → batch 0→10",
+        ok=bool(woke) and up <= react and awake == 10,
+        seconds=up,
+        bound=f"{react:g} (polling {BATCH_POLL:g} + exporter + 1)",
+        detail=f"replicas {awake}",
+    )
+    broker.purge("batch")
+    slept, down = measure(
+        scaled_to(cluster, namespace, deployment, 0), timeout=BATCH_COOLDOWN + 4 * react
+    )
+    low, high = BATCH_COOLDOWN - BATCH_POLL, BATCH_COOLDOWN + react
+    events = [
+        e.reason
+        for e in cluster.core.list_namespaced_event(namespace).items
+        if e.involved_object.name == "batch"
+    ]
+    ok = report.record(
+        f"queue drained → batch 10→0 after cooldownPeriod {BATCH_COOLDOWN}",
+        ok=bool(slept) and low <= down <= high,
+        seconds=down,
+        bound=f"{low:g}-{high:g}",
+        detail=f"replicas {cluster.replicas(namespace, deployment)}; events {sorted(set(events))}",
+    )
+    assert woke, pools_state(cluster, namespace)
+    assert awake == 10, pools_state(cluster, namespace)
+    assert ok, pools_state(cluster, namespace)
+
+
+def test_metrics_outage_fallback_and_hold(
+    cluster: Cluster, chart: Install, exporter: Exporter, report: Report, operator: Operator
+) -> None:
+    """The exporter stops: `reports` (fallback 2 after 3 failed reads) runs 2; `emails`
+    (no fallback) holds; both say so; then the exporter comes back."""
+    require_operator(operator, report, "exporter down → fallback / hold")
+    namespace = chart.namespace
+    held = {
+        name: cluster.replicas(namespace, d)
+        for name, d in {"emails": OWNED["emails"], "reports": ADOPTED}.items()
+    }
+    exporter.stop()
+    bound = 3 * POLL + POLL + 1  # three failed reads, then the tick that falls back
+    fell, seconds = measure(
+        lambda: (
+            cluster.replicas(namespace, ADOPTED) == 2
+            and is_true(cluster.pool(namespace, "reports"), "Fallback")
+        ),
+        timeout=3 * bound,
+    )
+    emails = cluster.pool(namespace, "emails")
+    ready = condition(emails, "Ready") or {}
+    emails_held = cluster.replicas(namespace, OWNED["emails"]) == held["emails"]
+    default_during = cluster.replicas(namespace, OWNED["default"])
+    report.record(
+        "exporter down → reports falls back to 2; emails holds",
+        ok=bool(fell) and seconds <= bound and emails_held and ready.get("status") == "False",
+        seconds=seconds,
+        bound=f"{bound:g} (3 failed reads x {POLL:g} + {POLL:g} + 1)",
+        detail=f"reports {held['reports']}→{cluster.replicas(namespace, ADOPTED)}; emails "
+        f"{'held' if emails_held else 'moved'} at {cluster.replicas(namespace, OWNED['emails'])}, "
+        f"Ready={ready.get('status')}/{ready.get('reason')}; "
+        f"default (Prometheus) at {default_during}",
+    )
+    exporter.start()
+    back, recovered = measure(
+        lambda: (
+            not is_true(cluster.pool(namespace, "reports"), "Fallback")
+            and is_true(cluster.pool(namespace, "emails"), "Ready")
+            and cluster.replicas(namespace, ADOPTED) == 3
+        ),
+        timeout=6 * REACT,
+    )
+    ok = report.record(
+        "exporter back → Fallback=False, Ready=True, reports 2→3",
+        ok=bool(back) and recovered <= REACT,
+        seconds=recovered,
+        bound=f"{REACT:g}",
+        detail=f"reports at {cluster.replicas(namespace, ADOPTED)}",
+    )
+    assert fell, pools_state(cluster, namespace)
+    assert back, pools_state(cluster, namespace)
+    assert ok, pools_state(cluster, namespace)
+
+
+def test_pause_holds(
+    cluster: Cluster, chart: Install, broker: Broker, report: Report, operator: Operator
+) -> None:
+    require_operator(operator, report, "paused: nothing moves")
+    namespace, deployment = chart.namespace, OWNED["emails"]
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "emails", {"spec": {"paused": True}}
+    )
+    paused, _ = measure(
+        lambda: is_true(cluster.pool(namespace, "emails"), "Paused"), timeout=3 * REACT
+    )
+    broker.publish("emails", 40)
+    seen_at = time.monotonic()
+
+    def observed() -> bool:
+        status = (cluster.pool(namespace, "emails") or {}).get("status") or {}
+        return (status.get("lastObservation") or {}).get("waiting", 0) >= 40
+
+    saw, _ = measure(observed, timeout=3 * REACT)
+    # Watch two more ticks with the burst in view: the size must not move.
+    sizes = set()
+    end = time.monotonic() + 2 * POLL
+    while time.monotonic() < end:
+        sizes.add(cluster.replicas(namespace, deployment))
+        time.sleep(0.5)
+    held = time.monotonic() - seen_at
+    report.record(
+        "paused: 40 tasks seen, emails stays at 1",
+        ok=bool(paused) and bool(saw) and sizes == {1},
+        seconds=held,
+        bound="no move",
+        detail=f"sizes seen {sorted(s for s in sizes if s is not None)}; Paused condition "
+        f"{'True' if paused else 'not set'}",
+    )
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "emails", {"spec": {"paused": False}}
+    )
+    resumed, seconds = measure(scaled_to(cluster, namespace, deployment, 10), timeout=3 * REACT)
+    ok = report.record(
+        "unpaused → emails 1→10",
+        ok=bool(resumed) and seconds <= POLL + 1,
+        seconds=seconds,
+        bound=f"{POLL + 1:g} (polling + 1; the figures are already read)",
+        detail=f"replicas {cluster.replicas(namespace, deployment)}",
+    )
+    broker.purge("emails")
+    assert paused, pools_state(cluster, namespace)
+    assert saw, pools_state(cluster, namespace)
+    assert sizes == {1}, pools_state(cluster, namespace)
+    assert ok, pools_state(cluster, namespace)
+
+
+def test_deletion_and_garbage_collection(
+    cluster: Cluster, chart: Install, operator: Operator, report: Report
+) -> None:
+    require_operator(operator, report, "delete pools → garbage collection")
+    namespace = chart.namespace
+    reports_size = cluster.replicas(namespace, ADOPTED)
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "emails")
+
+    def gone() -> bool:
+        pods = cluster.core.list_namespaced_pod(
+            namespace, label_selector="tide.dev/workerpool=emails"
+        ).items
+        replicasets = cluster.apps.list_namespaced_replica_set(
+            namespace, label_selector="tide.dev/workerpool=emails"
+        ).items
+        return (
+            cluster.pool(namespace, "emails") is None
+            and cluster.deployment(namespace, OWNED["emails"]) is None
+            and not replicasets
+            and not pods
+        )
+
+    done, seconds = measure(gone, timeout=120)
+    series = (
+        [
+            labels
+            for labels in operator.samples("tide_workerpool_desired_replicas")
+            if ("workerpool", "emails") in labels
+        ]
+        if operator.alive()
+        else []
+    )
+    report.record(
+        "delete owned pool → pool, Deployment, ReplicaSets, pods gone (GC)",
+        ok=bool(done) and not series,
+        seconds=seconds,
+        bound="120",
+        detail=("all gone" if done else "left behind")
+        + f"; operator series for the pool: {len(series)}",
+    )
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "reports")
+    removed, adopted_seconds = measure(
+        lambda: cluster.pool(namespace, "reports") is None, timeout=60
+    )
+    kept = cluster.deployment(namespace, ADOPTED)
+    ok = report.record(
+        "delete adopting pool → its Deployment stays, same size",
+        ok=bool(removed) and kept is not None and kept.spec.replicas == reports_size,
+        seconds=adopted_seconds,
+        bound="60",
+        detail=f"reports-worker {'kept' if kept else 'DELETED'} at {kept and kept.spec.replicas}",
+    )
+    assert done, pools_state(cluster, namespace)
+    assert ok, pools_state(cluster, namespace)
+
+
+def test_no_rbac_denials(
+    cluster: Cluster, chart: Install, operator: Operator, report: Report
+) -> None:
+    log = operator.logs()
+    in_log = len(re.findall(r"\b403\b|Forbidden", log))
+    tracebacks = log.count("Traceback")
+    since = datetime.fromisoformat(report.facts["started"])
+    entries = audit_entries(chart.namespace, since)
+    if entries is None:
+        audited = "no audit log"
+        denied = 0
+    else:
+        denied = sum(1 for e in entries if (e.get("responseStatus") or {}).get("code") == 403)
+        audited = f"{denied} of {len(entries)} audited requests answered 403"
+        report.facts["operator_requests_by_verb"] = dict(describe_requests(entries))
+    ok = report.record(
+        "RBAC denials of the operator (chart's Role)",
+        ok=in_log == 0 and denied == 0 and tracebacks == 0,
+        bound="0",
+        detail=f"operator log: {in_log} x 403/Forbidden, {tracebacks} tracebacks over "
+        f"{operator.starts} starts; audit log: {audited}",
+    )
+    assert ok, log[-5000:]
