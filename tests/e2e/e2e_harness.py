@@ -665,10 +665,11 @@ class Operator:
                     found[tuple(sorted(sample.labels.items()))] = sample.value
         return found
 
-    def exit_note(self) -> str:
+    def exit_note(self, *, words: bool = True) -> str:
         """Why the operator is not running, in its own words (for a failing row)."""
         code = self.process.poll() if self.process is not None else None
-        return f"operator exited (code {code}): {summarise_log(self.logs())}"
+        note = f"operator exited (code {code})"
+        return f"{note}: {summarise_log(self.logs())}" if words else note
 
     def logs(self) -> str:
         return "\n".join(

@@ -133,7 +133,7 @@ def now_utc() -> datetime:
 def require_operator(operator: Operator, report: Report, check: str) -> None:
     """Fail at once, with the operator's own last words, when it is not running."""
     if not operator.alive():
-        report.record(check, ok=False, detail="not run: " + operator.exit_note())
+        report.record(check, ok=False, detail="not run: " + operator.exit_note(words=False))
         pytest.fail(operator.exit_note())
 
 
@@ -340,8 +340,9 @@ def test_restart_without_spurious_scale(
 
     _, seconds = measure(ticked, timeout=60)
     after = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    # The operator's own count of the scales it made since this start (no series: none).
     scaled = (
-        sum(operator.samples("tide_workerpool_scale_events_total").values())
+        int(sum(operator.samples("tide_workerpool_scale_events_total").values()))
         if operator.alive()
         else -1
     )
@@ -715,6 +716,23 @@ def test_deletion_and_garbage_collection(
     assert ok, pools_state(cluster, namespace)
 
 
+def test_every_pod_admitted(cluster: Cluster, chart: Install, report: Report) -> None:
+    """Pod Security `restricted`: no controller in the namespace was refused a pod (the
+    chart's workloads, the owned worker Deployments, the adopted one)."""
+    refused = [
+        f"{e.involved_object.kind}/{e.involved_object.name}: {e.message}"
+        for e in cluster.core.list_namespaced_event(chart.namespace).items
+        if e.reason == "FailedCreate"
+    ]
+    ok = report.record(
+        "every pod admitted under restricted (no FailedCreate)",
+        ok=not refused,
+        bound="0",
+        detail=f"{len(refused)} refused" + (f": {refused[0]}" if refused else ""),
+    )
+    assert ok, refused
+
+
 def test_no_rbac_denials(
     cluster: Cluster, chart: Install, operator: Operator, report: Report
 ) -> None:
@@ -727,8 +745,15 @@ def test_no_rbac_denials(
         audited = "no audit log"
         denied = 0
     else:
-        denied = sum(1 for e in entries if (e.get("responseStatus") or {}).get("code") == 403)
+        refused = [e for e in entries if (e.get("responseStatus") or {}).get("code") == 403]
+        denied = len(refused)
         audited = f"{denied} of {len(entries)} audited requests answered 403"
+        if refused:
+            audited += (
+                " ("
+                + ", ".join(f"{k} x{v}" for k, v in describe_requests(refused).most_common())
+                + ")"
+            )
         report.facts["operator_requests_by_verb"] = dict(describe_requests(entries))
     ok = report.record(
         "RBAC denials of the operator (chart's Role)",
