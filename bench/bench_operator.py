@@ -64,7 +64,8 @@ sys.path.insert(0, str(ROOT / "tests" / "tide_operator" / "operator"))
 
 from kube_emulator import TideEmulator  # noqa: E402
 
-from tide_operator.adapters.kube import Connection, KubeApi  # noqa: E402
+from tide_operator.adapters.credentials import Credentials  # noqa: E402
+from tide_operator.adapters.kube import KubeApi  # noqa: E402
 from tide_operator.edge.handlers import Runtime, build_registry, make_settings  # noqa: E402
 from tide_operator.edge.metrics import OperatorMetrics  # noqa: E402
 
@@ -357,11 +358,11 @@ async def run(
         profile=profile / f"emulator-{pools}-{polling:g}s.prof" if profile else None,
     )
     control = httpx.AsyncClient(timeout=30)
-    api = KubeApi(Connection(server=emulator.url, insecure=True))
+    api = KubeApi(Credentials(emulator.url))
     metrics = OperatorMetrics()
     runtime = Runtime(
         metrics=metrics,
-        login=lambda settings: kopf.ConnectionInfo(server=emulator.url, insecure=True),
+        login=lambda: Credentials(emulator.url),
         settings=make_settings(),
     )
     stop, ready = asyncio.Event(), asyncio.Event()

@@ -4,9 +4,9 @@ kopf watches WorkerPools and runs one daemon per pool, but its API client is pri
 (``kopf._cogs``) and the kubernetes Python client is a large synchronous dependency for the
 handful of calls the operator makes: get/create/patch a Deployment, patch its ``scale``
 subresource, list and annotate pods, patch a WorkerPool's ``status``. This module makes
-exactly those calls with ``httpx`` (already the project's HTTP client), authenticated by the
-same credentials kopf logged in with (``Connection`` is built from ``kopf.ConnectionInfo``
-in ``handlers.py``; this module does not import kopf).
+exactly those calls with ``httpx`` (already the project's HTTP client), with the TLS context
+and ``Authorization`` header of ``credentials.Credentials`` (resolved by the ``kubernetes``
+package; kopf's own session is built from the same object in ``edge/handlers.py``).
 
 Decisions worth knowing:
 
@@ -15,8 +15,11 @@ Decisions worth knowing:
 * a 409 Conflict on a patch is retried with a short backoff (another writer won a race, a
   precondition failed); other errors raise ``ApiError`` with the server's reason and
   message, for the caller to report on the pool's status;
-* a 401 calls the ``refresh`` callback once and retries, because service-account tokens
-  are rotated on disk while the operator runs;
+* a 401 asks the credentials for a fresh header once and retries (service-account tokens
+  are rotated on disk while the operator runs; exec-plugin tokens expire);
+* a request that never got an answer (connection refused, reset, timed out) raises
+  ``Unreachable``, which is not an ``ApiError``: the server said nothing about the object,
+  so callers must not report it as if it had (see the daemon's outage handling);
 * requests are counted by verb (``counts``) for the benchmark's requests-per-minute;
 * at most ``MAX_CONNECTIONS`` requests are in flight, the rest wait on a semaphore: httpcore
   rescans every queued request against every connection whenever one frees, so a thousand
@@ -27,22 +30,21 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
-import ssl
-import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final
 
 import httpx
+
+from tide_operator.adapters.credentials import Credentials
 
 __all__ = [
     "FIELD_MANAGER",
     "ApiError",
     "Conflict",
-    "Connection",
     "KubeApi",
     "NotFound",
+    "Unreachable",
 ]
 
 FIELD_MANAGER: Final = "tide-operator"
@@ -51,23 +53,6 @@ JSON_PATCH: Final = "application/json-patch+json"
 CONFLICT_RETRIES: Final = 5
 CONFLICT_BACKOFF: Final = 0.1
 MAX_CONNECTIONS: Final = 50
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """Where the API server is and how to authenticate (mirrors kopf.ConnectionInfo)."""
-
-    server: str
-    token: str | None = None
-    insecure: bool = False
-    ca_path: str | None = None
-    ca_data: bytes | None = None
-    certificate_path: str | None = None
-    certificate_data: bytes | None = None
-    private_key_path: str | None = None
-    private_key_data: bytes | None = None
-    username: str | None = None
-    password: str | None = None
 
 
 class ApiError(Exception):
@@ -88,64 +73,53 @@ class Conflict(ApiError):
     """409: a conflicting write or an existing object, after the retries."""
 
 
-def _write_temp(data: bytes) -> str:
-    with tempfile.NamedTemporaryFile(delete=False, prefix="tide-kube-") as handle:
-        handle.write(data)
-        return handle.name
+class Unreachable(Exception):
+    """No answer from the API server: refused, reset, timed out. Says nothing of objects."""
 
 
-def _ssl_context(conn: Connection) -> ssl.SSLContext | bool:
-    if conn.insecure:
-        return False
-    context = ssl.create_default_context()
-    if conn.ca_path:
-        context.load_verify_locations(cafile=conn.ca_path)
-    if conn.ca_data:
-        context.load_verify_locations(cadata=conn.ca_data.decode())
-    cert = conn.certificate_path or (
-        _write_temp(conn.certificate_data) if conn.certificate_data else None
-    )
-    key = conn.private_key_path or (
-        _write_temp(conn.private_key_data) if conn.private_key_data else None
-    )
-    if cert:
-        context.load_cert_chain(cert, key)
-    return context
+class _Auth(httpx.Auth):
+    """The credentials' current header on every request; one fresh try after a 401."""
 
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
 
-def _headers(conn: Connection) -> dict[str, str]:
-    return {"Authorization": f"Bearer {conn.token}"} if conn.token else {}
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        header = await self.credentials.authorization()
+        if header:
+            request.headers["Authorization"] = header
+        response = yield request
+        if response.status_code == 401:
+            # A rotated or expired token: ask the loader again (it re-reads the file or
+            # re-runs the exec plugin) and retry once.
+            fresh = await self.credentials.authorization(force=True)
+            if fresh and fresh != header:
+                request.headers["Authorization"] = fresh
+                yield request
 
 
 class KubeApi:
     """Thin JSON-over-HTTP calls; paths are API paths such as ``/apis/apps/v1/...``."""
 
-    def __init__(
-        self,
-        connection: Connection,
-        *,
-        refresh: Callable[[], Awaitable[Connection]] | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        self.connection = connection
-        self.refresh = refresh
+    def __init__(self, credentials: Credentials, *, timeout: float = 30.0) -> None:
+        self.credentials = credentials
         self.timeout = timeout
         self.counts: Counter[str] = Counter()
-        self._client = self._make_client(connection)
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-
-    def _make_client(self, conn: Connection) -> httpx.AsyncClient:
-        auth = (conn.username, conn.password) if conn.username and conn.password else None
-        return httpx.AsyncClient(
-            base_url=conn.server.rstrip("/"),
-            verify=_ssl_context(conn),
-            headers={"Accept": "application/json", **_headers(conn)},
-            auth=auth,
-            timeout=self.timeout,
+        self._client = httpx.AsyncClient(
+            base_url=credentials.server,
+            # A plain-HTTP server (the tests' emulator) needs no context; an https one with
+            # no CA given in the kubeconfig is checked against the system's CAs.
+            verify=credentials.ssl_context or True,
+            proxy=credentials.proxy,
+            auth=_Auth(credentials),
+            headers={"Accept": "application/json"},
+            timeout=timeout,
             limits=httpx.Limits(
                 max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
             ),
         )
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -159,8 +133,8 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        for attempt in (1, 2):
-            self.counts[method] += 1
+        self.counts[method] += 1
+        try:
             async with self._slots:
                 response = await self._client.request(
                     method,
@@ -169,13 +143,10 @@ class KubeApi:
                     json=body,
                     headers={"Content-Type": content_type} if body is not None else None,
                 )
-            if response.status_code == 401 and attempt == 1 and self.refresh is not None:
-                # A rotated token: log in again and retry once.
-                self.connection = await self.refresh()
-                old, self._client = self._client, self._make_client(self.connection)
-                await old.aclose()
-                continue
-            break
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"{self.credentials.server} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
         if response.status_code >= 400:
             try:
                 payload = response.json()

@@ -42,6 +42,13 @@ __all__ = ["operator_command"]
     show_default=True,
     help="kopf's liveness endpoint for the pod's probe.",
 )
+@click.option(
+    "--kubeconfig",
+    envvar="KUBECONFIG",
+    help="kubeconfig to log in with (env KUBECONFIG); default: the pod's service account, "
+    "else ~/.kube/config.",
+)
+@click.option("--context", help="kubeconfig context (default: its current-context).")
 @click.option("--metrics-port", type=int, default=9091, show_default=True)
 @click.option("--metrics-addr", default="0.0.0.0", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log every handler run.")
@@ -50,14 +57,19 @@ def operator_command(
     namespaces: tuple[str, ...],
     all_namespaces: bool,
     liveness: str,
+    kubeconfig: str | None,
+    context: str | None,
     metrics_port: int,
     metrics_addr: str,
     verbose: bool,
     debug: bool,
 ) -> None:
     """Run the WorkerPool operator: scale Celery worker Deployments from queue metrics."""
+    import functools
+
     import kopf
 
+    from tide_operator.adapters.credentials import login
     from tide_operator.edge.handlers import Runtime, build_registry, busy_probe_from_env
     from tide_operator.edge.metrics import OperatorMetrics, serve
 
@@ -74,7 +86,11 @@ def operator_command(
 
     metrics = OperatorMetrics(process=True)
     serve(metrics, port=metrics_port, addr=metrics_addr)
-    runtime = Runtime(metrics=metrics, busy_probe=busy_probe_from_env())
+    runtime = Runtime(
+        metrics=metrics,
+        login=functools.partial(login, kubeconfig=kubeconfig, context=context),
+        busy_probe=busy_probe_from_env(),
+    )
     kopf.run(
         registry=build_registry(runtime),
         settings=runtime.settings,

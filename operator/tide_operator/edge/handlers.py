@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import kopf
 from pydantic import ValidationError
 
-from tide_operator.adapters.kube import ApiError, Connection, KubeApi, NotFound
+from tide_operator.adapters.credentials import Credentials, LoginFailed
+from tide_operator.adapters.credentials import login as login_with_kubernetes_package
+from tide_operator.adapters.kube import ApiError, KubeApi, NotFound
 from tide_operator.adapters.sources import MetricSource, SharedScrapes, source_for
 from tide_operator.adapters.targets import (
     BusyProbe,
@@ -53,49 +56,44 @@ __all__ = [
     "LoginFn",
     "Runtime",
     "build_registry",
-    "connection_from_kopf",
     "default_login",
+    "kopf_session",
     "make_settings",
 ]
 
 log = logging.getLogger(__name__)
 
-LoginFn = Callable[[kopf.OperatorSettings], kopf.ConnectionInfo | None]
+# Resolves the operator's credentials; blocking (files, maybe an exec plugin), so it runs in
+# a thread. ``tide operator`` binds its --kubeconfig/--context; tests give the emulator's.
+LoginFn = Callable[[], Credentials]
 
 # Seconds between ticks of a pool whose spec cannot be parsed (no pollingInterval to obey).
 INVALID_SPEC_RETRY = 30.0
 API_ERROR = "ApiError"
 
 
-def default_login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
-    """In-cluster service account first, then a kubeconfig (for running it from a laptop)."""
-    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
+def default_login() -> Credentials:
+    """$KUBECONFIG, else the pod's service account, else ~/.kube/config (kubectl's order)."""
+    return login_with_kubernetes_package()
+
+
+def kopf_session(credentials: Credentials, authorization: str | None) -> kopf.AiohttpSession:
+    """kopf's HTTP session with the operator's own TLS context and header.
+
+    kopf would otherwise rebuild the TLS context from a ``ConnectionInfo``, writing the
+    client key to a temporary file of its own; handing it the context built at login keeps
+    one identity for both clients and the key off the filesystem. kopf closes the session
+    when it logs in again (after a 401, with a fresh header).
+    """
+    connector = aiohttp.TCPConnector(
+        limit=0, ssl=credentials.ssl_context if credentials.ssl_context is not None else True
     )
-
-
-def _path(value: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> str | None:
-    return None if value is None else os.fsdecode(value)
-
-
-def _data(value: str | bytes | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
-
-
-def connection_from_kopf(info: kopf.ConnectionInfo) -> Connection:
-    return Connection(
-        server=info.server,
-        token=info.token,
-        insecure=bool(info.insecure),
-        ca_path=_path(info.ca_path),
-        ca_data=_data(info.ca_data),
-        certificate_path=_path(info.certificate_path),
-        certificate_data=_data(info.certificate_data),
-        private_key_path=_path(info.private_key_path),
-        private_key_data=_data(info.private_key_data),
-        username=info.username,
-        password=info.password,
+    session = aiohttp.ClientSession(
+        connector=connector,
+        headers={"Authorization": authorization} if authorization else None,
+        proxy=credentials.proxy,
     )
+    return kopf.AiohttpSession(server=credentials.server, aiohttp_session=session)
 
 
 def make_settings(
@@ -136,23 +134,30 @@ class Runtime:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # One exporter scrape serves every pool reading the same URL within half a second.
     scrapes: SharedScrapes = field(default_factory=SharedScrapes)
+    _credentials: Credentials | None = None
     _api: KubeApi | None = None
     _http: httpx.AsyncClient | None = None
     _lock: asyncio.Lock | None = None
 
-    async def _connection(self) -> Connection:
-        info = await asyncio.to_thread(self.login, self.settings)
-        if info is None:
-            raise kopf.LoginError("no Kubernetes credentials (service account or kubeconfig)")
-        return connection_from_kopf(info)
-
-    async def api(self) -> KubeApi:
+    async def credentials(self) -> Credentials:
+        """Log in once; kopf's re-logins refresh the header, not the whole login."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self._api is None:
-                self._api = KubeApi(await self._connection(), refresh=self._connection)
-            return self._api
+            if self._credentials is None:
+                try:
+                    self._credentials = await asyncio.to_thread(self.login)
+                except LoginFailed as exc:
+                    raise kopf.LoginError(str(exc)) from exc
+                found = self._credentials
+                log.info("logged in to %s with the %s", found.server, found.source)
+            return self._credentials
+
+    async def api(self) -> KubeApi:
+        credentials = await self.credentials()
+        if self._api is None:
+            self._api = KubeApi(credentials)
+        return self._api
 
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -263,8 +268,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-        return runtime.login(settings)
+    async def login(**_: Any) -> kopf.AiohttpSession:
+        credentials = await runtime.credentials()
+        # kopf logs in again after a 401: a fresh header, not the one that was refused.
+        return kopf_session(credentials, await credentials.authorization(force=True))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

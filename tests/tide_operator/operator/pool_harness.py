@@ -21,7 +21,8 @@ import pytest_asyncio
 from aiohttp import web
 from kube_emulator import WORKERPOOLS, TideEmulator
 
-from tide_operator.adapters.kube import Connection, KubeApi
+from tide_operator.adapters.credentials import Credentials
+from tide_operator.adapters.kube import KubeApi
 from tide_operator.edge.handlers import Runtime, build_registry, make_settings
 from tide_operator.edge.metrics import OperatorMetrics
 
@@ -123,7 +124,7 @@ def probe() -> FakeBusyProbe:
 
 @pytest_asyncio.fixture()
 async def api(emulator: TideEmulator) -> AsyncIterator[KubeApi]:
-    client = KubeApi(Connection(server=str(emulator.url), insecure=True))
+    client = KubeApi(Credentials(str(emulator.url)))
     yield client
     await client.aclose()
 
@@ -133,7 +134,7 @@ async def operator(emulator: TideEmulator, probe: FakeBusyProbe) -> AsyncIterato
     url = str(emulator.url)
     runtime = Runtime(
         metrics=OperatorMetrics(),
-        login=lambda settings: kopf.ConnectionInfo(server=url, insecure=True),
+        login=lambda: Credentials(url),
         busy_probe=probe,
         settings=make_settings(server_timeout=600, client_timeout=660),
     )
@@ -154,6 +155,29 @@ async def operator(emulator: TideEmulator, probe: FakeBusyProbe) -> AsyncIterato
     stop.set()
     with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
         await asyncio.wait_for(task, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def run_operator(runtime: Runtime) -> AsyncIterator[Runtime]:
+    """kopf with the operator's registry in this loop, stopped (and awaited) on exit."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=build_registry(runtime),
+            settings=runtime.settings,
+            standalone=True,
+            clusterwide=True,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        yield runtime
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(task, timeout=30)
 
 
 # ----------------------------------------------------------------------------- builders
