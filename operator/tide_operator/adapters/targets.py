@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, runtime_checkable
 
 from tide_operator.adapters.kube import JSON_PATCH, ApiError, Conflict, KubeApi, NotFound
 from tide_operator.resources.deployments import (
@@ -39,6 +40,7 @@ from tide_operator.resources.deployments import (
     template_hash,
     worker_hostname,
 )
+from tide_operator.resources.safety import WorkerFacts, WorkerReport, report_from_inspect
 from tide_operator.resources.spec import WorkerPool
 
 __all__ = [
@@ -46,8 +48,11 @@ __all__ = [
     "CeleryInspectProbe",
     "DeploymentTarget",
     "ReportsReadiness",
+    "ReportsWorkers",
     "ScaleTarget",
     "TargetUnavailable",
+    "WorkerFactsCache",
+    "WorkerProbe",
     "ensure_owned_deployment",
 ]
 
@@ -92,8 +97,30 @@ class BusyProbe(Protocol):
     async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]: ...
 
 
+class WorkerProbe(Protocol):
+    """What each worker really runs (acks, prefetch, slots); None for one that did not answer."""
+
+    async def reports(self, hostnames: Sequence[str]) -> Mapping[str, WorkerReport | None]: ...
+
+
+@runtime_checkable
+class ReportsWorkers(Protocol):
+    """Optional: a target that can say what its workers run, and (adopted) its pod template."""
+
+    async def worker_facts(self, *, now: float) -> WorkerFacts | None: ...
+
+    def adopted_template(self) -> Mapping[str, Any] | None: ...
+
+
 class CeleryInspectProbe:
-    """``celery inspect active`` + ``reserved`` addressed to the given node names only."""
+    """Celery remote control addressed to the given node names only: what each holds
+    (``inspect active`` + ``reserved``) and what each runs (``inspect conf`` + ``stats``).
+
+    A bare Celery app with the workers' broker and *their* transport options: the key
+    prefix decides which broadcast keys the workers listen on, and the key layout (``sep``,
+    priority steps) must be theirs, or the command reaches nobody and can disturb them
+    (a stock Celery 5.4 worker stops answering and consuming on a foreign layout).
+    """
 
     def __init__(
         self,
@@ -104,12 +131,15 @@ class CeleryInspectProbe:
     ) -> None:
         from celery import Celery
 
-        # A bare app: the operator needs the broker, not the Django project's tasks. The
-        # transport options matter: with a Redis ``global_keyprefix`` the workers listen on
-        # prefixed broadcast keys, and an unprefixed inspect would reach nobody.
+        # A bare app: the operator needs the broker, not the Django project's tasks.
         self._app = Celery("tide-operator", broker=broker_url, set_as_current=False)
         self._app.conf.broker_transport_options = dict(transport_options or {})
         self.timeout = timeout
+
+    @property
+    def transport_options(self) -> Mapping[str, Any]:
+        options: Mapping[str, Any] = self._app.conf.broker_transport_options
+        return options
 
     def _inspect(self, hostnames: list[str]) -> dict[str, int | None]:
         inspect = self._app.control.inspect(destination=hostnames, timeout=self.timeout)
@@ -126,10 +156,97 @@ class CeleryInspectProbe:
         # Celery's remote control is synchronous; keep it off the operator's event loop.
         return await asyncio.to_thread(self._inspect, list(hostnames))
 
+    def _reports(self, hostnames: list[str]) -> dict[str, WorkerReport | None]:
+        inspect = self._app.control.inspect(destination=hostnames, timeout=self.timeout)
+        # With defaults: a setting the app left alone (Celery's early acks) is in the
+        # answer too, with the value the worker really uses.
+        confs: dict[str, Mapping[str, Any]] = inspect.conf(with_defaults=True) or {}
+        stats: dict[str, Mapping[str, Any]] = inspect.stats() or {}
+        registered = self._registered(list(confs))
+        return {
+            h: report_from_inspect(
+                h, conf=confs[h], stats=stats.get(h), integration=registered.get(h)
+            )
+            if h in confs
+            else None
+            for h in hostnames
+        }
+
+    def _registered(self, nodes: list[str]) -> dict[str, bool | None]:
+        """Which nodes Tide's integration has registered (their running tasks are counted)."""
+        return dict.fromkeys(nodes)
+
+    async def reports(self, hostnames: Sequence[str]) -> Mapping[str, WorkerReport | None]:
+        if not hostnames:
+            return {}
+        return await asyncio.to_thread(self._reports, list(hostnames))
+
+    def close(self) -> None:
+        self._app.close()
+
+
+#: Seconds between two looks at which workers a pool runs, when nothing else changed.
+WORKER_FACTS_REFRESH: Final = 60.0
+
+
+@dataclass
+class WorkerFactsCache:
+    """What a pool's workers answered, kept across ticks (one per pool, by its daemon).
+
+    A worker's settings do not change while it lives, so each is asked once; the pod list
+    is read again only when the Deployment's ready count or generation moves, or after
+    ``WORKER_FACTS_REFRESH`` seconds (which also re-asks the silent ones), so a steady
+    pool costs one pod list a minute and no remote control at all.
+    """
+
+    reports: dict[str, WorkerReport] = field(default_factory=dict)
+    silent: set[str] = field(default_factory=set)
+    signature: tuple[Any, ...] | None = None
+    asked_at: float | None = None
+
+    def facts(self) -> WorkerFacts:
+        return WorkerFacts(
+            answered=tuple(self.reports[h] for h in sorted(self.reports)),
+            silent=tuple(sorted(self.silent)),
+        )
+
+    def due(self, signature: tuple[Any, ...], now: float) -> bool:
+        return (
+            self.asked_at is None
+            or signature != self.signature
+            or now - self.asked_at >= WORKER_FACTS_REFRESH
+        )
+
+    async def refresh(
+        self,
+        probe: WorkerProbe,
+        hostnames: Sequence[str],
+        *,
+        signature: tuple[Any, ...],
+        now: float,
+    ) -> WorkerFacts:
+        """Keep the answers of live workers; ask the ones not heard from yet."""
+        live = set(hostnames)
+        self.reports = {h: r for h, r in self.reports.items() if h in live}
+        unknown = [h for h in hostnames if h not in self.reports]
+        answers = await probe.reports(unknown) if unknown else {}
+        for host in unknown:
+            report = answers.get(host)
+            if report is not None:
+                self.reports[host] = report
+        self.silent = {h for h in unknown if h not in self.reports}
+        self.signature, self.asked_at = signature, now
+        return self.facts()
+
 
 def _deployment_path(namespace: str, name: str | None = None) -> str:
     base = f"/apis/apps/v1/namespaces/{namespace}/deployments"
     return f"{base}/{name}" if name else base
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _selector(deployment: Mapping[str, Any]) -> dict[str, str]:
@@ -147,11 +264,17 @@ class DeploymentTarget:
         namespace: str,
         name: str,
         busy_probe: BusyProbe | None = None,
+        worker_probe: WorkerProbe | None = None,
+        facts_cache: WorkerFactsCache | None = None,
+        adopted: bool = False,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name
         self.busy_probe = busy_probe
+        self.worker_probe = worker_probe
+        self.facts_cache = facts_cache if facts_cache is not None else WorkerFactsCache()
+        self.adopted = adopted
         self.last: dict[str, Any] | None = None
         self._primed = False
         # What the last mark_idle_first found, for the status and the tests.
@@ -227,6 +350,30 @@ class DeploymentTarget:
         ]
         # A terminating pod is already leaving; it is neither capacity nor a candidate.
         return [p for p in labels_match if not p.get("metadata", {}).get("deletionTimestamp")]
+
+    def adopted_template(self) -> Mapping[str, Any] | None:
+        """The adopted Deployment's pod template, as last read (None for an owned one)."""
+        if not self.adopted or self.last is None:
+            return None
+        template: Mapping[str, Any] = self.last.get("spec", {}).get("template") or {}
+        return template
+
+    async def worker_facts(self, *, now: float) -> WorkerFacts | None:
+        """What the workers answered (cached; see ``WorkerFactsCache``), None without a probe."""
+        if self.worker_probe is None:
+            return None
+        cache = self.facts_cache
+        body = self.last or {}
+        signature = (
+            (body.get("status") or {}).get("readyReplicas"),
+            (body.get("metadata") or {}).get("generation"),
+        )
+        if not cache.due(signature, now):
+            return cache.facts()
+        pods = await self.worker_pods()
+        # Only pods that are up can answer; one still starting is asked on a later look.
+        hostnames = [worker_hostname(p["metadata"]["name"]) for p in pods if _ready(p)]
+        return await cache.refresh(self.worker_probe, hostnames, signature=signature, now=now)
 
     async def mark_idle_first(self, count: int) -> None:
         if self.busy_probe is None or count <= 0:

@@ -86,10 +86,13 @@ def operator_command(
 
     metrics = OperatorMetrics(process=True)
     serve(metrics, port=metrics_port, addr=metrics_addr)
+    # One Celery probe asks the workers both what they hold and what they run.
+    probe = busy_probe_from_env()
     runtime = Runtime(
         metrics=metrics,
         login=functools.partial(login, kubeconfig=kubeconfig, context=context),
-        busy_probe=busy_probe_from_env(),
+        busy_probe=probe,
+        worker_probe=probe,
     )
     kopf.run(
         registry=build_registry(runtime),

@@ -43,6 +43,8 @@ from tide_operator.adapters.targets import (
     CeleryInspectProbe,
     DeploymentTarget,
     TargetUnavailable,
+    WorkerFactsCache,
+    WorkerProbe,
     ensure_owned_deployment,
 )
 from tide_operator.core.policy import PolicyState
@@ -130,6 +132,8 @@ class Runtime:
     metrics: OperatorMetrics
     login: LoginFn = default_login
     busy_probe: BusyProbe | None = None
+    #: Asks workers what they really run, for SafeScaleIn (the same Celery probe, usually).
+    worker_probe: WorkerProbe | None = None
     settings: kopf.OperatorSettings = field(default_factory=make_settings)
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # One exporter scrape serves every pool reading the same URL within half a second.
@@ -192,6 +196,7 @@ class _Pool:
     status: Mapping[str, Any] | None = None
     source: MetricSource | None = None
     source_spec: MetricsSpec | None = None
+    workers: WorkerFactsCache = field(default_factory=WorkerFactsCache)
 
 
 async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepResult, float]:
@@ -223,7 +228,13 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
         pool_memory.source = source_for(spec.metrics, client=runtime.http(), shared=runtime.scrapes)
         pool_memory.source_spec = spec.metrics
     target = DeploymentTarget(
-        api, namespace=namespace, name=deployment_name(pool), busy_probe=runtime.busy_probe
+        api,
+        namespace=namespace,
+        name=deployment_name(pool),
+        busy_probe=runtime.busy_probe,
+        worker_probe=runtime.worker_probe,
+        facts_cache=pool_memory.workers,
+        adopted=not spec.owned,
     )
     try:
         if spec.owned:
@@ -325,7 +336,7 @@ async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult
         memory.status = result.status
 
 
-def busy_probe_from_env() -> BusyProbe | None:
+def busy_probe_from_env() -> CeleryInspectProbe | None:
     """A Celery inspect probe when the operator knows the broker, else none (no marking)."""
     url = os.environ.get("CELERY_BROKER_URL")
     if not url:

@@ -18,6 +18,10 @@ Order matters in two places. Idle workers are marked *before* the replicas drop,
 ReplicaSet controller already sees the costs when it picks pods to delete. And the target is
 read before the metrics, so a missing Deployment is reported as such rather than masked by
 a metrics error.
+
+``SafeScaleIn`` is decided last, from what a target that can tell (``ReportsWorkers``)
+says its workers run and, for an adopted Deployment, from its pod template
+(``resources.safety``); a target that cannot tell leaves the spec's declarations to stand.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from tide_operator.adapters.sources import MetricSource, MetricsUnavailable
-from tide_operator.adapters.targets import ReportsReadiness, ScaleTarget, TargetUnavailable
+from tide_operator.adapters.targets import (
+    ReportsReadiness,
+    ReportsWorkers,
+    ScaleTarget,
+    TargetUnavailable,
+)
 from tide_operator.core.policy import (
     FALLBACK,
     METRICS_UNAVAILABLE,
@@ -38,6 +47,7 @@ from tide_operator.core.policy import (
     PolicyState,
     decide,
 )
+from tide_operator.resources.safety import WorkerFacts, scale_in_hazards, workers_status
 from tide_operator.resources.spec import WorkerPoolSpec
 from tide_operator.resources.status import (
     INVALID_SPEC,
@@ -124,7 +134,7 @@ def failed_step(
         scaled=False,
         error=(reason, message),
         paused=spec.paused if spec is not None else False,
-        hazards=spec.scale_in_hazards() if spec is not None else (),
+        hazards=scale_in_hazards(spec) if spec is not None else (),
     )
     return StepResult(
         state=state,
@@ -206,6 +216,14 @@ async def reconcile_step(
             error = (exc.reason, exc.message)
 
     ready = await target.ready() if isinstance(target, ReportsReadiness) else None
+    facts: WorkerFacts | None = None
+    pod_template = None
+    if isinstance(target, ReportsWorkers):
+        pod_template = target.adopted_template()
+        try:
+            facts = await target.worker_facts(now=now)
+        except Exception as exc:  # a broker hiccup must not cost the pool its decision
+            log.warning("could not ask the workers what they run: %s", exc)
     status = build_status(
         previous=previous_status,
         generation=generation,
@@ -217,8 +235,9 @@ async def reconcile_step(
         scaled=scaled,
         error=error,
         paused=spec.paused,
-        hazards=spec.scale_in_hazards(),
+        hazards=scale_in_hazards(spec, pod_template=pod_template, facts=facts),
         selector=selector,
+        workers=workers_status(facts),
     )
     events = []
     if scaled:

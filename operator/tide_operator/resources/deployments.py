@@ -6,32 +6,42 @@ hash recorded on the live object (so an unchanged spec never costs a write, and 
 one rolls the pods). It never carries ``spec.replicas`` unless asked: the replica count
 belongs to the scaler, and re-applying a template must not reset it.
 
-Safe scale-in rests on three things decided here:
+The pod is the team's: their image, command and args, env, security contexts, volumes,
+init containers and probes come from ``template`` as written. Tide fills in only what
+scale-in rests on, and the defaults the template may override:
 
-* the worker command gives every pod a Celery node name ``worker@<pod name>`` (Celery's
-  ``%h`` is the pod's hostname), so the operator can ask exactly this pool's workers what
-  they hold;
-* ``terminationGracePeriodSeconds`` is the spec's shutdown grace: on SIGTERM Celery stops
+* at the end of the command line: the queues, the concurrency, the prefetch multiplier
+  and the Celery node name ``worker@$(POD_NAME)`` (the pod's name from the downward API),
+  so the operator can ask exactly this pool's workers what they hold;
+* ``terminationGracePeriodSeconds`` from the spec's shutdown grace: on SIGTERM Celery stops
   consuming and finishes its running tasks (warm shutdown) within it;
-* ``plan_deletion_costs`` turns per-pod busy counts into
-  ``controller.kubernetes.io/pod-deletion-cost`` values, so when ``spec.replicas`` drops the
-  ReplicaSet controller removes idle pods first.
+* a restricted security context and an emptyDir at /tmp, each overridable (an image whose
+  ``USER`` is a name needs ``runAsUser``; an app that writes beside its code needs a
+  writable root filesystem);
+* a liveness probe that pings the worker's own node through the workers' own app
+  (``celery -A <app> inspect ping``): the app's broker and key layout, never Tide's. Celery
+  answers remote control from the main process while the pool's children run tasks, so a
+  busy worker still answers; the thresholds are generous because a restart would cost
+  running tasks, which is the one thing the probe must never do for a slow broker. When
+  the template replaces the command without naming ``app``, Tide cannot know which app to
+  ping, and adds none rather than a probe that fails (as one of Tide's own app once
+  restarted a team's pods every few minutes).
 
-The liveness probe pings the worker's own node through the broker. Celery answers remote
-control from the main process while the pool's children run tasks, so a busy worker still
-answers; the thresholds are generous because a restart would cost running tasks, which is
-the one thing the probe must never do for a slow broker.
+``plan_deletion_costs`` turns per-pod busy counts into
+``controller.kubernetes.io/pod-deletion-cost`` values, so when ``spec.replicas`` drops the
+ReplicaSet controller removes idle pods first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tide_operator.resources.spec import API_VERSION, KIND, WorkerPool
+from tide_operator.resources.spec import API_VERSION, KIND, WorkerPool, WorkerTemplate
 
 __all__ = [
     "DELETION_COST_ANNOTATION",
@@ -44,9 +54,11 @@ __all__ = [
     "deployment_name",
     "plan_deletion_costs",
     "pod_labels",
+    "probe_app",
     "selector_labels",
     "template_hash",
     "worker_command",
+    "worker_flags",
     "worker_hostname",
 ]
 
@@ -58,6 +70,11 @@ DELETION_COST_ANNOTATION: Final = "controller.kubernetes.io/pod-deletion-cost"
 UNKNOWN_BUSY_COST: Final = 1_000_000
 WORKER_CONTAINER: Final = "worker"
 HOSTNAME_PREFIX: Final = "worker@"
+#: The downward-API variable holding the pod's name, in every owned worker container.
+POD_NAME_ENV: Final = "POD_NAME"
+TMP_VOLUME: Final = "tmp"
+#: Tide's reference app, which Tide's image runs when the template names no other.
+TIDE_APP: Final = "tide"
 
 
 def deployment_name(pool: WorkerPool) -> str:
@@ -88,17 +105,19 @@ def pod_labels(pool: WorkerPool) -> dict[str, str]:
     }
 
 
-def worker_command(pool: WorkerPool) -> list[str]:
-    """``tide worker`` arguments: queues, concurrency, node name, prefetch."""
+def worker_flags(pool: WorkerPool) -> list[str]:
+    """What Tide appends to every owned worker's command line: queues, slots, name, prefetch."""
     spec = pool.spec
-    args = [
-        "worker",
+    return [
         "-Q",
         ",".join(spec.queues),
         "-c",
         str(spec.concurrency),
+        # The pod's name through the downward API (POD_NAME, expanded by the kubelet), not
+        # Celery's %h: a pod's hostname can differ from its name (``hostname``,
+        # ``setHostnameAsFQDN``), and the operator addresses ``worker@<pod name>``.
         "-n",
-        f"{HOSTNAME_PREFIX}%h",
+        f"{HOSTNAME_PREFIX}$({POD_NAME_ENV})",
         # The spec's declared prefetch is enforced on the workers the operator runs, so the
         # safety check on the status describes what actually runs.
         f"--prefetch-multiplier={spec.worker.prefetch_multiplier}",
@@ -107,20 +126,47 @@ def worker_command(pool: WorkerPool) -> list[str]:
         "--without-gossip",
         "--without-mingle",
     ]
-    if spec.template is not None:
-        args += list(spec.template.extra_args)
-    return args
 
 
-def _liveness_probe() -> dict[str, Any]:
+def worker_command(pool: WorkerPool) -> tuple[list[str] | None, list[str]]:
+    """The worker container's (command, args); command ``None`` keeps the image's entrypoint.
+
+    The team's ``command`` and ``args`` come first, as they would in their own Deployment;
+    Tide appends its flags and ``extraArgs`` at the end of the command line, where Celery's
+    last-one-wins options make them the ones in force. Without either, ``app`` gives
+    ``celery -A <app> worker`` and Tide's image gives ``tide worker``.
+    """
+    template = pool.spec.template
+    assert template is not None  # only owned pools get a Deployment built
+    command: list[str] | None = list(template.command) or None
+    base = list(template.args)
+    if command is None and not base:
+        if template.app is not None:
+            command, base = ["celery"], ["-A", template.app, "worker"]
+        else:
+            base = ["worker"]  # Tide's image: its entrypoint is ``tide``
+    return command, [*base, *worker_flags(pool), *template.extra_args]
+
+
+def probe_app(pool: WorkerPool) -> str | None:
+    """The Celery app the liveness probe pings through, or ``None`` when Tide cannot know it."""
+    template = pool.spec.template
+    assert template is not None
+    if template.app is not None:
+        return template.app
+    # No app named: Tide's own image runs Tide's app, unless the team's command replaced it.
+    return None if (template.command or template.args) else TIDE_APP
+
+
+def _liveness_probe(app: str) -> dict[str, Any]:
+    # Through a shell for $POD_NAME (exec probes get no $(VAR) expansion); the app named is
+    # the workers' own, so the ping uses their broker and key layout, never Tide's.
+    ping = (
+        f"exec celery -A {shlex.quote(app)} inspect ping "
+        f'--destination "{HOSTNAME_PREFIX}${POD_NAME_ENV}" --timeout 10'
+    )
     return {
-        "exec": {
-            "command": [
-                "sh",
-                "-c",
-                'exec celery -A tide inspect ping --destination "worker@$HOSTNAME" --timeout 10',
-            ]
-        },
+        "exec": {"command": ["sh", "-c", ping]},
         "initialDelaySeconds": 60,
         "periodSeconds": 60,
         "timeoutSeconds": 30,
@@ -129,43 +175,72 @@ def _liveness_probe() -> dict[str, Any]:
     }
 
 
+# Defaults the template's securityContext / podSecurityContext override key by key: the
+# restricted Pod Security Standard, which Tide's image meets as it is.
+CONTAINER_SECURITY: Final[Mapping[str, Any]] = {
+    "allowPrivilegeEscalation": False,
+    # The image writes only under /tmp (TMPDIR), mounted below as an emptyDir.
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: Final[Mapping[str, Any]] = {
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _mounts_tmp(template: WorkerTemplate) -> bool:
+    return any(
+        m.get("mountPath", "").rstrip("/") == "/tmp" or m.get("name") == TMP_VOLUME
+        for m in template.volume_mounts
+    ) or any(v.get("name") == TMP_VOLUME for v in template.volumes)
+
+
 def _pod_spec(pool: WorkerPool) -> dict[str, Any]:
     template = pool.spec.template
     assert template is not None  # only owned pools get a Deployment built
-    container: dict[str, Any] = {
-        "name": WORKER_CONTAINER,
-        "image": template.image,
-        "args": worker_command(pool),
-        "env": [
-            {"name": "TIDE_WORKERPOOL", "value": pool.name},
-            *[dict(e) for e in template.env],
-        ],
-        "livenessProbe": _liveness_probe(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            # The image writes only under /tmp (TMPDIR), mounted below as an emptyDir.
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    if template.image_pull_policy is not None:
-        container["imagePullPolicy"] = template.image_pull_policy
+    command, args = worker_command(pool)
+    own_tmp = not _mounts_tmp(template)
+    container: dict[str, Any] = {"name": WORKER_CONTAINER, "image": template.image}
+    if command is not None:
+        container["command"] = command
+    container["args"] = args
+    if template.working_dir is not None:
+        container["workingDir"] = template.working_dir
+    container["env"] = [
+        # First, so the team's variables can refer to it as $(POD_NAME).
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TIDE_WORKERPOOL", "value": pool.name},
+        *[dict(e) for e in template.env],
+    ]
     if template.env_from:
         container["envFrom"] = [dict(e) for e in template.env_from]
+    if template.image_pull_policy is not None:
+        container["imagePullPolicy"] = template.image_pull_policy
     if template.resources is not None:
         container["resources"] = dict(template.resources)
-    spec: dict[str, Any] = {
-        "containers": [container],
-        "terminationGracePeriodSeconds": pool.spec.shutdown.grace_period_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        # Workers need no Kubernetes API access.
-        "automountServiceAccountToken": False,
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
-    }
+    if template.liveness_probe is not None:
+        container["livenessProbe"] = dict(template.liveness_probe)
+    elif (app := probe_app(pool)) is not None:
+        container["livenessProbe"] = _liveness_probe(app)
+    if template.readiness_probe is not None:
+        container["readinessProbe"] = dict(template.readiness_probe)
+    if template.startup_probe is not None:
+        container["startupProbe"] = dict(template.startup_probe)
+    container["securityContext"] = {**CONTAINER_SECURITY, **(template.security_context or {})}
+    mounts = [{"name": TMP_VOLUME, "mountPath": "/tmp"}] if own_tmp else []
+    container["volumeMounts"] = [*mounts, *[dict(m) for m in template.volume_mounts]]
+
+    spec: dict[str, Any] = {}
+    if template.init_containers:
+        spec["initContainers"] = [dict(c) for c in template.init_containers]
+    spec["containers"] = [container]
+    spec["terminationGracePeriodSeconds"] = pool.spec.shutdown.grace_period_seconds
+    spec["securityContext"] = {**POD_SECURITY, **(template.pod_security_context or {})}
+    # Workers need no Kubernetes API access unless the template says so.
+    spec["automountServiceAccountToken"] = template.automount_service_account_token
+    volumes = [{"name": TMP_VOLUME, "emptyDir": {}}] if own_tmp else []
+    spec["volumes"] = [*volumes, *[dict(v) for v in template.volumes]]
     if template.service_account_name is not None:
         spec["serviceAccountName"] = template.service_account_name
     if template.node_selector:
@@ -174,6 +249,10 @@ def _pod_spec(pool: WorkerPool) -> dict[str, Any]:
         spec["tolerations"] = [dict(t) for t in template.tolerations]
     if template.affinity is not None:
         spec["affinity"] = dict(template.affinity)
+    if template.topology_spread_constraints:
+        spec["topologySpreadConstraints"] = [dict(t) for t in template.topology_spread_constraints]
+    if template.priority_class_name is not None:
+        spec["priorityClassName"] = template.priority_class_name
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [dict(s) for s in template.image_pull_secrets]
     return spec

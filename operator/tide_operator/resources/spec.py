@@ -47,6 +47,7 @@ __all__ = [
     "WorkerPoolStatus",
     "WorkerSettings",
     "WorkerTemplate",
+    "WorkersSeen",
 ]
 
 GROUP: Final = "tide.dev"
@@ -84,21 +85,57 @@ class _Model(BaseModel):
 
 
 class WorkerTemplate(_Model):
-    """What the operator needs to build the worker Deployment it owns.
+    """The worker pods of a Deployment the operator builds and owns: a pod template.
 
-    Deliberately smaller than a full pod template: the operator writes the command, the
-    probes, the grace period and the security context itself, because those are what make
-    scale-in safe; the rest is what users actually vary between pools.
+    The fields are the Kubernetes ones (container and pod), flat, with the Kubernetes
+    names and types, so a team copies them from the Deployment it runs today: the app's
+    image, command and args, env, security contexts, init containers, volumes, probes,
+    scheduling. Tide fills in only what scale-in depends on (see ``deployments.py``): the
+    queues, concurrency and node name appended to the command line, the grace period from
+    ``shutdown``, and defaults (a restricted security context, a /tmp volume) that the
+    fields here override key by key.
+
+    Without ``app``, ``command`` or ``args`` the image is Tide's and runs ``tide worker``
+    (the reference app); ``app`` names the team's Celery app (``celery -A <app> worker``)
+    and lets the operator give the pods a liveness probe that pings the worker through it.
     """
 
-    image: str = Field(min_length=1, description="Container image with Tide (the `tide` CLI).")
+    image: str = Field(
+        min_length=1,
+        description="Container image of the workers: the team's app image, or Tide's.",
+    )
+    app: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$",
+        description="The Celery app the workers run (`celery -A <app>`), e.g. `myproject` "
+        "or `myproject.celery:app`. Without command and args the workers run `celery -A "
+        "<app> worker`; the liveness probe pings each worker through it. Leave it out for "
+        "Tide's image (`tide worker`, the reference app).",
+    )
+    command: tuple[str, ...] = Field(
+        default=(),
+        description="The container's command (Kubernetes `command`, replaces the image's "
+        "entrypoint). Default: `celery` when app is set, else the image's entrypoint.",
+    )
+    args: tuple[str, ...] = Field(
+        default=(),
+        description="The container's arguments up to the worker sub-command, e.g. "
+        "[celery, -A, myproject, worker, --loglevel, INFO]. Tide appends -Q, -c, -n "
+        "worker@$(POD_NAME), --prefetch-multiplier and extraArgs. Default without "
+        "command: [-A, <app>, worker] with app, else [worker] (Tide's image).",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Kubernetes imagePullPolicy of the worker container."
+    )
+    working_dir: str | None = Field(
+        default=None, description="Working directory of the worker container."
     )
     env: tuple[dict[str, Any], ...] = Field(
         default=(),
         description="Environment variables (Kubernetes EnvVar objects), e.g. "
-        "CELERY_BROKER_URL from a Secret.",
+        "CELERY_BROKER_URL from a Secret. POD_NAME and TIDE_WORKERPOOL are set by Tide.",
     )
     env_from: tuple[dict[str, Any], ...] = Field(
         default=(), description="Kubernetes EnvFromSource objects (ConfigMaps, Secrets)."
@@ -110,10 +147,54 @@ class WorkerTemplate(_Model):
         default=(),
         description="Extra arguments appended to the celery worker command line.",
     )
+    security_context: dict[str, Any] | None = Field(
+        default=None,
+        description="Kubernetes SecurityContext of the worker container, merged over "
+        "Tide's default (no privilege escalation, read-only root filesystem, all "
+        "capabilities dropped): e.g. {readOnlyRootFilesystem: false} for an app that "
+        "writes beside its code.",
+    )
+    pod_security_context: dict[str, Any] | None = Field(
+        default=None,
+        description="Kubernetes PodSecurityContext, merged over Tide's default "
+        "(runAsNonRoot, RuntimeDefault seccomp). An image whose USER is a name, not a "
+        "number, needs runAsUser here to pass runAsNonRoot.",
+    )
+    volume_mounts: tuple[dict[str, Any], ...] = Field(
+        default=(),
+        description="Kubernetes VolumeMounts of the worker container (Tide mounts an "
+        "emptyDir at /tmp unless one of these does).",
+    )
+    volumes: tuple[dict[str, Any], ...] = Field(
+        default=(), description="Kubernetes Volumes of the worker pods."
+    )
+    init_containers: tuple[dict[str, Any], ...] = Field(
+        default=(),
+        description="Kubernetes init containers (also native sidecars, restartPolicy: "
+        "Always), e.g. a database proxy.",
+    )
+    liveness_probe: dict[str, Any] | None = Field(
+        default=None,
+        description="Kubernetes Probe replacing Tide's. Default: with app (or Tide's image), "
+        "`celery -A <app> inspect ping` to the pod's own worker every 60 s, restarting after "
+        "five silent minutes; with command or args but no app, none (Tide cannot name the "
+        "app to ping).",
+    )
+    readiness_probe: dict[str, Any] | None = Field(
+        default=None, description="Kubernetes Probe; workers take no traffic, so none by default."
+    )
+    startup_probe: dict[str, Any] | None = Field(
+        default=None, description="Kubernetes Probe; none by default."
+    )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     service_account_name: str | None = Field(
         default=None, description="Service account the worker pods run as."
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the service account's token (workers rarely call the Kubernetes "
+        "API, so off by default).",
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Kubernetes nodeSelector of the worker pods."
@@ -123,6 +204,12 @@ class WorkerTemplate(_Model):
     )
     affinity: dict[str, Any] | None = Field(
         default=None, description="Kubernetes affinity of the worker pods."
+    )
+    topology_spread_constraints: tuple[dict[str, Any], ...] = Field(
+        default=(), description="Kubernetes topologySpreadConstraints of the worker pods."
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of the worker pods."
     )
     image_pull_secrets: tuple[dict[str, Any], ...] = Field(
         default=(), description="Kubernetes imagePullSecrets ({name: ...}) of the worker pods."
@@ -404,28 +491,6 @@ class WorkerPoolSpec(_Model):
             stale_after_seconds=self.stale_after_seconds,
         )
 
-    def scale_in_hazards(self) -> tuple[str, ...]:
-        """Reasons why removing a worker could kill or delay a task, for the status."""
-        hazards: list[str] = []
-        longest = self.shutdown.longest_task_seconds
-        if longest is not None and self.shutdown.grace_period_seconds < longest:
-            hazards.append(
-                f"shutdown.gracePeriodSeconds ({self.shutdown.grace_period_seconds}) is "
-                f"shorter than shutdown.longestTaskSeconds ({longest}): a worker removed "
-                "mid-task is killed before the task ends"
-            )
-        if not self.worker.acks_late:
-            hazards.append(
-                "worker.acksLate is false: a task acknowledged before it runs is lost if "
-                "its worker is killed"
-            )
-        if self.worker.prefetch_multiplier != 1:
-            hazards.append(
-                f"worker.prefetchMultiplier is {self.worker.prefetch_multiplier}: a stopping "
-                "worker holds tasks it has not started until its grace period ends"
-            )
-        return tuple(hazards)
-
 
 # ------------------------------------------------------------------------------- status
 
@@ -440,6 +505,18 @@ class LastObservation(_Model):
         default=None, description="Age of the oldest waiting task, in seconds."
     )
     at: str = Field(description="When the observation was taken (RFC 3339).")
+
+
+class WorkersSeen(_Model):
+    """What the pool's workers run, as they answered ``inspect conf`` and ``stats``."""
+
+    answered: int = Field(ge=0, description="Workers that answered.")
+    acks_late: bool = Field(description="Whether every one acknowledges after running.")
+    prefetch_multiplier: int = Field(ge=0, description="The highest prefetch multiplier.")
+    concurrency: int | None = Field(default=None, description="The fewest slots per worker.")
+    integration: bool = Field(
+        description="Whether every one runs Tide's integration (running tasks counted)."
+    )
 
 
 class Condition(_Model):
@@ -477,6 +554,11 @@ class WorkerPoolStatus(_Model):
     )
     last_decision: str | None = Field(
         default=None, description="The policy's reason for the last decision."
+    )
+    workers: WorkersSeen | None = Field(
+        default=None,
+        description="What the workers really run (acks, prefetch, slots, integration), "
+        "which SafeScaleIn is decided from.",
     )
     conditions: tuple[Condition, ...] = Field(
         default=(),

@@ -14,8 +14,11 @@ Condition types and reasons are named constants, as in the Kubernetes sample-con
 * ``Active``: the pool runs workers (KEDA's word); ``False`` when scaled to zero;
 * ``Fallback``: the policy runs ``fallback.replicas`` because metrics stayed unreadable;
 * ``Paused``: ``spec.paused`` is set and the operator keeps its hands off;
-* ``SafeScaleIn``: ``False`` when the configuration cannot shrink without risking tasks
-  (a grace period shorter than the longest task, early acks, prefetch above 1).
+* ``SafeScaleIn``: ``False`` when the pool cannot shrink without risking tasks (a grace
+  period shorter than the longest task, early acks without Tide's integration, prefetch
+  above 1, fewer slots than declared, workers the operator cannot address), decided from
+  what the workers really run where they answered (``safety.py``), and ``workers`` on
+  the status says what that was.
 """
 
 from __future__ import annotations
@@ -130,11 +133,14 @@ def build_status(
     paused: bool,
     hazards: Sequence[str],
     selector: str | None = None,
+    workers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole status to have on the object after a step.
 
     ``error`` is (reason, message) for the ``Ready`` condition when something failed;
     ``decision`` is None when the step stopped before the policy (invalid spec, no target).
+    ``workers`` is what the workers said they run (``safety.workers_status``); without a
+    new answer the last one stays, as a pool scaled to zero still ran what it ran.
     """
     stamp = format_time(now)
     before: Mapping[str, Any] = previous or {}
@@ -160,6 +166,10 @@ def build_status(
     last = _observation(observation, before.get("lastObservation"), now=stamp)
     if last is not None:
         status["lastObservation"] = last
+    if workers is not None:
+        status["workers"] = dict(workers)
+    elif "workers" in before:
+        status["workers"] = before["workers"]
     if scaled:
         status["lastScaleTime"] = stamp
     elif "lastScaleTime" in before:

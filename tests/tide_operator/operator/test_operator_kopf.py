@@ -51,7 +51,15 @@ async def test_owned_pool_creates_its_deployment_and_reports_ready(
     assert owner["uid"] == pool["metadata"]["uid"]
     assert owner["controller"] is True
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"][:7] == ["worker", "-Q", "default", "-c", "1", "-n", "worker@%h"]
+    assert container["args"][:7] == [
+        "worker",
+        "-Q",
+        "default",
+        "-c",
+        "1",
+        "-n",
+        "worker@$(POD_NAME)",
+    ]
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
     assert deployment["spec"]["replicas"] == 1
 
@@ -339,3 +347,91 @@ async def test_unsafe_configuration_is_warned_on_status(
     assert "longestTaskSeconds" in safe["message"]
     assert "prefetchMultiplier" in safe["message"]
     assert events(emulator, "UnsafeConfiguration")
+
+
+async def test_owned_pool_runs_a_teams_app_from_its_pod_template(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    exporter.set("orders", waiting=0)
+    template = {
+        "image": "registry.example.com/stockapp:1.4.2",
+        "app": "stockapp",
+        "podSecurityContext": {"runAsUser": 1000},
+        "securityContext": {"readOnlyRootFilesystem": False},
+        "initContainers": [{"name": "migrate-check", "image": "registry.example.com/s:1"}],
+        "volumes": [{"name": "config", "configMap": {"name": "stockapp"}}],
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/stockapp"}],
+    }
+    await api.create(
+        POOLS,
+        pool_body(
+            "stock", exporter_url=exporter.url, queues=["orders"], minReplicas=1, template=template
+        ),
+    )
+    deployment = await eventually(lambda: obj(emulator, DEPLOYMENTS, "stock-workers"))
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["celery"]
+    assert container["args"][:5] == ["-A", "stockapp", "worker", "-Q", "orders"]
+    assert "celery -A stockapp inspect ping" in container["livenessProbe"]["exec"]["command"][2]
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert container["securityContext"]["readOnlyRootFilesystem"] is False
+    assert pod["initContainers"][0]["name"] == "migrate-check"
+    assert {"name": "config", "mountPath": "/etc/stockapp"} in container["volumeMounts"]
+    ready = await eventually(lambda: condition(emulator, "stock", "Ready"))
+    assert ready["status"] == "True", ready
+
+
+async def test_adopted_deployment_is_checked_for_what_scale_in_needs(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    # The team's Deployment as it runs today: Kubernetes' default 30 s grace, Celery's
+    # default node name given explicitly.
+    legacy = deployment_body("stock-worker", replicas=1, labels={"app": "stock"})
+    legacy["spec"]["template"]["spec"]["containers"][0]["args"] = [
+        "celery", "-A", "stockapp", "worker", "-Q", "orders", "-n", "celery@%h",
+    ]  # fmt: skip
+    await api.create(DEPLOYMENTS_PATH, legacy)
+    exporter.set("orders", waiting=0)
+    await api.create(
+        POOLS,
+        pool_body(
+            "adopted",
+            exporter_url=exporter.url,
+            queues=["orders"],
+            scaleTargetRef={"name": "stock-worker"},
+            minReplicas=1,
+            shutdown={"gracePeriodSeconds": 600},
+        ),
+    )
+    safe = await eventually(lambda: condition(emulator, "adopted", "SafeScaleIn"))
+    assert safe["status"] == "False"
+    assert "terminationGracePeriodSeconds (30)" in safe["message"]
+    assert "shutdown.gracePeriodSeconds (600)" in safe["message"]
+    assert "'celery@%h'" in safe["message"]
+    assert events(emulator, "UnsafeConfiguration")
+
+    # The team fixes its Deployment; the next look says so, and nothing else was touched.
+    await api.patch(
+        f"{DEPLOYMENTS_PATH}/stock-worker",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "terminationGracePeriodSeconds": 600,
+                        "containers": [
+                            {
+                                "name": "worker",
+                                "image": "tide:test",
+                                "args": ["celery", "-A", "stockapp", "worker", "-n", "worker@%h"],
+                            }
+                        ],
+                    }
+                }
+            }
+        },
+    )
+    await eventually(
+        lambda: (c := condition(emulator, "adopted", "SafeScaleIn")) and c["status"] == "True"
+    )
+    assert obj(emulator, DEPLOYMENTS, "stock-worker")["spec"]["replicas"] == 1  # type: ignore[index]
