@@ -163,20 +163,20 @@ def _credentials(config: Any, *, source: str, private: str) -> Credentials:
 def _in_cluster(config: Any, *, directory: str, environ: Mapping[str, str]) -> str:
     from kubernetes.config.incluster_config import InClusterConfigLoader
 
-    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call,unused-ignore]
         token_filename=os.path.join(directory, "token"),
         cert_filename=os.path.join(directory, "ca.crt"),
         try_refresh_token=True,
         environ=environ,
     )
-    loader.load_and_set(config)  # type: ignore[no-untyped-call]
+    loader.load_and_set(config)  # type: ignore[no-untyped-call,unused-ignore]
     return "in-cluster service account"
 
 
 def _kubeconfig(config: Any, *, path: str, context: str | None, private: str) -> str:
     import kubernetes.config
 
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call,unused-ignore]
         config_file=path,
         context=context,
         client_configuration=config,
