@@ -5,7 +5,8 @@
 #   checkov         -> .venv-checkov/ (its own virtualenv: it pins packaging==23.2,
 #                                      which clashes with pytest 9 in the dev venv)
 # promtool comes from Debian's `prometheus` package, which .ci/run installs.
-# Needs no root; needs the project's virtualenv (.venv) to exist (`make install`).
+# Needs no root; needs the project's virtualenv (.venv) to exist (`make install`);
+# `make install-dev` runs this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +63,14 @@ fi
 if [[ -x "$CHECKOV_VENV/bin/checkov" ]]; then
     echo "install-tools: checkov already in $CHECKOV_VENV"
 else
-    test -x "$CHECKOV_VENV/bin/python" || "$PYTHON" -m venv "$CHECKOV_VENV"
-    "$CHECKOV_VENV/bin/pip" install --quiet checkov
+    if [[ -x "$VENV/bin/uv" ]]; then
+        # uv (which `make install` puts in the project's venv) resolves checkov's long
+        # dependency list in seconds; pip is the fallback.
+        test -x "$CHECKOV_VENV/bin/python" || "$VENV/bin/uv" venv --quiet --python "$PYTHON" "$CHECKOV_VENV"
+        "$VENV/bin/uv" pip install --quiet --python "$CHECKOV_VENV/bin/python" checkov
+    else
+        test -x "$CHECKOV_VENV/bin/python" || "$PYTHON" -m venv "$CHECKOV_VENV"
+        "$CHECKOV_VENV/bin/pip" install --quiet checkov
+    fi
     echo "install-tools: checkov $("$CHECKOV_VENV/bin/checkov" --version)"
 fi
