@@ -128,7 +128,7 @@ def _up(
     django.setup()
     from django.core.management import call_command
 
-    from tide.jobs.accounts import ensure_token
+    from tide.jobs.accounts import ensure_admin_login, ensure_token
 
     click.echo(f"database: {local.database_note}")
     click.echo(f"broker:   {local.broker_url} ({local.broker_note})")
@@ -137,6 +137,8 @@ def _up(
     # ``tide load`` (and the reader) find the token here.
     (var / TOKEN_FILE).write_text(token + "\n")
     (var / TOKEN_FILE).chmod(0o600)
+    # The same user logs in to the admin (/admin/) with the password kept beside the token.
+    ensure_admin_login(user, var / "admin-password")
 
     queues = sorted({q for pool in pools for q in pool.queues})
     supervisor = Supervisor(env=dict(os.environ))
@@ -164,7 +166,10 @@ def _up(
     )
     supervisor.start("beat", [tide, "beat"], log=str(var / "beat.log"))
     services = {
+        "start": f"http://127.0.0.1:{port}/  (the API, its docs and the admin)",
         "API": f"http://127.0.0.1:{port}/api/  (Authorization: Token {token})",
+        "docs": f"http://127.0.0.1:{port}/api/docs/  (Swagger UI; Redoc at /api/redoc/)",
+        "admin": f"http://127.0.0.1:{port}/admin/  (user {user}, password in {var}/admin-password)",
         "metrics": f"http://127.0.0.1:{exporter_port}/metrics",
     }
     if flower_port:

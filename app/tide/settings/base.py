@@ -29,9 +29,11 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "tide.jobs",
     "tide.health",
     "tide.samples",
+    "tide.portal",
 ]
 
 MIDDLEWARE = [
@@ -39,6 +41,9 @@ MIDDLEWARE = [
     "tide.health.middleware.ProbeMiddleware",
     "tide.health.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (Swagger UI, Redoc, the admin's CSS) straight from the installed
+    # packages: no collectstatic step, no web server beside gunicorn.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -91,7 +96,16 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = env_str("DJANGO_STATIC_ROOT", default=str(BASE_DIR.parent.parent / "var" / "static"))
+# Only for ``collectstatic`` (e.g. to serve the files from a CDN); unset, nothing needs it.
+STATIC_ROOT = env_str("DJANGO_STATIC_ROOT", default="") or None
+# WhiteNoise finds the files in the apps' static folders at start-up (a few hundred files),
+# so the image needs no collectstatic and its root filesystem stays read-only.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
+
+# Django's admin (jobs, periodic tasks, users) at /admin/, behind its login. Local mode
+# turns it on; a deployment chooses (it is one more login page facing the network).
+TIDE_ADMIN_ENABLED = env_bool("TIDE_ADMIN_ENABLED", default=False)
 
 # Requests larger than this are refused with 413 before the view parses them: a job's
 # arguments travel through the broker and the database, where megabytes do harm.
@@ -124,6 +138,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc load their JavaScript and CSS from drf-spectacular-sidecar,
+    # served by this process: no CDN, so the docs work offline and behind a firewall.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayRequestDuration": True},
 }
 
 # --- Celery -------------------------------------------------------------------------

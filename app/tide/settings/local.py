@@ -11,8 +11,12 @@ import os
 
 from tide.settings.base import *  # noqa: F403
 from tide.settings.base import BASE_DIR, DATABASES
+from tide.settings.env import env_bool
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "tide-local-insecure-key-do-not-deploy"
+
+# The admin is routed on a developer's machine (still behind its login).
+TIDE_ADMIN_ENABLED = env_bool("TIDE_ADMIN_ENABLED", default=True)
 
 if not os.environ.get("DATABASE_URL"):
     _var = BASE_DIR.parent.parent / "var"

@@ -63,8 +63,8 @@ def exposition() -> Iterator[Exposition]:
 def prometheus(exposition: Exposition) -> Iterator[str]:
     binary = shutil.which("prometheus")
     if binary is None:
-        # A missing install, not a reason to pass quietly: make install puts it there.
-        pytest.fail("prometheus is not installed: run make install-dev (apt-get install prometheus)")
+        # A missing install, not a reason to pass quietly: make install-dev puts it there.
+        pytest.fail("prometheus is not installed: run make install-dev (Debian's prometheus)")
     workdir = Path(tempfile.mkdtemp(prefix="tide-prom-"))
     target = exposition.url.removeprefix("http://").removesuffix("/metrics")
     config = workdir / "prometheus.yml"
