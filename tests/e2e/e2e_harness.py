@@ -465,7 +465,8 @@ def prometheus(exporter: Exporter, workdir: Path) -> Iterator[Prometheus]:
     instance = Prometheus(port=port)
 
     def has_series() -> bool:
-        with contextlib.suppress(httpx.HTTPError):
+        # Until it is ready Prometheus may answer with a plain-text 503.
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
             answer = httpx.get(
                 f"{instance.url}/api/v1/query", params={"query": "celery_queue_length"}, timeout=1
             ).json()
