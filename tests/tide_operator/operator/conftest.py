@@ -1,5 +1,5 @@
 """Fixtures for the operator tests (defined in ``pool_harness``, which the tests import)."""
 
-from pool_harness import api, emulator, exporter, operator, probe
+from pool_harness import api, cluster_operator, emulator, exporter, operator, probe
 
-__all__ = ["api", "emulator", "exporter", "operator", "probe"]
+__all__ = ["api", "cluster_operator", "emulator", "exporter", "operator", "probe"]

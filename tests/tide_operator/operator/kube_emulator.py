@@ -8,30 +8,71 @@ wrong for kopf, each seen on this machine (see /work/shared/TOOLING.md):
   fails with a 500 where a real server answers 422, and kopf retries forever;
 * a watch ignores ``?resourceVersion=``, replays every object as ADDED, and misses writes
   made between its snapshot and its subscription to the event bus;
-* nothing collects garbage: a Deployment owned by a deleted WorkerPool would stay.
+* nothing collects garbage: a Deployment owned by a deleted WorkerPool would stay;
+* it serves any path, verb and query parameter: ``timeoutSeconds=300.0``, which a real
+  server refuses with a 400, passed here, and the operator crashed on every real cluster;
+* it has no RBAC: an operator asking for more than its chart grants passed here too.
 
-``TideEmulator`` stamps an increasing ``resourceVersion`` (and uid, creationTimestamp,
-generation) on every write, answers a failed JSON-patch ``test`` with 422, subscribes a
-watch before taking its snapshot and skips objects not newer than the requested version,
-lists with the current version, and deletes dependents of a deleted owner (foreground
-details aside) like the garbage collector. ``faults`` injects API errors (409s) for tests.
+``TideEmulator`` first holds every request to the real API's contract (``kube_contract``:
+the OpenAPI document of a real kube-apiserver v1.26) and, once ``authorize`` gave it the
+chart's rules (``kube_rbac``), to RBAC for the operator's service account: a refused
+request gets the real server's answer (400, 404, 405, 415, or 403 with the server's
+message) and is recorded in ``violations`` or ``forbidden``, which the emulator fixture
+asserts empty at teardown. Every request is logged (``log``: user, verb, resource,
+namespace), so the suite can compare what the operator uses with what the chart grants. A
+watch ends after its ``timeoutSeconds``, as on a real server.
+
+It also stamps an increasing ``resourceVersion`` (and uid, creationTimestamp, generation)
+on every write, answers a failed JSON-patch ``test`` with 422, subscribes a watch before
+taking its snapshot and skips objects not newer than the requested version, lists with the
+current version, and deletes dependents of a deleted owner (foreground details aside) like
+the garbage collector. ``faults`` injects API errors (409s) for tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
+import functools
 import itertools
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
+from kube_contract import Address, Contract, Refusal, address
+from kube_rbac import Grants
 
 WORKERPOOLS = "tide.dev/v1alpha1/workerpools"
+# The bearer token the operator logs in with in the tests; requests without it are the
+# tests' own (a cluster admin's): logged, held to the contract, never to the chart's RBAC.
+OPERATOR_TOKEN = "tide-operator-token"
+ADMIN = "system:admin"
+
+
+@functools.cache
+def contract() -> Contract:
+    """The API's contract with the WorkerPool resource's paths (loaded once per process)."""
+    return Contract.load().with_custom_resource(
+        group="tide.dev", version="v1alpha1", plural="workerpools", kind="WorkerPool"
+    )
+
+
+@attrs.frozen
+class Logged:
+    """One request as the server saw it: who, what, and whether it was refused (status)."""
+
+    user: str
+    method: str
+    path: str
+    address: Address | None
+    refused: int | None = None
 
 
 def _rv(raw: Any) -> int:
@@ -51,6 +92,12 @@ class TideEmulator(kmock.KubernetesEmulator):
     writes: list[tuple[str, str]] = attrs.field(factory=list, init=False)
     reads: int = attrs.field(default=0, init=False)
     _in_flight: set[int] = attrs.field(factory=set, init=False)
+    # Every request served, and every breach of the API's contract (a test fails on any).
+    log: list[Logged] = attrs.field(factory=list, init=False)
+    violations: list[str] = attrs.field(factory=list, init=False)
+    # RBAC for the operator's token, once ``authorize`` is called; 403s answered under it.
+    grants: Grants | None = attrs.field(default=None, init=False)
+    forbidden: list[str] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -63,6 +110,77 @@ class TideEmulator(kmock.KubernetesEmulator):
             subresources={"status"},
             shortnames={"wp"},
         )
+
+    def authorize(self, grants: Grants) -> None:
+        """Hold the operator's requests (``OPERATOR_TOKEN``) to these RBAC grants."""
+        self.grants = grants
+
+    def user(self, headers: Mapping[str, str]) -> str:
+        if headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}":
+            return self.grants.user if self.grants is not None else "tide-operator"
+        return ADMIN
+
+    def operator_requests(self) -> list[Logged]:
+        return [entry for entry in self.log if entry.user != ADMIN]
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # Judged before kmock parses the request: kmock cannot even parse some paths a
+        # real server serves (``/api/v1/namespaces`` raises in its path parser).
+        refused = await self._judge(raw_request)
+        if refused is not None:
+            return refused
+        response: aiohttp.web.StreamResponse = await super().__call__(raw_request)
+        return response
+
+    async def _judge(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse | None:
+        """The real server's refusal of this request, if it would refuse it; logs it."""
+        method, path, query = raw.method, raw.path, dict(raw.query)
+        user = self.user(raw.headers)
+        where = address(method, path, query)
+        payload = await raw.read()
+        try:
+            body = json.loads(payload) if payload else None
+        except ValueError:
+            body = payload
+        verdict = contract().check(
+            method=method,
+            path=path,
+            query=query,
+            content_type=raw.headers.get("Content-Type"),
+            body=body,
+        )
+        self.violations += verdict.violations
+        refusal = verdict.refusal
+        if refusal is None and self.grants is not None and user != ADMIN and where is not None:
+            allowed = self.grants.allows(
+                group=where.group,
+                resource=where.resource,
+                verb=where.verb,
+                namespace=where.namespace,
+                name=where.name,
+            )
+            if not allowed:
+                message = self.grants.forbidden_message(
+                    group=where.group,
+                    resource=where.resource,
+                    verb=where.verb,
+                    namespace=where.namespace,
+                    name=where.name,
+                )
+                self.forbidden.append(message)
+                refusal = Refusal(403, "Forbidden", message)
+        self.log.append(
+            Logged(
+                user=user,
+                method=method,
+                path=path,
+                address=where,
+                refused=None if refusal is None else refusal.status,
+            )
+        )
+        if refusal is None:
+            return None
+        return aiohttp.web.json_response(refusal.body(), status=refusal.status)
 
     def _next_version(self) -> str:
         self._last_version = next(self._versions)
@@ -237,6 +355,7 @@ class TideEmulator(kmock.KubernetesEmulator):
         bus = self._buses[request.resource]
         # Subscribe first, then snapshot: a write in between is streamed, not lost.
         marker = await bus.mark()
+        stream: AsyncIterator[Any] | None = None
         try:
             try:
                 since = int(request.params.get("resourceVersion") or 0)
@@ -253,7 +372,20 @@ class TideEmulator(kmock.KubernetesEmulator):
                 ]
             for event in snapshot:
                 yield event
-            async for event in bus.stream(since=marker):
+            # A real server ends a watch after its timeoutSeconds; the client reconnects
+            # from the last resourceVersion it saw.
+            timeout = request.params.get("timeoutSeconds")
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + int(timeout)
+            stream = aiter(bus.stream(since=marker))
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    event = await asyncio.wait_for(anext(stream), remaining)
+                except (TimeoutError, StopAsyncIteration):
+                    return
                 obj = event.get("object", {})
                 namespace = obj.get("metadata", {}).get("namespace")
                 if request.namespace is not None and namespace != request.namespace:
@@ -262,4 +394,6 @@ class TideEmulator(kmock.KubernetesEmulator):
                     continue
                 yield event
         finally:
+            if stream is not None:
+                await stream.aclose()  # type: ignore[attr-defined]
             await bus.unmark(marker)

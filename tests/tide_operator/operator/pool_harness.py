@@ -5,25 +5,36 @@ its clock: polling intervals and stabilisation windows pass in milliseconds of r
 The exporter is a real HTTP server on loopback serving a mutable exposition, so the
 operator's ``ExporterSource`` is exercised as in production. Waiting is always on state,
 with a deadline (``eventually``), never a fixed sleep.
+
+The operator runs as the chart installs it: kopf's settings are the ones ``tide operator``
+ships (``make_settings()``, nothing overridden), it watches one namespace (the chart's
+default scope; ``cluster_operator`` watches all), and the emulator holds its requests to the
+real API's contract and to the RBAC rules the chart renders for its service account. Any
+breach fails the test in the emulator fixture's teardown, and every request the operator
+made is added to the session's ``usage``, which ``test_operator_rbac`` compares with the
+chart's Role and ClusterRole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import kmock
 import kopf
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from kube_emulator import WORKERPOOLS, TideEmulator
+from kube_emulator import OPERATOR_TOKEN, WORKERPOOLS, TideEmulator
+from kube_rbac import Grants, render_chart
 
 from tide_operator.adapters.credentials import Credentials
 from tide_operator.adapters.kube import KubeApi
-from tide_operator.edge.handlers import Runtime, build_registry, make_settings
+from tide_operator.edge.handlers import Runtime, build_registry
 from tide_operator.edge.metrics import OperatorMetrics
 
 T = TypeVar("T")
@@ -96,10 +107,62 @@ class FakeBusyProbe:
         return {h: self.busy_by_host.get(h, 0) for h in hostnames}
 
 
+Scope = Literal["namespace", "cluster"]
+# (API group, resource[/subresource], verb), as RBAC rules name what they grant.
+Pair = tuple[str, str, str]
+
+
+@dataclass
+class Usage:
+    """What the operator asked the API for across the session, per scope it ran in."""
+
+    pairs: dict[Scope, set[Pair]] = field(
+        default_factory=lambda: {"namespace": set(), "cluster": set()}
+    )
+    # Node ids of the tests that ran an operator, and of every such test collected.
+    ran: set[str] = field(default_factory=set)
+    collected: set[str] = field(default_factory=set)
+    collected_files: set[str] = field(default_factory=set)
+
+    def add(self, emulator: TideEmulator, scope: Scope, nodeid: str) -> None:
+        self.ran.add(nodeid)
+        for entry in emulator.operator_requests():
+            if entry.address is not None:
+                where = entry.address
+                self.pairs[scope].add((where.group, where.resource, where.verb))
+
+
+USAGE = Usage()
+
+
+@functools.cache
+def chart_objects(scope: Scope) -> tuple[dict[str, Any], ...]:
+    """The chart rendered into namespace ``default`` (helm runs once per scope and session)."""
+    return tuple(render_chart(NS, f"operator.scope={scope}"))
+
+
+def operator_grants(scope: Scope) -> Grants:
+    """RBAC the chart gives the operator's service account in ``scope``."""
+    objects = chart_objects(scope)
+    (deployment,) = [
+        o
+        for o in objects
+        if o["kind"] == "Deployment"
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
+    ]
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    return Grants.for_service_account(objects, namespace=NS, name=account)
+
+
 @pytest_asyncio.fixture()
-async def emulator() -> AsyncIterator[TideEmulator]:
+async def emulator(request: pytest.FixtureRequest) -> AsyncIterator[TideEmulator]:
     async with TideEmulator() as k8s, kmock.Server(k8s):
         yield k8s
+    # Whatever the test asserted, a request a real server would refuse fails it.
+    assert k8s.violations == [], "requests a real API server refuses:\n" + "\n".join(k8s.violations)
+    assert k8s.forbidden == [], "requests the chart's RBAC does not grant:\n" + "\n".join(
+        k8s.forbidden
+    )
 
 
 @pytest_asyncio.fixture()
@@ -129,14 +192,17 @@ async def api(emulator: TideEmulator) -> AsyncIterator[KubeApi]:
     await client.aclose()
 
 
-@pytest_asyncio.fixture()
-async def operator(emulator: TideEmulator, probe: FakeBusyProbe) -> AsyncIterator[Runtime]:
+@contextlib.asynccontextmanager
+async def running_operator(
+    emulator: TideEmulator, probe: FakeBusyProbe, *, scope: Scope, nodeid: str
+) -> AsyncIterator[Runtime]:
+    """``tide operator`` in this loop, as the chart runs it in ``scope``."""
+    emulator.authorize(operator_grants(scope))
     url = str(emulator.url)
     runtime = Runtime(
         metrics=OperatorMetrics(),
-        login=lambda: Credentials(url),
+        login=lambda: Credentials(url, authorization=f"Bearer {OPERATOR_TOKEN}"),
         busy_probe=probe,
-        settings=make_settings(server_timeout=600, client_timeout=660),
     )
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -145,16 +211,42 @@ async def operator(emulator: TideEmulator, probe: FakeBusyProbe) -> AsyncIterato
             registry=build_registry(runtime),
             settings=runtime.settings,
             standalone=True,
-            clusterwide=True,
+            clusterwide=scope == "cluster",
+            namespaces=[] if scope == "cluster" else [NS],
             stop_flag=stop,
             ready_flag=ready,
         )
     )
-    await asyncio.wait_for(ready.wait(), timeout=30)
-    yield runtime
-    stop.set()
-    with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-        await asyncio.wait_for(task, timeout=30)
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        yield runtime
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(task, timeout=30)
+        USAGE.add(emulator, scope, nodeid)
+
+
+@pytest_asyncio.fixture()
+async def operator(
+    emulator: TideEmulator, probe: FakeBusyProbe, request: pytest.FixtureRequest
+) -> AsyncIterator[Runtime]:
+    """The operator in namespace scope (the chart's default), watching ``default``."""
+    async with running_operator(
+        emulator, probe, scope="namespace", nodeid=request.node.nodeid
+    ) as runtime:
+        yield runtime
+
+
+@pytest_asyncio.fixture()
+async def cluster_operator(
+    emulator: TideEmulator, probe: FakeBusyProbe, request: pytest.FixtureRequest
+) -> AsyncIterator[Runtime]:
+    """The operator in cluster scope (``--all-namespaces``, the chart's ClusterRole)."""
+    async with running_operator(
+        emulator, probe, scope="cluster", nodeid=request.node.nodeid
+    ) as runtime:
+        yield runtime
 
 
 @contextlib.asynccontextmanager
