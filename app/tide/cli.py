@@ -128,11 +128,12 @@ def _register_optional() -> None:
     from tide.local.cli import up
     from tide.local.load import load
     from tide_operator.edge.cli import operator_command
-    from tide_operator.simulation.cli import simulate
+    from tide_operator.simulation.cli import recommend_command, simulate
 
     main.add_command(up)
     main.add_command(load)
     main.add_command(simulate)
+    main.add_command(recommend_command, name="recommend")
     main.add_command(exporter)
     main.add_command(operator_command, name="operator")
 

@@ -73,12 +73,15 @@ __all__ = [
     "Decision",
     "Demand",
     "Fallback",
+    "FallbackBehavior",
+    "Forecast",
     "Observation",
     "PolicyConfig",
     "PolicyState",
     "ScalingPolicy",
     "ScalingRules",
     "decide",
+    "forecast_arrivals",
     "limit_by_behavior",
     "scale_down_limit",
     "scale_up_limit",
@@ -112,16 +115,30 @@ RATE_WINDOW_SECONDS: Final = 60.0
 # Below this many completions in the window the service-time estimate is mostly noise, and
 # the last good estimate (or the backlog rule) is used instead.
 MIN_COMPLETIONS_FOR_RATES: Final = 5
-# The backlog is sized to drain within this fraction of the maximum wait; the rest of the
-# budget is left for a new pod to start and for the metric to reach the operator.
-DRAIN_FRACTION_OF_MAX_WAIT: Final = 0.5
-# Square-root-staffing headroom, in multiples of √(offered slots): the pool is sized to the
-# high level and grows only when it falls below the low one (see ``_demand``).
-# Full Halfin-Whitt headroom (1.0) keeps waits near zero, which a maximum wait of a minute
-# does not ask for; 0.75 runs the diurnal trace at 73% instead of 70% utilisation with p99
-# waits still under two seconds (bench/results/simulator).
-HEADROOM_HIGH: Final = 0.75
-HEADROOM_LOW: Final = 0.25
+# The backlog is sized to drain within this multiple of the maximum wait. A tighter horizon
+# (half the maximum wait) bought waits of a second instead of two at 4% more replicas on the
+# diurnal trace; a backlog old enough to matter is caught by the oldest-age rule instead.
+DRAIN_FRACTION_OF_MAX_WAIT: Final = 2.0
+# Erlang-C sizing (see ``_replicas_for_wait``): the pool is sized so that at most this share
+# of tasks waits longer than this fraction of ``maxWaitSeconds`` (the high level), and grows
+# again only when more than the low level's share would (hysteresis, as the two headrooms).
+WAIT_BUDGET_FRACTION: Final = 0.1
+WAIT_SHARE_HIGH: Final = 0.05
+# 1.0: grow only when the pool cannot keep up with the offered load and the backlog at all.
+# Between that and the high level, the queue absorbs the noise (bench/results/simulator).
+WAIT_SHARE_LOW: Final = 1.0
+# A busy replica may be drained when every task the pool was seen to run finishes well
+# inside the grace period: this fraction of it.
+SAFE_DRAIN_FRACTION: Final = 0.5
+# The seasonal profile's resolution: 288 buckets of five minutes for a one-day season. It is
+# the bound of the forecast's memory: 288 floats per pool (about 9 KiB as a Python tuple).
+SEASON_BUCKETS: Final = 288
+# Weight of the latest season in a bucket's profile (the rest is the earlier seasons').
+SEASON_WEIGHT: Final = 0.5
+# Time constants of the decayed sums: service time, arrival level, arrival trend.
+SERVICE_TIME_CONSTANT: Final = 600.0
+LEVEL_TIME_CONSTANT: Final = 60.0
+TREND_TIME_CONSTANT: Final = 300.0
 _EPSILON: Final = 1e-9
 
 
@@ -212,12 +229,58 @@ HPA_DEFAULT_BEHAVIOR: Final = Behavior(
 )
 
 
-class Fallback(_SpecModel):
-    """KEDA's ``fallback``: the size to run after ``failureThreshold`` failed metric reads."""
+FallbackBehavior = Literal[
+    "static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"
+]
 
-    failure_threshold: int = Field(ge=1)
+
+class Fallback(_SpecModel):
+    """KEDA's ``fallback``: what to run once more than ``failureThreshold`` reads failed.
+
+    As in KEDA (``pkg/fallback``), the fallback starts when the count of consecutive failures
+    *exceeds* the threshold: ``failureThreshold: 3`` falls back on the fourth failed read.
+    ``behavior`` is KEDA's: ``static`` runs ``replicas``; ``currentReplicas`` keeps the
+    current size; ``currentReplicasIfHigher`` keeps it if it is above ``replicas`` (else
+    ``replicas``); ``currentReplicasIfLower`` keeps it if it is below (else ``replicas``).
+    Tide adds one rule to KEDA's: never below the replicas that held running tasks at the last
+    good read, because a metric outage is no reason to cut work in progress.
+    """
+
+    failure_threshold: int = Field(ge=0, le=1000)
     # At least one: an unreadable metric must never take a pool to zero.
     replicas: int = Field(ge=1)
+    behavior: FallbackBehavior = "static"
+
+
+class Forecast(_SpecModel):
+    """Capacity ahead of demand, from the pool's own history (see ``decide``)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Size for the arrivals forecast one lead time ahead (trend and season).",
+    )
+    lead_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How far ahead capacity must be ready: a worker's start-up plus a poll.",
+    )
+    season_seconds: int = Field(
+        default=86400,
+        ge=3600,
+        le=7 * 86400,
+        description="Length of the repeating cycle the seasonal profile learns (a day).",
+    )
+    wake_from_zero: bool = Field(
+        default=False,
+        description="Start a worker from zero on the forecast alone (else only on work).",
+    )
+
+    @model_validator(mode="after")
+    def _wake_needs_forecast(self) -> Forecast:
+        if self.wake_from_zero and not self.enabled:
+            raise ValueError("forecast.wakeFromZero needs forecast.enabled")
+        return self
 
 
 class PolicyConfig(_SpecModel):
@@ -240,7 +303,12 @@ class PolicyConfig(_SpecModel):
     polling_interval: float = Field(default=5.0, gt=0)
     behavior: Behavior = Field(default_factory=Behavior)
     fallback: Fallback | None = None
+    forecast: Forecast = Field(default_factory=Forecast)
     paused: bool = False
+    # From the WorkerPool's ``shutdown``: how long a removed worker may finish its tasks, and
+    # the longest task the user declares. They decide whether a busy replica may be drained.
+    grace_period_seconds: float = Field(default=300.0, gt=0)
+    longest_task_seconds: float | None = Field(default=None, gt=0)
     stale_after_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
@@ -281,6 +349,11 @@ class Observation:
     oldest_age: float | None = None
     # Monotonic counter of finished tasks; optional. With it the policy uses rates.
     completed_total: float | None = None
+    # Replicas holding at least one running task (the busy probe); optional. Without it the
+    # in-flight floor can only count slots.
+    busy_replicas: int | None = None
+    # How long the longest-running task has run (the busy probe's task start times).
+    oldest_running_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +369,24 @@ class PolicyState:
     last_active_at: float | None = None
     observations: tuple[Observation, ...] = ()
     service_time: float | None = None
+    # The in-flight floor of the last good read: fallback never goes below it.
+    last_floor: int = 0
+    # The longest a task was seen running (the busy probe), for the drain-safety rule; None
+    # until the probe has reported task ages.
+    longest_running: float | None = None
+    # Exponentially decayed sums for the service time: slot-seconds busy and completions.
+    busy_seconds: float = 0.0
+    completions: float = 0.0
+    # Holt's linear trend on the arrival rate: level (tasks/s), slope (tasks/s per s).
+    arrival_level: float | None = None
+    arrival_trend: float = 0.0
+    rate_at: float | None = None
+    # The seasonal profile: mean arrival rate per bucket of the season (-1: never seen),
+    # and the bucket being filled now (index, arrivals counted, seconds covered).
+    season: tuple[float, ...] = ()
+    bucket: int = -1
+    bucket_arrivals: float = 0.0
+    bucket_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +403,7 @@ class Demand:
     recommendation: int
     inflight_floor: int
     basis: Literal["rates", "backlog"]
+    forecast_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +549,122 @@ def _rates(
     return arrival_rate, completion_rate, completions
 
 
-def _remember(state: PolicyState, observation: Observation, *, now: float) -> PolicyState:
+def _decay(dt: float, constant: float) -> float:
+    return math.exp(-dt / constant) if constant > 0 else 0.0
+
+
+def _season_bucket(at: float, season: int) -> int:
+    return int((at % season) // (season / SEASON_BUCKETS)) % SEASON_BUCKETS
+
+
+def _learn(
+    state: PolicyState, previous: Observation, observation: Observation, *, config: PolicyConfig
+) -> PolicyState:
+    """Fold one interval between two reads into the service-time sums, trend and season.
+
+    All of it is a few floats per pool plus the seasonal profile (``SEASON_BUCKETS`` floats),
+    so the memory per pool is bounded whatever the traffic.
+    """
+    dt = observation.at - previous.at
+    if (
+        dt <= 0
+        or observation.completed_total is None
+        or previous.completed_total is None
+        or observation.completed_total < previous.completed_total
+    ):
+        return state
+    completed = observation.completed_total - previous.completed_total
+    present = observation.waiting + observation.inflight
+    arrived = max(0.0, completed + present - (previous.waiting + previous.inflight))
+
+    # Service time: slot-seconds busy over completions, both decayed with a time constant
+    # long enough to see several completions of long tasks. Little's law on one minute read
+    # ~95 s for 480 s tasks because a minute rarely holds one completion of them; decayed
+    # sums over ten minutes (or five service times) do not have that blind spot.
+    constant = max(SERVICE_TIME_CONSTANT, 5 * (state.service_time or 0.0))
+    keep = _decay(dt, constant)
+    busy_seconds = state.busy_seconds * keep + (previous.inflight + observation.inflight) / 2 * dt
+    completions = state.completions * keep + completed
+
+    # Holt's linear trend on the arrival rate.
+    rate = arrived / dt
+    if state.arrival_level is None:
+        level, trend = rate, 0.0
+    else:
+        level = state.arrival_level + (1 - _decay(dt, LEVEL_TIME_CONSTANT)) * (
+            rate - state.arrival_level
+        )
+        slope = (level - state.arrival_level) / dt
+        trend = state.arrival_trend + (1 - _decay(dt, TREND_TIME_CONSTANT)) * (
+            slope - state.arrival_trend
+        )
+
+    # The season: arrivals per bucket; a bucket's mean rate enters the profile when the
+    # next bucket starts, weighted against what earlier seasons said about it.
+    season = state.season or tuple([-1.0] * SEASON_BUCKETS)
+    period = config.forecast.season_seconds
+    bucket = _season_bucket(observation.at, period)
+    bucket_arrivals, bucket_seconds = state.bucket_arrivals, state.bucket_seconds
+    if bucket != state.bucket:
+        if state.bucket >= 0 and bucket_seconds >= period / SEASON_BUCKETS / 2:
+            mean = bucket_arrivals / bucket_seconds
+            old = season[state.bucket]
+            value = mean if old < 0 else SEASON_WEIGHT * mean + (1 - SEASON_WEIGHT) * old
+            season = (*season[: state.bucket], value, *season[state.bucket + 1 :])
+        bucket_arrivals = bucket_seconds = 0.0
+    return replace(
+        state,
+        busy_seconds=busy_seconds,
+        completions=completions,
+        arrival_level=level,
+        arrival_trend=trend,
+        rate_at=observation.at,
+        season=season,
+        bucket=bucket,
+        bucket_arrivals=bucket_arrivals + arrived,
+        bucket_seconds=bucket_seconds + dt,
+    )
+
+
+def _seasonal(state: PolicyState, at: float, *, period: int) -> float | None:
+    """The profile's rate at ``at``, linear between bucket centres; None where unseen."""
+    if not state.season:
+        return None
+    width = period / SEASON_BUCKETS
+    position = (at % period) / width - 0.5
+    left = math.floor(position)
+    weight = position - left
+    a, b = state.season[left % SEASON_BUCKETS], state.season[(left + 1) % SEASON_BUCKETS]
+    if a < 0 or b < 0:
+        return None
+    return (1 - weight) * a + weight * b
+
+
+def forecast_arrivals(state: PolicyState, config: PolicyConfig, *, now: float) -> float | None:
+    """Arrivals per second expected one lead time ahead, or None without history.
+
+    The trend extrapolates the smoothed rate; the season adds what the profile says changes
+    between now and then (additively, so a busier or quieter day than the profile keeps its
+    own level). The higher of the two is used: a forecast is there to have workers ready, and
+    the scale-down window, not the forecast, is what holds capacity on the way down.
+    """
+    if not config.forecast.enabled or state.arrival_level is None:
+        return None
+    lead = config.forecast.lead_seconds
+    ahead = max(0.0, state.arrival_level + state.arrival_trend * lead)
+    period = config.forecast.season_seconds
+    then, current = (
+        _seasonal(state, now + lead, period=period),
+        _seasonal(state, now, period=period),
+    )
+    if then is not None and current is not None:
+        ahead = max(ahead, state.arrival_level + then - current)
+    return ahead
+
+
+def _remember(
+    state: PolicyState, observation: Observation, *, now: float, config: PolicyConfig
+) -> PolicyState:
     kept = tuple(o for o in state.observations if o.at >= now - RATE_WINDOW_SECONDS)
     if (
         observation.completed_total is None
@@ -474,27 +681,107 @@ def _remember(state: PolicyState, observation: Observation, *, now: float) -> Po
     if kept and kept[-1].at >= observation.at:
         # The same scrape read twice adds nothing and would divide by zero.
         return replace(state, observations=kept)
+    if state.observations:
+        state = _learn(state, state.observations[-1], observation, config=config)
     return replace(state, observations=(*kept, observation))
 
 
+def _drain_is_safe(config: PolicyConfig, state: PolicyState) -> bool:
+    """Whether a busy replica's tasks are known to finish well within the grace period.
+
+    Known means evidence: the user's declared ``longestTaskSeconds``, or task ages from the
+    busy probe together with a measured service time. Without either, a busy replica is
+    treated as holding a task that may outlast its grace period.
+    """
+    limit = config.grace_period_seconds * SAFE_DRAIN_FRACTION
+    declared = config.longest_task_seconds
+    if declared is not None and declared > limit:
+        return False
+    if state.longest_running is not None and state.longest_running > limit:
+        return False
+    if declared is not None:
+        return True
+    return (
+        state.longest_running is not None
+        and state.service_time is not None
+        and state.service_time <= limit
+    )
+
+
+def _in_flight_floor(config: PolicyConfig, state: PolicyState, obs: Observation) -> int:
+    """Replicas that must stay because they hold running tasks.
+
+    With the busy probe's count, every replica holding a task stays unless its tasks are
+    known to finish well within the grace period (every task the pool was seen to run, or
+    declared ``longestTaskSeconds``, within half of it): the operator marks idle workers
+    first (pod-deletion-cost), so only idle ones go, and no task can outlast its grace
+    period. Counting slots instead (``inflight / concurrency``) lets the ReplicaSet take a
+    replica that holds one long task while others hold several, which is how a slot floor
+    cut tasks. When tasks are short, draining a busy replica costs only the seconds its
+    tasks have left, and the slot count is the floor: tasks spread over every replica by
+    the broker's first-come first-served delivery would otherwise pin the whole pool.
+    """
+    slots = _ceil(max(0, obs.inflight) / config.concurrency)
+    if obs.busy_replicas is None or _drain_is_safe(config, state):
+        return slots
+    return max(slots, max(0, obs.busy_replicas))
+
+
+def _erlang_c(slots: int, offered: float) -> float:
+    """Probability that a task waits in an M/M/c queue (Erlang's C formula)."""
+    if offered <= 0:
+        return 0.0
+    if offered >= slots:
+        return 1.0
+    blocking = 1.0
+    for k in range(1, slots + 1):  # Erlang B by its stable recursion
+        blocking = offered * blocking / (k + offered * blocking)
+    return slots * blocking / (slots - offered * (1 - blocking))
+
+
+def _replicas_for_wait(
+    *,
+    offered: float,
+    service_time: float,
+    budget: float,
+    share: float,
+    per_replica: int,
+    cap: int,
+) -> int:
+    """The fewest replicas that keep P(wait > budget) within ``share`` (M/M/c tail).
+
+    An M/M/c queue's wait is zero with probability 1 - C and exponential with rate
+    (c - a)/S otherwise, so P(wait > t) = C·exp(-(c - a)·t/S). Sizing on the wait the user
+    allows, instead of a fixed square-root headroom, lets a large pool run close to full
+    (its queue stays short) and gives a small one the slack it needs.
+    """
+    replicas = max(1, _ceil(offered / per_replica))
+    while replicas < cap:
+        slots = replicas * per_replica
+        if slots > offered:
+            tail = _erlang_c(slots, offered) * math.exp(-(slots - offered) * budget / service_time)
+            if tail <= share:
+                break
+        replicas += 1
+    return replicas
+
+
 def _demand(
-    config: PolicyConfig, state: PolicyState, obs: Observation, *, current: int
+    config: PolicyConfig, state: PolicyState, obs: Observation, *, current: int, now: float
 ) -> tuple[Demand, float | None]:
     waiting, inflight = max(0, obs.waiting), max(0, obs.inflight)
     per_replica = config.concurrency
-    inflight_floor = _ceil(inflight / per_replica)
+    inflight_floor = _in_flight_floor(config, state, obs)
     backlog_replicas = _ceil((waiting + inflight) / config.backlog_per_worker)
 
     service_time = state.service_time
     arrival_rate: float | None = None
     rates = _rates(state.observations) if len(state.observations) >= 2 else None
     if rates is not None:
-        arrival_rate, completion_rate, completions = rates
-        mean_inflight = sum(o.inflight for o in state.observations) / len(state.observations)
-        # Little's law on the slots: mean occupancy = throughput * service time. With few
-        # completions, or short tasks that no sample caught running, it says nothing.
-        if completions >= MIN_COMPLETIONS_FOR_RATES and mean_inflight > 0:
-            service_time = mean_inflight / completion_rate
+        arrival_rate = rates[0]
+        if state.completions >= MIN_COMPLETIONS_FOR_RATES and state.busy_seconds > 0:
+            service_time = state.busy_seconds / state.completions
+    ahead = forecast_arrivals(state, config, now=now)
 
     if service_time is None or arrival_rate is None or config.max_wait_seconds is None:
         # Nothing to convert counts into time: every task gets a slot at the backlog target.
@@ -502,24 +789,35 @@ def _demand(
         recommendation = backlog_replicas
         basis: Literal["rates", "backlog"] = "backlog"
     else:
-        offered = arrival_rate * service_time
+        rate = arrival_rate if ahead is None else max(arrival_rate, ahead)
+        offered = rate * service_time
         horizon = config.max_wait_seconds * DRAIN_FRACTION_OF_MAX_WAIT
         # A slot drains horizon/S tasks in time; a task longer than the horizon needs its own.
         drain = min(float(waiting), waiting * service_time / horizon)
-
-        def slots(headroom: float) -> float:
-            # The instantaneous in-flight count is not added: it is the noisy sample that
-            # λS averages, and it only acts as the floor (``inflight_floor``) below.
-            return offered + headroom * math.sqrt(offered) + drain
-
-        # Square-root staffing: λS slots keep up on average and a multiple of √(λS) more
-        # absorb Poisson noise (Halfin-Whitt). Two levels make a hysteresis band: grow when the
-        # pool cannot offer the low headroom, then to the high one; shrink when it has more
-        # than the high one. Noise in the rate estimates moves the demand within
-        # the band, so a steady stream holds its size instead of flapping by one replica.
-        needed = slots(HEADROOM_HIGH)
-        high = _ceil(needed / per_replica)
-        low = _ceil(slots(HEADROOM_LOW) / per_replica)
+        budget = config.max_wait_seconds * WAIT_BUDGET_FRACTION
+        # Enough replicas for the offered load plus the backlog, so that few tasks wait
+        # longer than a tenth of the maximum wait. Two levels make a hysteresis band: grow
+        # when the pool cannot keep the low level's share, then to the high level; shrink
+        # when it has more than the high level needs. Noise in the rate estimates moves the
+        # demand within the band, so a steady stream holds its size instead of flapping.
+        cap = max(config.max_replicas, 1) + 1
+        high = _replicas_for_wait(
+            offered=offered + drain,
+            service_time=service_time,
+            budget=budget,
+            share=WAIT_SHARE_HIGH,
+            per_replica=per_replica,
+            cap=cap,
+        )
+        low = _replicas_for_wait(
+            offered=offered + drain,
+            service_time=service_time,
+            budget=budget,
+            share=WAIT_SHARE_LOW,
+            per_replica=per_replica,
+            cap=cap,
+        )
+        needed = offered + drain
         recommendation = high if current < low else min(current, high)
         basis = "rates"
         if obs.oldest_age is not None and obs.oldest_age > config.max_wait_seconds:
@@ -538,6 +836,7 @@ def _demand(
         recommendation=max(recommendation, inflight_floor),
         inflight_floor=inflight_floor,
         basis=basis,
+        forecast_rate=ahead,
     )
     return demand, service_time
 
@@ -585,6 +884,75 @@ def _clamp(config: PolicyConfig, replicas: int) -> int:
     return min(max(replicas, config.min_replicas), config.max_replicas)
 
 
+def _allowed(config: PolicyConfig, *, current: int, target: int) -> int:
+    """``selectPolicy: Disabled`` blocks its direction entirely, 0↔1 included.
+
+    This is KEDA's ``autoscaling.keda.sh/paused-scale-in`` / ``paused-scale-out``: a pool
+    whose scale-down is disabled never goes to zero either, and one whose scale-up is
+    disabled never wakes. Only the bounds override it, as HPA's do (a size outside
+    ``minReplicas``/``maxReplicas`` is corrected whatever the behaviour says).
+    """
+    if target > current and config.behavior.scale_up.select_policy == "Disabled":
+        target = current
+    if target < current and config.behavior.scale_down.select_policy == "Disabled":
+        target = current
+    return _clamp(config, target)
+
+
+def _fallback_size(config: PolicyConfig, fallback: Fallback, *, current: int) -> int:
+    if fallback.behavior == "currentReplicas":
+        return current
+    if fallback.behavior == "currentReplicasIfHigher":
+        return max(current, fallback.replicas)
+    if fallback.behavior == "currentReplicasIfLower":
+        return min(current, fallback.replicas)
+    return fallback.replicas
+
+
+def _blind(
+    config: PolicyConfig,
+    state: PolicyState,
+    observation: Observation | None,
+    *,
+    current: int,
+    now: float,
+) -> Decision:
+    """No usable read: hold (within the bounds) or, past the threshold, fall back."""
+    failures = state.failures + 1
+    # Blind is not idle: the cooldown to zero starts again from the first good read.
+    state = replace(state, failures=failures, last_active_at=now)
+    why = "no metrics" if observation is None else f"metrics {now - observation.at:.0f}s old"
+    fallback = config.fallback
+    if fallback is not None and failures > fallback.failure_threshold:
+        # Never below the replicas that held running tasks at the last good read: a broken
+        # metric is no reason to cut work that was in progress.
+        wanted = max(_fallback_size(config, fallback, current=current), state.last_floor)
+        target = _allowed(config, current=current, target=wanted)
+        # The fallback size enters the scale-down window, so leaving fallback is smoothed
+        # like any other drop instead of falling straight to what the first read says.
+        state = replace(state, recommendations=(*state.recommendations, (now, target)))
+        state = _moved(state, current=current, replicas=target, now=now)
+        return Decision(
+            target,
+            FALLBACK,
+            f"{why} for {failures} reads (threshold {fallback.failure_threshold}): "
+            f"fallback ({fallback.behavior}) {current}→{target}",
+            state,
+        )
+    # Holding is the only safe move: the queue may be full or empty, we cannot tell. The
+    # bounds still apply: a newly lowered maxReplicas or raised minReplicas is honoured.
+    target = _clamp(config, current)
+    state = replace(state, recommendations=(*state.recommendations, (now, target)))
+    state = _moved(state, current=current, replicas=target, now=now)
+    return Decision(
+        target,
+        METRICS_UNAVAILABLE,
+        f"{why} ({failures} in a row): holding {target}"
+        + (f" (bounds {config.min_replicas}..{config.max_replicas})" if target != current else ""),
+        state,
+    )
+
+
 def decide(
     *,
     config: PolicyConfig,
@@ -614,35 +982,33 @@ def decide(
     state = _prune(state, config, now=now)
 
     if observation is None or now - observation.at > config.stale_after_seconds:
-        failures = state.failures + 1
-        state = replace(state, failures=failures)
-        why = "no metrics" if observation is None else f"metrics {now - observation.at:.0f}s old"
-        fallback = config.fallback
-        if fallback is not None and failures >= fallback.failure_threshold:
-            target = _clamp(config, fallback.replicas)
-            state = _moved(state, current=current, replicas=target, now=now)
-            return Decision(
-                target,
-                FALLBACK,
-                f"{why} for {failures} reads: fallback {current}→{target}",
-                state,
-            )
-        # Holding is the only safe move: the queue may be full or empty, we cannot tell.
-        return Decision(
-            current, METRICS_UNAVAILABLE, f"{why} ({failures} in a row): holding {current}", state
-        )
+        return _blind(config, state, observation, current=current, now=now)
 
     state = replace(state, failures=0)
-    state = _remember(state, observation, now=now)
-    demand, service_time = _demand(config, state, observation, current=current)
-    state = replace(state, service_time=service_time)
+    if observation.oldest_running_age is not None:
+        state = replace(
+            state,
+            longest_running=max(state.longest_running or 0.0, observation.oldest_running_age),
+        )
+    state = _remember(state, observation, now=now, config=config)
+    demand, service_time = _demand(config, state, observation, current=current, now=now)
+    state = replace(state, service_time=service_time, last_floor=demand.inflight_floor)
     busy = demand.waiting + demand.inflight > 0
     if busy:
         state = replace(state, last_active_at=now)
     described = _describe(demand, config)
 
     if current == 0:
-        if demand.waiting + demand.inflight > config.activation_threshold:
+        work = demand.waiting + demand.inflight > config.activation_threshold
+        # The forecast wakes a sleeping pool only when the pool asks for it: a forecast is
+        # a guess, and a worker started for nothing costs at least the cooldown.
+        foreseen = (
+            config.forecast.wake_from_zero
+            and demand.forecast_rate is not None
+            and demand.service_time is not None
+            and demand.forecast_rate * demand.service_time >= 1.0
+        )
+        if (work or foreseen) and config.behavior.scale_up.select_policy != "Disabled":
             # Waking: the HPA policies are relative to the current size, which is zero, so
             # allow at least one replica whatever they say.
             limited = max(
@@ -662,13 +1028,20 @@ def decide(
                 state, recommendations=(*state.recommendations, (now, demand.recommendation))
             )
             state = _moved(state, current=0, replicas=target, now=now)
-            return Decision(target, ACTIVATED, f"activate 0→{target}: {described}", state, demand)
+            why = "" if work else " (forecast)"
+            return Decision(
+                target, ACTIVATED, f"activate 0→{target}{why}: {described}", state, demand
+            )
         if config.min_replicas == 0:
+            note = (
+                "scale-up is Disabled"
+                if work
+                else f"activation above {config.activation_threshold}"
+            )
             return Decision(
                 0,
                 HELD,
-                f"idle at 0: {demand.waiting + demand.inflight} tasks, activation above "
-                f"{config.activation_threshold}",
+                f"idle at 0: {demand.waiting + demand.inflight} tasks, {note}",
                 state,
                 demand,
             )
@@ -690,9 +1063,9 @@ def decide(
         current=current,
         now=now,
     )
-    # In-flight work keeps its slots whatever the windows say: removing a busy worker
+    # In-flight work keeps its replicas whatever the windows say: removing a busy worker
     # either waits out its grace period or kills a task.
-    target = _clamp(config, max(limited, demand.inflight_floor))
+    target = _allowed(config, current=current, target=max(limited, demand.inflight_floor))
 
     idle_for = now - (state.last_active_at if state.last_active_at is not None else now)
     if (
@@ -701,6 +1074,7 @@ def decide(
         and demand.scheduled == 0
         and not busy
         and idle_for >= config.cooldown_period
+        and config.behavior.scale_down.select_policy != "Disabled"
     ):
         # Nothing waits, runs or is scheduled (ETA tasks live in a worker and would run late
         # with none), and the cooldown has passed: the pool may sleep.
@@ -728,11 +1102,12 @@ def decide(
         note += f"; at maxReplicas ({config.max_replicas})"
     if max(raw, demand.inflight_floor) < current:
         window = config.behavior.scale_down.stabilization_window_seconds
-        note += (
-            f"; holding for the {window}s scale-down window"
-            if stabilized >= current
-            else "; the scale-down policies allow no more for now"
-        )
+        if config.behavior.scale_down.select_policy == "Disabled":
+            note += "; scale-down is Disabled"
+        elif stabilized >= current:
+            note += f"; holding for the {window}s scale-down window"
+        else:
+            note += "; the scale-down policies allow no more for now"
     if demand.recommendation == 0 and config.min_replicas == 0 and current == 1:
         if demand.scheduled:
             note += f"; {demand.scheduled} ETA tasks keep a worker"

@@ -56,7 +56,8 @@ _POLICY_DESCRIPTIONS: Final[dict[str, dict[str, str]]] = {
         "stabilizationWindowSeconds": "Seconds of past recommendations considered: scale-up "
         "takes the lowest, scale-down the highest (0-3600).",
         "selectPolicy": "Max (the policy allowing the largest change), Min, or Disabled "
-        "(no scaling in this direction).",
+        "(no scaling in this direction at all, 0 to 1 and 1 to 0 included, as KEDA's "
+        "paused-scale-out and paused-scale-in).",
         "policies": "Step limits: at most value pods or percent per periodSeconds.",
     },
     "ScalingPolicy": {
@@ -65,12 +66,24 @@ _POLICY_DESCRIPTIONS: Final[dict[str, dict[str, str]]] = {
         "periodSeconds": "The window the limit applies to, in seconds (1-1800).",
     },
     "Fallback": {
-        "failureThreshold": "Consecutive failed metric reads before falling back.",
-        "replicas": "Replicas to run while metrics stay unreadable (at least 1).",
+        "failureThreshold": "Fallback starts when more metric reads than this failed in a "
+        "row (KEDA's count: 3 falls back on the fourth failure).",
+        "replicas": "Replicas for the static behaviour, and the bound the currentReplicasIf* "
+        "behaviours compare with (at least 1).",
+        "behavior": "static: run replicas; currentReplicas: keep the current size; "
+        "currentReplicasIfHigher: the current size if above replicas, else replicas; "
+        "currentReplicasIfLower: the current size if below replicas, else replicas.",
     },
 }
 
 _POLICY_RULES: Final[dict[str, list[dict[str, str]]]] = {
+    "Forecast": [
+        {
+            "rule": "!has(self.wakeFromZero) || !self.wakeFromZero || "
+            "!has(self.enabled) || self.enabled",
+            "message": "forecast.wakeFromZero needs forecast.enabled",
+        }
+    ],
     "ScalingRules": [
         {
             "rule": "(has(self.selectPolicy) && self.selectPolicy == 'Disabled') || "

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from tide_operator.core.policy import Behavior, Fallback, PolicyConfig
+from tide_operator.core.policy import Behavior, Fallback, Forecast, PolicyConfig
 
 __all__ = [
     "API_VERSION",
@@ -440,8 +440,15 @@ class WorkerPoolSpec(_Model):
     )
     fallback: Fallback | None = Field(
         default=None,
-        description="Replicas to run after failureThreshold failed metric reads in a row; "
-        "without it the pool holds its size.",
+        description="What to run once more than failureThreshold metric reads in a row "
+        "failed (KEDA's fallback: behavior static, currentReplicas, currentReplicasIfHigher "
+        "or currentReplicasIfLower); never below the workers that held running tasks at the "
+        "last good read. Without it the pool holds its size.",
+    )
+    forecast: Forecast = Field(
+        default_factory=Forecast,
+        description="Have workers ready for the arrivals the pool's own history forecasts "
+        "(trend and daily season); never wakes a pool from zero unless wakeFromZero.",
     )
     paused: bool = Field(
         default=False, description="Stop scaling: the operator keeps the current size."
@@ -487,8 +494,15 @@ class WorkerPoolSpec(_Model):
             polling_interval=self.polling_interval,
             behavior=self.behavior,
             fallback=self.fallback,
+            forecast=self.forecast,
             paused=self.paused,
             stale_after_seconds=self.stale_after_seconds,
+            grace_period_seconds=float(self.shutdown.grace_period_seconds),
+            longest_task_seconds=(
+                float(self.shutdown.longest_task_seconds)
+                if self.shutdown.longest_task_seconds is not None
+                else None
+            ),
         )
 
 

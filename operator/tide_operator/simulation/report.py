@@ -2,8 +2,12 @@
 
 ``summarize`` reduces a ``SimResult`` to the numbers a reader compares across policies:
 waits (p50/p95/p99 and the share over the maximum wait), cost (replica-seconds, utilisation,
-and cost against the floor, the replica-seconds a pool at 100% utilisation would need), and
-stability (scale events, direction reversals, interrupted tasks). ``check_targets`` compares
+and cost against the floor: the trace's own work on fully used replicas, so work thrown away
+by an interrupted task counts as cost, never as useful), and stability: scale events,
+interrupted tasks and the slot-seconds they wasted, which replicas scale-in took, and flaps
+counted two ways. ``reversals`` is every change of direction; ``flaps`` is what a user calls
+a flap: a change of direction within ``FLAP_WINDOW`` (300 s, the HPA's default scale-down
+stabilisation) of the move it reverses. ``check_targets`` compares
 Tide with the baselines of the same run, trace by trace, against the targets of the design
 issue, and says by how much each is met or missed. Rendering is separate from computing: a
 rich table for the terminal, JSON for machines, and a PNG per trace (matplotlib's Agg
@@ -27,9 +31,11 @@ from rich.table import Table
 from tide_operator.simulation.simulator import SimResult
 
 __all__ = [
+    "FLAP_WINDOW",
     "Summary",
     "TargetCheck",
     "check_targets",
+    "count_flaps",
     "count_reversals",
     "plot_trace",
     "render_table",
@@ -37,6 +43,11 @@ __all__ = [
     "summarize",
     "write_json",
 ]
+
+
+#: A reversal within this many seconds of the move it reverses is a flap: the HPA's default
+#: scale-down stabilisation window, the span users tune against.
+FLAP_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -50,11 +61,17 @@ class Summary:
     p99_wait: float
     over_max_wait: float
     replica_seconds: float
+    floor_replica_seconds: float
     utilisation: float
     cost_vs_floor: float
     scale_events: int
     reversals: int
+    flaps: int
     interrupted: int
+    wasted_slot_seconds: float
+    removed_idle: int
+    removed_drained: int
+    removed_killed: int
     unfinished: int
     duration: float
     wall_seconds: float
@@ -80,6 +97,18 @@ def count_reversals(events: Iterable[tuple[float, int, int]]) -> int:
     return reversals
 
 
+def count_flaps(events: Iterable[tuple[float, int, int]], *, window: float = FLAP_WINDOW) -> int:
+    """Reversals that come within ``window`` seconds of the move they reverse."""
+    flaps = 0
+    last_direction, last_at = 0, -math.inf
+    for at, before, after in events:
+        direction = 1 if after > before else -1
+        if last_direction and direction != last_direction and at - last_at < window:
+            flaps += 1
+        last_direction, last_at = direction, at
+    return flaps
+
+
 def summarize(result: SimResult) -> Summary:
     waits = result.waits[~np.isnan(result.waits)]
     if len(waits):
@@ -87,7 +116,7 @@ def summarize(result: SimResult) -> Summary:
         over = float(np.mean(waits > result.max_wait))
     else:
         p50 = p95 = p99 = over = 0.0
-    floor = result.busy_slot_seconds / result.concurrency
+    floor = result.floor_replica_seconds
     capacity = result.replica_seconds * result.concurrency
     return Summary(
         trace=result.trace,
@@ -99,25 +128,42 @@ def summarize(result: SimResult) -> Summary:
         p99_wait=p99,
         over_max_wait=over,
         replica_seconds=result.replica_seconds,
-        utilisation=result.busy_slot_seconds / capacity if capacity else 0.0,
+        floor_replica_seconds=floor,
+        # Useful work only: what interrupted attempts did is paid for but not counted here.
+        utilisation=result.work_seconds / capacity if capacity else 0.0,
         cost_vs_floor=result.replica_seconds / floor if floor else math.inf,
         scale_events=len(result.scale_events),
         reversals=count_reversals(result.scale_events),
+        flaps=count_flaps(result.scale_events),
         interrupted=result.interrupted,
+        wasted_slot_seconds=result.wasted_slot_seconds,
+        removed_idle=result.removed_idle,
+        removed_drained=result.removed_drained,
+        removed_killed=result.removed_killed,
         unfinished=result.tasks - result.completed,
         duration=result.end_time,
         wall_seconds=result.wall_seconds,
     )
 
 
+#: Traces with a day's shape (a ramp that repeats or a slow ramp): the cost-floor goal.
+DIURNAL_TRACES = frozenset({"diurnal", "diurnal-mix", "slow-ramp-cliff"})
+COST_FLOOR_GOAL = 1.25
+
+
 def check_targets(
     summaries: Sequence[Summary],
     *,
     max_wait: float,
-    window: float,
     policy: str = "tide",
 ) -> list[TargetCheck]:
-    """The issue's targets for ``policy`` against the baselines of the same run."""
+    """The issue's goals for ``policy`` against the baselines of the same run.
+
+    On every trace: no interrupted or unfinished task, and ahead of both KEDA settings on cost
+    (replica-seconds) and on p95 wait (or within the maximum wait when a KEDA setting is too,
+    a tie below the target being no loss to the user). On the diurnal-type traces: cost within
+    ``COST_FLOOR_GOAL`` times the floor and p95 wait within the target.
+    """
     checks: list[TargetCheck] = []
     by_trace: dict[str, dict[str, Summary]] = {}
     for s in summaries:
@@ -126,50 +172,41 @@ def check_targets(
         tide = runs.get(policy)
         if tide is None:
             continue
-        tuned, default = runs.get("keda-tuned"), runs.get("keda-default")
 
         def add(target: str, met: bool, detail: str, trace: str = trace) -> None:
             checks.append(TargetCheck(trace, target, met, detail))
 
-        if tuned is not None:
+        for name in ("keda-default", "keda-tuned"):
+            other = runs.get(name)
+            if other is None:
+                continue
             add(
-                "p95 wait <= keda-tuned",
-                tide.p95_wait <= tuned.p95_wait,
-                f"{tide.p95_wait:.1f}s vs {tuned.p95_wait:.1f}s",
+                f"replica-s < {name}",
+                tide.replica_seconds < other.replica_seconds,
+                f"{tide.replica_seconds:,.0f} vs {other.replica_seconds:,.0f} "
+                f"({tide.replica_seconds / other.replica_seconds:.2f})",
             )
             add(
-                "replica-s <= keda-tuned",
-                tide.replica_seconds <= tuned.replica_seconds,
-                f"{tide.replica_seconds:,.0f} vs {tuned.replica_seconds:,.0f} "
-                f"({tide.replica_seconds / tuned.replica_seconds:.0%})",
+                f"p95 wait <= {name}",
+                tide.p95_wait <= other.p95_wait,
+                f"{tide.p95_wait:.2f}s vs {other.p95_wait:.2f}s",
             )
-        if default is not None:
-            if default.p95_wait > max_wait:
-                add(
-                    "p95 wait <= keda-default/2 (it misses max wait)",
-                    tide.p95_wait <= default.p95_wait / 2,
-                    f"{tide.p95_wait:.1f}s vs {default.p95_wait:.1f}s / 2",
-                )
-            add(
-                "replica-s <= 80% keda-default",
-                tide.replica_seconds <= 0.8 * default.replica_seconds,
-                f"{tide.replica_seconds / default.replica_seconds:.0%} of "
-                f"{default.replica_seconds:,.0f}",
-            )
-        if trace in ("steady", "diurnal"):
-            add("utilisation >= 70%", tide.utilisation >= 0.7, f"{tide.utilisation:.0%}")
         add(
             "no interrupted tasks",
             tide.interrupted == 0 and tide.unfinished == 0,
             f"{tide.interrupted} interrupted, {tide.unfinished} unfinished",
         )
-        if trace == "noisy":
-            allowed = tide.duration / window
+        base = trace.split("@")[0]
+        if base in DIURNAL_TRACES:
             add(
-                "<= 1 reversal per scale-down window",
-                tide.reversals <= allowed,
-                f"{tide.reversals} reversals in {tide.duration:.0f}s "
-                f"({tide.reversals / allowed:.2f} per {window:.0f}s window)",
+                f"cost <= {COST_FLOOR_GOAL}x floor",
+                tide.cost_vs_floor <= COST_FLOOR_GOAL,
+                f"{tide.cost_vs_floor:.3f}x",
+            )
+            add(
+                "p95 wait <= max wait",
+                tide.p95_wait <= max_wait,
+                f"{tide.p95_wait:.1f}s vs {max_wait:.0f}s",
             )
     return checks
 
@@ -184,34 +221,48 @@ def render_table(summaries: Sequence[Summary], *, console: Console, title: str =
         "p99 s",
         ">max wait",
         "replica-s",
-        "util",
+        "floor",
         "cost/floor",
         "events",
-        "flaps",
+        "flaps 300s",
+        "reversals",
         "interrupted",
+        "removed idle/drained/killed",
         "unfinished",
+        "vs keda-d",
+        "vs keda-t",
     ):
         table.add_column(header, justify="left" if header in ("trace", "policy") else "right")
     previous = None
+    cost: dict[tuple[str, str], float] = {(s.trace, s.policy): s.replica_seconds for s in summaries}
     for s in summaries:
         if previous is not None and s.trace != previous:
             table.add_section()
         previous = s.trace
         style = "bold cyan" if s.policy == "tide" else None
+
+        def ratio(baseline: str, s: Summary = s) -> str:
+            other = cost.get((s.trace, baseline))
+            return f"{s.replica_seconds / other:.2f}" if other else "-"
+
         table.add_row(
             s.trace,
             s.policy,
-            f"{s.p50_wait:.1f}",
-            f"{s.p95_wait:.1f}",
-            f"{s.p99_wait:.1f}",
+            f"{s.p50_wait:.2f}",
+            f"{s.p95_wait:.2f}",
+            f"{s.p99_wait:.2f}",
             f"{s.over_max_wait:.1%}",
             f"{s.replica_seconds:,.0f}",
-            f"{s.utilisation:.0%}",
-            f"{s.cost_vs_floor:.2f}",
+            f"{s.floor_replica_seconds:,.0f}",
+            f"{s.cost_vs_floor:.3f}",
             str(s.scale_events),
+            str(s.flaps),
             str(s.reversals),
             str(s.interrupted),
+            f"{s.removed_idle}/{s.removed_drained}/{s.removed_killed}",
             str(s.unfinished),
+            ratio("keda-default"),
+            ratio("keda-tuned"),
             style=style,
         )
     console.print(table)

@@ -9,14 +9,26 @@ takes the head of the queue; idle slots are served first-come first-served, whic
 Redis's ``BRPOP`` does for blocked workers. A replica chosen for removal stops taking work at
 once (Celery's warm shutdown) and leaves when its last task finishes; if its grace period
 runs out first, its running tasks are interrupted, counted, and redelivered to the front of
-the queue (late acks), and the partial work is still paid for.
+the queue (late acks), and the partial work is still paid for and counted as waste. The grace
+period is the pool's (``SimSettings.grace_period``, by default the WorkerPool's own default
+``shutdown.gracePeriodSeconds``), the same for every policy: it belongs to the pod template,
+not to the autoscaler.
 
 An autoscaler is a ``Controller``: it is evaluated every ``interval`` seconds on a
 ``Snapshot`` of the queue that is either live (``scrape_interval == 0``, KEDA reading Redis)
 or the last sample of a scrape loop (Prometheus, the exporter), so the metric reaches it late
-exactly as in a cluster. Which replicas go on scale-in is the controller's choice
-(``idle_first``): a ReplicaSet removes not-ready and then the youngest pods; Tide sets
-``pod-deletion-cost`` so that idle workers go first.
+exactly as in a cluster. A snapshot also carries how many replicas hold running tasks, which
+Tide's operator learns from its busy probe (``celery inspect active`` per worker).
+
+Which replicas go on scale-in follows the ReplicaSet controller's ranking
+(``ActivePodsWithRanks.Less`` in ``pkg/controller/controller_utils.go``), the rules that
+apply to one Deployment's pods on equal nodes: not-ready pods first; then the lower
+``controller.kubernetes.io/pod-deletion-cost``; then the pod ready for less time, compared on
+a logarithmic scale (``LogarithmicScaleDown``, on by default since 1.22: pods ready for 40 s
+and 50 s rank equal); then the newer pod, on the same scale; then a pseudo-random order (the
+controller compares UIDs). Tide's operator sets the cost from each worker's running tasks
+before it scales down (``idle_first``), so idle workers go first; the baselines set no cost, so
+a busy pod goes as readily as an idle one.
 
 Why it is fast
 --------------
@@ -28,9 +40,11 @@ trace of a million tasks replays in seconds (``bench/bench_simulator.py`` measur
 What it reports
 ---------------
 ``SimResult`` holds each task's wait (arrival to the start of the attempt that finished),
-interrupted attempts, replica-seconds counted two ways (summed lifetimes and the integral of
-the live count, which must agree), busy slot-seconds, every scale event, and time series
-sampled at a fixed step for plots.
+interrupted attempts and the slot-seconds they wasted, replica-seconds counted two ways
+(summed lifetimes and the integral of the live count, which must agree), busy slot-seconds,
+the trace's own work (the cost floor: what a pool at 100% utilisation that never lost a task
+would pay), every scale event, which replicas scale-in took (idle, busy and drained, busy and
+killed at the grace period), and time series sampled at a fixed step for plots.
 """
 
 from __future__ import annotations
@@ -44,9 +58,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tide_operator.resources.spec import ShutdownSpec
 from tide_operator.simulation.traces import Trace
 
-__all__ = ["Controller", "SimResult", "SimSettings", "Snapshot", "simulate"]
+__all__ = ["DEFAULT_GRACE_PERIOD", "Controller", "SimResult", "SimSettings", "Snapshot", "simulate"]
+
+#: The WorkerPool's default ``shutdown.gracePeriodSeconds``, read from the resource model so
+#: that the simulator and the CRD cannot disagree.
+DEFAULT_GRACE_PERIOD: float = float(ShutdownSpec().grace_period_seconds)
 
 # Event kinds; the number also orders simultaneous events: a slot freed at time t is free
 # before a pod that became ready at t, and both before a scrape or an evaluation at t.
@@ -65,6 +84,12 @@ class Snapshot:
     inflight: int
     oldest_age: float
     completed_total: int
+    # Replicas (not draining) that hold at least one running task: the busy probe's answer.
+    busy_replicas: int | None = None
+    # Replicas (not draining) past their startup: what a Value target's HPA scales.
+    ready_replicas: int | None = None
+    # How long the longest-running task has run (the busy probe reads task start times).
+    oldest_running_age: float | None = None
 
 
 class Controller(Protocol):
@@ -85,12 +110,8 @@ class Controller(Protocol):
         """Offset of the first sample, which sets how old a value is when acted on."""
 
     @property
-    def grace_period(self) -> float:
-        """Seconds a removed replica may finish its tasks (``math.inf``: as long as needed)."""
-
-    @property
     def idle_first(self) -> bool:
-        """Whether scale-in picks the least busy replicas (else the youngest)."""
+        """Whether the controller sets pod-deletion-cost from each worker's running tasks."""
 
     @property
     def initial_replicas(self) -> int: ...
@@ -106,11 +127,9 @@ class SimSettings:
     startup_delay: float = 20.0
     max_wait: float = 60.0
     max_replicas: int = 50
-    # Kubernetes' default terminationGracePeriodSeconds, which the baselines run with.
-    baseline_grace_period: float = 30.0
-    # Tide's chart sets the grace period from the WorkerPool ("long enough for the longest
-    # task"); ``None`` models that as unbounded.
-    tide_grace_period: float | None = None
+    # The pods' terminationGracePeriodSeconds, for every policy alike; ``math.inf`` models a
+    # grace period longer than any task.
+    grace_period: float = DEFAULT_GRACE_PERIOD
     static_replicas: int | None = None
 
 
@@ -125,6 +144,8 @@ class SimResult:
     waits: npt.NDArray[np.float64]
     arrivals: npt.NDArray[np.float64]
     interrupted: int
+    wasted_slot_seconds: float
+    work_seconds: float
     replica_seconds: float
     replica_seconds_integral: float
     busy_slot_seconds: float
@@ -136,6 +157,16 @@ class SimResult:
     series_replicas: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     reasons: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    # Replicas removed by scale-in: idle at once, busy and drained within the grace period,
+    # busy and killed at its end.
+    removed_idle: int = 0
+    removed_drained: int = 0
+    removed_killed: int = 0
+
+    @property
+    def floor_replica_seconds(self) -> float:
+        """The cost floor: the trace's own work on fully used replicas, nothing lost."""
+        return self.work_seconds / self.concurrency
 
 
 class _Replica:
@@ -150,6 +181,16 @@ class _Replica:
         self.running: set[int] = set()
 
 
+def _log_bucket(seconds: float) -> int:
+    """The ReplicaSet's logarithmic comparison of durations: same power of two, same rank."""
+    return math.floor(math.log2(seconds)) if seconds >= 1.0 else 0
+
+
+def _uid(replica: _Replica) -> int:
+    # A fixed pseudo-random order standing in for the pods' UIDs (Knuth's multiplicative hash).
+    return (replica.ident * 2654435761) % 2**32
+
+
 def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> SimResult:
     """Replay ``trace`` through ``controller``; deterministic for a given trace."""
     arrivals: list[float] = trace.arrivals.tolist()
@@ -157,7 +198,7 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
     n = len(arrivals)
     slots = settings.concurrency
     startup = settings.startup_delay
-    grace = controller.grace_period
+    grace = settings.grace_period
     horizon = trace.horizon
 
     started_at = [math.nan] * n
@@ -173,6 +214,9 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
     completed = 0
     interrupted = 0
     busy = 0.0
+    wasted = 0.0
+    # Scale-in victims: [idle, drained in time, killed at the grace period].
+    removed = [0, 0, 0]
     alive = 0
     area = 0.0
     area_at = 0.0
@@ -220,16 +264,21 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
 
     def snapshot(now: float) -> Snapshot:
         oldest = now - arrivals[queue[0]] if queue else 0.0
-        return Snapshot(now, len(queue), inflight, oldest, completed)
+        holding = sum(1 for r in active if r.running)
+        ready = sum(1 for r in active if r.ready <= now)
+        first = min((started_at[t] for r in active for t in r.running), default=now)
+        return Snapshot(now, len(queue), inflight, oldest, completed, holding, ready, now - first)
 
     def victims(count: int, now: float) -> list[_Replica]:
-        # Pods that are not ready yet go first in any ReplicaSet; among ready ones the
-        # youngest, unless the controller knows which are idle (pod-deletion-cost).
-        if controller.idle_first:
-            ranked = sorted(active, key=lambda r: (r.ready <= now, len(r.running), -r.ident))
-        else:
-            ranked = sorted(active, key=lambda r: (r.ready <= now, -r.ident))
-        return ranked[:count]
+        # The ReplicaSet's ranking (see the module docstring); pods of one Deployment share
+        # their node's rank here, and restarts never happen, so those rules tie.
+        def rank(replica: _Replica) -> tuple[bool, int, int, int, int]:
+            ready = replica.ready <= now
+            cost = len(replica.running) if controller.idle_first else 0
+            ready_for = _log_bucket(now - replica.ready) if ready else 0
+            return (ready, cost, ready_for, _log_bucket(now - replica.created), _uid(replica))
+
+        return sorted(active, key=rank)[:count]
 
     def scale(target: int, now: float) -> None:
         current = len(active)
@@ -244,6 +293,7 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             replica.draining = True
             active.remove(replica)
             if not replica.running:
+                removed[0] += 1
                 end_replica(replica, now)
             elif math.isfinite(grace):
                 push(now + grace, _GRACE, replica.ident)
@@ -300,6 +350,7 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             last_done = now
             if replica.draining:
                 if not replica.running:
+                    removed[1] += 1
                     end_replica(replica, now)
             elif queue:
                 start(queue.popleft(), replica, now)
@@ -319,9 +370,11 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             if replica.ended is not None:
                 continue
             # Oldest first to the front, so redelivered tasks keep their arrival order.
+            removed[2] += 1
             for task in sorted(replica.running, reverse=True):
                 interrupted += 1
                 busy += now - started_at[task]
+                wasted += now - started_at[task]
                 attempt[task] += 1
                 inflight -= 1
                 queue.appendleft(task)
@@ -367,6 +420,8 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
         waits=started - trace.arrivals,
         arrivals=trace.arrivals,
         interrupted=interrupted,
+        wasted_slot_seconds=wasted,
+        work_seconds=float(trace.durations.sum()),
         replica_seconds=lifetimes,
         replica_seconds_integral=area,
         busy_slot_seconds=busy,
@@ -377,4 +432,7 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
         series_inflight=np.array(sample_inflight, dtype=np.float64),
         series_replicas=np.array(sample_replicas, dtype=np.float64),
         reasons=reasons,
+        removed_idle=removed[0],
+        removed_drained=removed[1],
+        removed_killed=removed[2],
     )

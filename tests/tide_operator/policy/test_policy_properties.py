@@ -11,6 +11,8 @@ from policy_scenarios import configs, observation_steps, replay
 
 from tide_operator.core.policy import (
     COOLDOWN_TO_ZERO,
+    FALLBACK,
+    METRICS_UNAVAILABLE,
     Fallback,
     Observation,
     PolicyConfig,
@@ -152,3 +154,177 @@ def test_missing_metrics_never_scale_to_zero(
         )
         assert d.replicas > 0, d.reason
         state, current = d.state, d.replicas
+
+
+# ------------------------------------------------------- issue 13: the invariants it added
+
+
+@st.composite
+def probed_steps(draw: st.DrawFn) -> list[tuple[float, Observation]]:
+    """Histories as the busy probe reports them: replicas holding tasks, the oldest age."""
+    steps = draw(observation_steps())
+    out = []
+    for now, observation in steps:
+        busy = draw(st.integers(0, 40))
+        out.append(
+            (
+                now,
+                replace(
+                    observation,
+                    busy_replicas=busy,
+                    oldest_running_age=draw(st.floats(0, 900)) if busy else 0.0,
+                ),
+            )
+        )
+    return out
+
+
+@given(config=configs(), steps=probed_steps(), start=st.integers(0, 40))
+def test_never_below_replicas_holding_tasks(config: PolicyConfig, steps: list, start: int) -> None:
+    """With tasks that may outlast the grace period, no replica holding one is removed."""
+    # A task declared longer than the grace period: draining a busy replica could cut it.
+    config = config.model_copy(update={"longest_task_seconds": 3600.0})
+    current = min(max(start, config.min_replicas), config.max_replicas)
+    state = PolicyState()
+    for now, observation in steps:
+        d = decide(
+            config=config, state=state, observation=observation, current_replicas=current, now=now
+        )
+        holding = min(observation.busy_replicas, current)
+        if d.replicas < current:
+            assert d.replicas >= min(holding, config.max_replicas), d.reason
+        state, current = d.state, d.replicas
+
+
+BEHAVIORS = ("static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower")
+
+
+@given(
+    config=configs(),
+    steps=probed_steps(),
+    start=st.integers(1, 40),
+    threshold=st.integers(0, 5),
+    replicas=st.integers(1, 40),
+    behavior=st.sampled_from(BEHAVIORS),
+    failures=st.integers(1, 12),
+)
+def test_fallback_counts_like_keda_and_keeps_inflight_work(
+    config: PolicyConfig,
+    steps: list,
+    start: int,
+    threshold: int,
+    replicas: int,
+    behavior: str,
+    failures: int,
+) -> None:
+    """Fallback starts after *more* than failureThreshold failures, never goes below the
+    replicas that held tasks at the last good read, and stays within the bounds."""
+    config = config.model_copy(
+        update={
+            "fallback": Fallback(
+                failure_threshold=threshold,
+                replicas=min(replicas, config.max_replicas),
+                behavior=behavior,  # type: ignore[arg-type]
+            ),
+            "longest_task_seconds": 3600.0,
+        }
+    )
+    current = min(max(start, config.min_replicas), config.max_replicas)
+    _, current, state = replay(config, steps, current=current)
+    floor = state.last_floor
+    now = steps[-1][0]
+    for failure in range(1, failures + 1):
+        now += config.polling_interval
+        d = decide(config=config, state=state, observation=None, current_replicas=current, now=now)
+        assert config.min_replicas <= d.replicas <= config.max_replicas
+        if failure > threshold:
+            assert d.reason_code == FALLBACK, d.reason
+            assert d.replicas >= min(floor, config.max_replicas), d.reason
+        else:
+            assert d.reason_code == METRICS_UNAVAILABLE, d.reason
+            # Holding: the current size, brought within the bounds.
+            assert d.replicas == min(max(current, config.min_replicas), config.max_replicas)
+        state, current = d.state, d.replicas
+
+
+@given(config=configs(), steps=observation_steps(), start=st.integers(0, 40))
+def test_disabled_blocks_its_direction_including_zero(
+    config: PolicyConfig, steps: list, start: int
+) -> None:
+    """selectPolicy Disabled: never up (no 0 → 1) or never down (no 1 → 0), within bounds."""
+    from tide_operator.core.policy import Behavior, ScalingRules
+
+    up_off = config.model_copy(
+        update={"behavior": Behavior(scale_up=ScalingRules(select_policy="Disabled"))}
+    )
+    down_off = config.model_copy(
+        update={"behavior": Behavior(scale_down=ScalingRules(select_policy="Disabled"))}
+    )
+    for cfg, direction in ((up_off, 1), (down_off, -1)):
+        current = min(max(start, cfg.min_replicas), cfg.max_replicas)
+        state = PolicyState()
+        for now, observation in steps:
+            d = decide(
+                config=cfg, state=state, observation=observation, current_replicas=current, now=now
+            )
+            moved = d.replicas - current
+            assert moved * direction <= 0, d.reason
+            state, current = d.state, d.replicas
+
+
+@given(
+    config=configs(),
+    start=st.integers(2, 40),
+    fallback=st.integers(2, 40),
+    seconds=st.floats(0, 29),
+)
+def test_leaving_fallback_waits_for_the_scale_down_window(
+    config: PolicyConfig, start: int, fallback: int, seconds: float
+) -> None:
+    """The first good reads after a fallback do not drop below it within the window."""
+    size = min(fallback, config.max_replicas)
+    config = config.model_copy(update={"fallback": Fallback(failure_threshold=0, replicas=size)})
+    window = config.behavior.scale_down.stabilization_window_seconds
+    current = min(max(start, config.min_replicas), config.max_replicas)
+    d = decide(
+        config=config, state=PolicyState(), observation=None, current_replicas=current, now=0.0
+    )
+    assert d.reason_code == FALLBACK
+    empty = Observation(at=seconds, waiting=0, inflight=0, completed_total=0.0)
+    after = decide(
+        config=config, state=d.state, observation=empty, current_replicas=d.replicas, now=seconds
+    )
+    if seconds < window and after.reason_code != COOLDOWN_TO_ZERO:
+        assert after.replicas >= min(d.replicas, config.max_replicas), after.reason
+
+
+@given(config=configs(), steps=observation_steps(), wake=st.booleans())
+def test_forecast_never_wakes_from_zero_unless_asked(
+    config: PolicyConfig, steps: list, wake: bool
+) -> None:
+    """From zero, with nothing waiting or running, only wakeFromZero lets the forecast wake."""
+    from tide_operator.core.policy import Forecast
+
+    config = config.model_copy(
+        update={"forecast": Forecast(wake_from_zero=wake), "min_replicas": 0}
+    )
+    state = PolicyState()
+    current = 0
+    for now, observation in steps:
+        d = decide(
+            config=config, state=state, observation=observation, current_replicas=current, now=now
+        )
+        if current == 0 and d.replicas > 0 and not wake:
+            assert observation.waiting + observation.inflight > config.activation_threshold
+        state, current = d.state, d.replicas
+
+
+@given(steps=observation_steps())
+def test_memory_per_pool_is_bounded(steps: list) -> None:
+    """The forecast's memory is the seasonal profile (SEASON_BUCKETS floats) and a few more."""
+    from tide_operator.core.policy import SEASON_BUCKETS
+
+    config = PolicyConfig(max_replicas=50, concurrency=4)
+    _, _, state = replay(config, steps, current=1)
+    assert len(state.season) in (0, SEASON_BUCKETS)
+    assert len(state.observations) <= 60 / 1 + 1

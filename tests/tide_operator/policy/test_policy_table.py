@@ -132,16 +132,183 @@ CASES = [
     Case("metrics-missing", {}, [], 4, 0.0, None, 4, METRICS_UNAVAILABLE, "no metrics"),
     # A read older than staleAfterSeconds (30 s) counts as a failure too.
     Case("metrics-stale", {}, [], 4, 100.0, obs(10), 4, METRICS_UNAVAILABLE, "90s old"),
-    # The third consecutive failure moves to the fallback size.
+    # KEDA falls back when the failures *exceed* failureThreshold: the third of three holds.
     Case(
-        "fallback",
+        "fallback-not-at-threshold",
         {"fallback": Fallback(failure_threshold=3, replicas=6)},
         [(0.0, None), (5.0, None)],
         4,
         10.0,
         None,
+        4,
+        METRICS_UNAVAILABLE,
+    ),
+    # The fourth consecutive failure moves to the fallback size.
+    Case(
+        "fallback",
+        {"fallback": Fallback(failure_threshold=3, replicas=6)},
+        [(0.0, None), (5.0, None), (10.0, None)],
+        4,
+        15.0,
+        None,
         6,
         FALLBACK,
+        "fallback (static) 4→6",
+    ),
+    # failureThreshold 0 (allowed by KEDA) falls back on the first failure.
+    Case(
+        "fallback-threshold-zero",
+        {"fallback": Fallback(failure_threshold=0, replicas=6)},
+        [],
+        4,
+        0.0,
+        None,
+        6,
+        FALLBACK,
+    ),
+    # currentReplicas keeps the size the pool had.
+    Case(
+        "fallback-current",
+        {"fallback": Fallback(failure_threshold=0, replicas=6, behavior="currentReplicas")},
+        [],
+        4,
+        0.0,
+        None,
+        4,
+        FALLBACK,
+    ),
+    # currentReplicasIfHigher: 9 is above 6, so 9 stays.
+    Case(
+        "fallback-if-higher-keeps",
+        {"fallback": Fallback(failure_threshold=0, replicas=6, behavior="currentReplicasIfHigher")},
+        [],
+        9,
+        0.0,
+        None,
+        9,
+        FALLBACK,
+    ),
+    # currentReplicasIfHigher: 4 is below 6, so 6.
+    Case(
+        "fallback-if-higher-raises",
+        {"fallback": Fallback(failure_threshold=0, replicas=6, behavior="currentReplicasIfHigher")},
+        [],
+        4,
+        0.0,
+        None,
+        6,
+        FALLBACK,
+    ),
+    # currentReplicasIfLower: 4 is below 6, so 4 stays.
+    Case(
+        "fallback-if-lower-keeps",
+        {"fallback": Fallback(failure_threshold=0, replicas=6, behavior="currentReplicasIfLower")},
+        [],
+        4,
+        0.0,
+        None,
+        4,
+        FALLBACK,
+    ),
+    # currentReplicasIfLower: 9 is above 6, so 6.
+    Case(
+        "fallback-if-lower-lowers",
+        {"fallback": Fallback(failure_threshold=0, replicas=6, behavior="currentReplicasIfLower")},
+        [],
+        9,
+        0.0,
+        None,
+        6,
+        FALLBACK,
+    ),
+    # The case: 40 tasks ran on 10 workers at the last good read; a static fallback of
+    # 1 must not cut them to one worker.
+    Case(
+        "fallback-keeps-inflight",
+        {"fallback": Fallback(failure_threshold=1, replicas=1)},
+        [(0.0, obs(0, 0, 40, busy_replicas=10)), (5.0, None)],
+        10,
+        10.0,
+        None,
+        10,
+        FALLBACK,
+        "10→10",
+    ),
+    # Holding applies the bounds: maxReplicas lowered to 5 while metrics are missing.
+    Case("hold-within-max", {"max_replicas": 5}, [], 8, 0.0, None, 5, METRICS_UNAVAILABLE),
+    # Holding applies the bounds: minReplicas raised to 3 while metrics are missing.
+    Case("hold-within-min", {"min_replicas": 3}, [], 1, 0.0, None, 3, METRICS_UNAVAILABLE),
+    # Leaving fallback: the fallback size is in the scale-down window, so the first good
+    # read of an empty queue does not drop the pool at once.
+    Case(
+        "fallback-exit-smoothed",
+        {"fallback": Fallback(failure_threshold=0, replicas=8)},
+        [(0.0, obs(0, 0, 4)), (5.0, None)],
+        8,
+        10.0,
+        obs(10, 0, 4),
+        8,
+        HELD,
+        "scale-down window",
+    ),
+    # scaleUp selectPolicy Disabled (KEDA's paused-scale-out) blocks waking from zero.
+    Case(
+        "disabled-up-blocks-wake",
+        {"behavior": {"scaleUp": {"selectPolicy": "Disabled"}}},
+        [],
+        0,
+        0.0,
+        obs(0, 50, 0),
+        0,
+        HELD,
+        "scale-up is Disabled",
+    ),
+    # ... and growth from one.
+    Case(
+        "disabled-up-blocks-growth",
+        {"behavior": {"scaleUp": {"selectPolicy": "Disabled"}}},
+        [],
+        1,
+        0.0,
+        obs(0, 50, 4),
+        1,
+        HELD,
+    ),
+    # scaleDown selectPolicy Disabled (KEDA's paused-scale-in) blocks 1 → 0 after cooldown.
+    Case(
+        "disabled-down-blocks-sleep",
+        {"cooldown_period": 0, "behavior": {"scaleDown": {"selectPolicy": "Disabled"}}},
+        [(0.0, obs(0))],
+        1,
+        100.0,
+        obs(100),
+        1,
+        HELD,
+    ),
+    # ... and 2 → 0 (the case) or any shrink.
+    Case(
+        "disabled-down-blocks-shrink",
+        {"cooldown_period": 0, "behavior": {"scaleDown": {"selectPolicy": "Disabled"}}},
+        [(0.0, obs(0))],
+        2,
+        100.0,
+        obs(100),
+        2,
+        HELD,
+        "scale-down is Disabled",
+    ),
+    # Without the busy probe the floor counts slots: 20 running → 5 workers of 4 slots.
+    # With it, when tasks may outlast the grace period (none seen yet), every worker that
+    # holds a task stays: 20 tasks on 9 workers keep 9.
+    Case(
+        "busy-floor",
+        {},
+        [(0.0, obs(0, 0, 20, busy_replicas=9))],
+        10,
+        31.0,
+        obs(31, 0, 20, busy_replicas=9),
+        9,
+        SCALED_DOWN,
     ),
     # A good read resets the failure count: two failures, a success, one failure: no fallback.
     Case(
@@ -183,10 +350,12 @@ def test_decision(case: Case) -> None:
     assert case.reason_contains in decision.reason
 
 
-# λ = 10/s of 2.2 s tasks: λS = 22 slots, √(λS) ≈ 4.7. Workers have 4 slots. The band runs
-# from 22 + 0.25 * 4.7 = 23.2 slots (6 workers) to 22 + 0.75 * 4.7 = 25.5 slots (7 workers).
+# λ = 10/s of 2.35 s tasks: λS = 23.5 slots; workers have 4 slots; the wait budget is a tenth
+# of the 60 s maximum wait. The band runs from the fewest workers that keep up at all (6: 24
+# slots) to the fewest that keep P(wait > 6 s) within 5% by Erlang C (7: with 24 slots
+# C·exp(-0.5·6/2.35) ≈ 0.25; with 28 slots it is below 0.001).
 RATE_CASES = [
-    # Too small for even the low headroom: grow to the high one, ceil(25.5 / 4) = 7.
+    # Cannot keep up (20 slots for 23.5): grow to the high level, 7.
     (5, 7, SCALED_UP),
     # Inside the band (6 or 7 workers): hold; noise in the rates must not move the pool.
     (6, 6, HELD),
@@ -200,7 +369,7 @@ RATE_CASES = [
 def test_steady_stream_band(current: int, expected: int, code: str) -> None:
     config = make_config()
     state = PolicyState()
-    for now, observation in stream(rate=10.0, service=2.2, start=0.0, seconds=120.0):
+    for now, observation in stream(rate=10.0, service=2.35, start=0.0, seconds=120.0):
         # The size is held at ``current`` throughout, so only the last decision is under test.
         final = decide(
             config=config, state=state, observation=observation, current_replicas=current, now=now
@@ -209,7 +378,7 @@ def test_steady_stream_band(current: int, expected: int, code: str) -> None:
     assert (final.replicas, final.reason_code) == (expected, code), final.reason
     assert final.demand is not None
     assert final.demand.basis == "rates"
-    assert final.demand.service_time == pytest.approx(2.2, rel=0.05)
+    assert final.demand.service_time == pytest.approx(2.35, rel=0.05)
     assert final.demand.arrival_rate == pytest.approx(10.0, rel=0.05)
 
 

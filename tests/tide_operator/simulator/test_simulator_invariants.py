@@ -70,11 +70,78 @@ def test_conservation_on_builtin_trace(policy: str, sim_settings: SimSettings) -
 
 
 def test_baseline_scale_in_interrupts_long_tasks() -> None:
-    """The model can fail a policy: KEDA's scale-in kills tasks longer than the grace period."""
-    settings = SimSettings(max_replicas=20)
+    """The model can fail a policy: KEDA's scale-in kills tasks longer than the grace period,
+    and the work they did is waste, not part of the floor; Tide keeps busy replicas."""
+    settings = SimSettings(max_replicas=20, grace_period=30.0)
     trace = small_trace(1, long_tasks=True)
-    assert run(trace, "keda-tuned", settings).interrupted > 0
+    keda = run(trace, "keda-tuned", settings)
+    assert keda.interrupted > 0
+    assert keda.removed_killed > 0
+    assert keda.wasted_slot_seconds > 0
+    assert keda.work_seconds == pytest.approx(float(trace.durations.sum()))
+    assert keda.busy_slot_seconds == pytest.approx(keda.work_seconds + keda.wasted_slot_seconds)
+    tide = run(trace, "tide", settings)
+    assert tide.interrupted == 0
+    assert tide.removed_killed == 0
+
+
+def test_default_grace_is_the_workerpools() -> None:
+    from tide_operator.resources.spec import ShutdownSpec
+
+    assert SimSettings().grace_period == ShutdownSpec().grace_period_seconds == 300
+
+
+def test_long_tasks_at_the_default_grace() -> None:
+    """Eight-minute tasks outlast the 300 s grace: the baselines cut them, Tide does not."""
+    settings = SimSettings()
+    trace = builtin_trace("long-tasks", seed=0)
     assert run(trace, "tide", settings).interrupted == 0
+    assert run(trace, "keda-default", settings).interrupted > 0
+
+
+class _Scripted:
+    """A controller that plays a fixed list of sizes, for the scale-in ranking."""
+
+    name = "scripted"
+    interval = 10.0
+    scrape_interval = 0.0
+    scrape_phase = 0.0
+    initial_replicas = 0
+
+    def __init__(self, sizes: dict[float, int], *, idle_first: bool) -> None:
+        self.sizes = sizes
+        self.idle_first = idle_first
+
+    def evaluate(self, *, snapshot: object, current: int, now: float) -> int:
+        return self.sizes.get(now, current)
+
+
+def test_scale_in_follows_the_replicaset_ranking() -> None:
+    """ActivePodsWithRanks: among ready pods of equal cost the one ready for the shortest time
+    goes, whatever it runs; with pod-deletion-cost from the running tasks an idle one goes."""
+    # Replicas created at 0, 100 and 200 s (ready 20 s later). Nine tasks at 230 s take the
+    # idle slots oldest-idle first: four on each of the first two, the ninth (500 s) on the
+    # newest. The short ones end at 231 s; at 240 s the pool goes 3 → 2.
+    arrivals = np.full(9, 230.0) + np.arange(9) * 0.01
+    durations = np.array([1.0] * 8 + [500.0])
+    trace = Trace("ranking", arrivals, durations, 900.0)
+    settings = SimSettings(concurrency=4, startup_delay=20.0, grace_period=30.0)
+    sizes = {0.0: 1, 100.0: 2, 200.0: 3, 240.0: 2}
+    plain = simulate(trace, _Scripted(sizes, idle_first=False), settings=settings)
+    ranked = simulate(trace, _Scripted(sizes, idle_first=True), settings=settings)
+    # No cost: the newest pod goes and its 500 s task is cut at the 30 s grace period.
+    assert (plain.removed_idle, plain.removed_killed, plain.interrupted) == (0, 1, 1)
+    # Costs set: an idle pod goes and nothing is cut.
+    assert (ranked.removed_idle, ranked.removed_killed, ranked.interrupted) == (1, 0, 0)
+
+
+def test_flaps_are_reversals_within_300_seconds() -> None:
+    from tide_operator.simulation.report import count_flaps
+
+    # up at 0, down at 100 (flap), up at 500 (reversal, not a flap), down at 700 (flap).
+    events = [(0.0, 1, 2), (100.0, 2, 1), (500.0, 1, 3), (700.0, 3, 2)]
+    assert count_reversals(events) == 3
+    assert count_flaps(events) == 2
 
 
 def test_same_seed_same_result(sim_settings: SimSettings) -> None:
@@ -146,13 +213,85 @@ def test_load_per_minute_csv(tmp_path: object) -> None:
     )
 
 
-def test_bad_csv_is_explained(tmp_path: object) -> None:
+HEADER_CASES = [
+    # The original spelling.
+    "arrival,duration,queue",
+    # Units in the names, as exports from a metrics store write them.
+    "arrival_s,duration_s,queue",
+    # A timestamp and a runtime, as Celery events and Flower's task list call them.
+    "timestamp,runtime,queue",
+    # Capitals and spaces around the names.
+    " Arrival , Duration , Queue ",
+]
+
+
+@pytest.mark.parametrize("header", HEADER_CASES)
+def test_per_task_header_spellings(tmp_path: object, header: str) -> None:
     from pathlib import Path
+
+    path = Path(str(tmp_path)) / "tasks.csv"
+    path.write_text(f"{header}\n105.0,2.0,default\n100.0,1.5,default\n101.0,9.0,reports\n")
+    trace = load_trace(path)
+    assert trace.arrivals.tolist() == [0.0, 1.0, 5.0]
+    assert trace.durations.tolist() == [1.5, 9.0, 2.0]
+    assert load_trace(path, queue="default").tasks == 2
+
+
+def test_iso_timestamps(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "tasks.csv"
+    path.write_text("timestamp,duration\n2026-01-01T00:00:10Z,1\n2026-01-01T00:00:00+00:00,2\n")
+    assert load_trace(path).arrivals.tolist() == [0.0, 10.0]
+
+
+BAD_FILES = [
+    # Neither form: the message names what it found and what it expects, on one line.
+    ("when,how_long\n1,2\n", "found columns [when, how_long]; expected per-task arrival"),
+    # A value that is not a number says which line and column.
+    ("arrival,duration\n1,fast\n", "line 2: column 'duration' is 'fast'"),
+    # Durations must be positive.
+    ("arrival,duration\n1,0\n", "durations must be positive"),
+    # An empty file.
+    ("", "found columns [no header]"),
+    # A header and no rows.
+    ("arrival,duration\n", "no tasks in the file"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FILES)
+def test_bad_csv_is_explained(tmp_path: object, text: str, message: str) -> None:
+    from pathlib import Path
+
+    from tide_operator.simulation.traces import TraceFormatError
+
+    path = Path(str(tmp_path)) / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(TraceFormatError) as raised:
+        load_trace(path)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_simulate_exits_2_with_one_line(tmp_path: object) -> None:
+    """``tide simulate`` on a bad file: exit status 2, one line on stderr, no traceback."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from tide_operator.simulation.cli import simulate as command
 
     path = Path(str(tmp_path)) / "bad.csv"
     path.write_text("when,how_long\n1,2\n")
-    with pytest.raises(ValueError, match="expected a header"):
-        load_trace(path)
+    result = CliRunner().invoke(
+        command, ["--trace", str(path), "--no-plot", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: ")
+    assert "when, how_long" in lines[0]
+    assert "Traceback" not in result.output
 
 
 def test_tide_meets_max_wait_on_steady_trace(sim_settings: SimSettings) -> None:
