@@ -13,8 +13,10 @@ RUN python -m venv /opt/tide
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY operator ./operator
-# A regular (non-editable) install: the runtime stage gets the venv and nothing else.
-RUN /opt/tide/bin/pip install .
+COPY integration ./integration
+# A regular (non-editable) install: the runtime stage gets the venv and nothing else. The
+# platform depends on the integration (tide-celery), installed from the same checkout.
+RUN /opt/tide/bin/pip install ./integration .
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="tide" \

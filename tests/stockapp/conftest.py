@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from stockapp_harness import (
+    QUEUES,
     StockBroker,
     Workers,
     control,
@@ -69,3 +70,34 @@ def stock_producer() -> Iterator[Callable[..., Any]]:
     yield make
     for app in apps:
         app.close()
+
+
+@pytest.fixture
+def stock_exporter() -> Iterator[Callable[..., Any]]:
+    """``stock_exporter(broker)``: Tide's exporter reading the stock app's broker with the
+    stock app's transport options (kombu's defaults), every 0.1 s, on a free port."""
+    from tide.exporter.config import ExporterConfig
+    from tide.exporter.server import start_exporter
+
+    running: list[Any] = []
+
+    def start(broker: StockBroker, **config: Any) -> Any:
+        config.setdefault("queues", QUEUES)
+        exporter = start_exporter(
+            ExporterConfig(
+                broker_url=broker.url,
+                transport_options=broker.transport_options,
+                management_url=broker.management_url,
+                host="127.0.0.1",
+                port=0,
+                interval=0.1,
+                discovery_interval=1.0,
+                **config,
+            )
+        )
+        running.append(exporter)
+        return exporter
+
+    yield start
+    for exporter in running:
+        exporter.stop()

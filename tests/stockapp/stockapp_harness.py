@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +89,10 @@ class StockBroker:
     def running(self) -> int:
         """How many ``hold``/``build_report`` tasks of this run execute now (their own record)."""
         return int(control().scard(f"{CONTROL_PREFIX}{self.run}:running"))
+
+    def done(self) -> int:
+        """How many held tasks of this run have finished."""
+        return int(control().get(f"{CONTROL_PREFIX}{self.run}:done") or 0)
 
     def release(self, count: int) -> None:
         if count > 0:
@@ -223,7 +228,8 @@ class Workers:
         extra: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> Worker:
-        name = name or f"stock-{uuid.uuid4().hex[:8]}@%h"
+        # None: a unique name; "": no -n at all, Celery's (or the integration's) default.
+        name = f"stock-{uuid.uuid4().hex[:8]}@%h" if name is None else name
         log = self.folder / f"stock-worker-{len(self.started)}.log"
         environment = {
             **os.environ,
@@ -238,12 +244,19 @@ class Workers:
         environment.pop("DJANGO_SETTINGS_MODULE", None)
         argv = [
             CELERY, "-A", "stockapp", "worker",
-            "-Q", ",".join(queues), "-c", str(concurrency), "-n", name,
+            "-Q", ",".join(queues), "-c", str(concurrency), *(["-n", name] if name else []),
             "--loglevel", "INFO", *extra,
         ]  # fmt: skip
         with log.open("wb") as out:
+            # A session of its own, so a test can kill the worker with its pool processes
+            # (``kill``) as a lost node would lose them.
             process = subprocess.Popen(
-                argv, cwd=self.folder, env=environment, stdout=out, stderr=subprocess.STDOUT
+                argv,
+                cwd=self.folder,
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         worker = Worker(process=process, log=log, name=name, broker=broker)
         self.started.append(worker)
@@ -259,6 +272,12 @@ class Workers:
             worker.process.kill()
             return worker.process.wait(10)
 
+    def kill(self, worker: Worker) -> None:
+        """SIGKILL the worker and its pool processes at once: a node lost without a word."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(10)
+
     def stop_all(self) -> None:
         # Held tasks end at once, so the warm shutdown is quick.
         for run in {worker.broker.run: worker.broker for worker in self.started}.values():
@@ -273,3 +292,47 @@ class Workers:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait(10)
+
+
+_PRODUCER = """
+import json, sys
+import stockapp.tasks
+from stockapp.celery import app
+for name, args, options in json.loads(sys.argv[1]):
+    app.tasks[name].apply_async(args=args, **options)
+app.close()
+"""
+
+
+def produce(
+    broker: StockBroker,
+    calls: Sequence[tuple[str, list[Any], Mapping[str, Any]]],
+    *,
+    integration: bool = True,
+) -> None:
+    """Publish from a process of the stock app alone, as the team's own producers do.
+
+    ``calls``: (task name, args, ``apply_async`` options). Unlike ``load_app`` in the test
+    process (where Tide's app may be loaded too), nothing but the stock app is imported.
+    """
+    environment = {
+        **os.environ,
+        **broker.env(integration=integration),
+        "PYTHONPATH": str(STOCKAPP_PATH),
+    }
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    subprocess.run(
+        [sys.executable, "-c", _PRODUCER, json.dumps([list(call) for call in calls])],
+        env=environment,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def inspect(broker: StockBroker, *, destination: Sequence[str] | None = None) -> Any:
+    """Celery's remote ``inspect`` over the stock app's own configuration (kombu defaults)."""
+    app = load_app(broker.env())
+    return app, app.control.inspect(
+        destination=list(destination) if destination else None, timeout=2.0
+    )

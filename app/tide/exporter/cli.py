@@ -1,7 +1,10 @@
 """``tide exporter``: the queue exporter as a role of the image (and of local mode).
 
 Configuration comes from ``tide.celery.app`` (broker URL, transport options, routes,
-``TIDE_QUEUES``) with options on top; every option also reads an environment variable so
+``TIDE_QUEUES``) with options on top; the transport options are those of the workers
+whose broker is read (``TIDE_BROKER_TRANSPORT_OPTIONS`` in the settings,
+``--broker-transport-option`` here), kombu's defaults when none are given, as they must
+name the same keys the workers use; every option also reads an environment variable so
 the chart configures it without a command line. Django settings are imported for their
 values only: the exporter needs no database.
 
@@ -40,6 +43,15 @@ from tide.exporter.config import DEFAULT_PORT
     help="Broker to read (default: the Celery app's broker_url).",
 )
 @click.option(
+    "--broker-transport-option",
+    "transport_option_items",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A kombu transport option of the workers whose broker is read, as celery-exporter's "
+    "(repeatable; e.g. global_keyprefix=myapp:). On top of TIDE_BROKER_TRANSPORT_OPTIONS "
+    "(a JSON object); kombu's defaults otherwise.",
+)
+@click.option(
     "--rabbitmq-management-url",
     default=None,
     envvar="TIDE_RABBITMQ_MANAGEMENT_URL",
@@ -66,6 +78,7 @@ def exporter(
     host: str,
     queues: str,
     broker_url: str | None,
+    transport_option_items: tuple[str, ...],
     rabbitmq_management_url: str | None,
     interval: float,
     discovery_interval: float,
@@ -78,12 +91,21 @@ def exporter(
     )
     from tide.celery import app
     from tide.exporter.config import from_app
+    from tide_celery.layout import TransportOptionsError, parse_transport_option
+
+    extra: dict[str, object] = {}
+    for item in transport_option_items:
+        try:
+            extra.update(parse_transport_option(item))
+        except TransportOptionsError as error:
+            raise click.BadParameter(str(error), param_hint="--broker-transport-option") from None
     from tide.exporter.server import start_exporter
 
     config = from_app(
         app,
         queues=[name for name in queues.split(",") if name.strip()],
         broker_url=broker_url,
+        transport_options=extra,
         management_url=rabbitmq_management_url,
         interval=interval,
         discovery_interval=discovery_interval,

@@ -40,6 +40,8 @@ QUEUE_SCHEDULED = "celery_queue_scheduled"
 QUEUE_OLDEST_AGE = "celery_queue_oldest_age_seconds"
 # Tide's own series: a counter, so Prometheus' rate() and reset handling apply to it.
 QUEUE_COMPLETED = "celery_queue_completed_total"
+# Tide's own: tasks executing now, from the integration's workers (Redis).
+QUEUE_RUNNING = "celery_queue_running"
 QUEUE_SOURCE = "tide_exporter_queue_source"
 UP = "tide_exporter_up"
 STALE = "tide_exporter_stale"
@@ -111,8 +113,9 @@ def families(snapshot: Snapshot) -> list[Metric]:
     )
     inflight = GaugeMetricFamily(
         QUEUE_INFLIGHT,
-        "Messages delivered to workers and not yet acknowledged (prefetched and running), "
-        "ETA tasks excluded.",
+        "Messages delivered to workers and not finished: unacknowledged (prefetched, and "
+        "running under late acks) plus, on Redis, tasks the integration reports running "
+        "(early acks); ETA tasks excluded.",
         labels=label,
     )
     scheduled = GaugeMetricFamily(
@@ -128,7 +131,13 @@ def families(snapshot: Snapshot) -> list[Metric]:
     completed = CounterMetricFamily(
         QUEUE_COMPLETED,
         "Messages that left the queue since the broker's count began: tasks finished "
-        "(Redis: counted by Tide's workers) or acknowledged (RabbitMQ).",
+        "(Redis: counted by workers with Tide's integration) or acknowledged (RabbitMQ).",
+        labels=label,
+    )
+    running = GaugeMetricFamily(
+        QUEUE_RUNNING,
+        "Tasks executing now, as workers with Tide's integration report them (Redis; "
+        "included in celery_queue_inflight).",
         labels=label,
     )
     source = InfoMetricFamily(
@@ -149,6 +158,10 @@ def families(snapshot: Snapshot) -> list[Metric]:
         # consumer falls back to counts instead of reading a counter stuck at 0.
         if stats.completed is not None:
             completed.add_metric(value, stats.completed)
+        # Absent where no worker with the integration serves the queue: the broker alone
+        # cannot see running work under early acks, and 0 would say nothing runs.
+        if stats.running is not None:
+            running.add_metric(value, stats.running)
         source.add_metric(value, {"source": stats.source})
 
     stale = snapshot.last_success is not None and not snapshot.up
@@ -190,7 +203,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
     for kind, count in sorted(snapshot.errors.items()):
         errors.add_metric([kind], count)
     health.append(errors)
-    return [length, inflight, scheduled, age, completed, source, *health]
+    return [length, inflight, scheduled, age, completed, running, source, *health]
 
 
 class QueueCollector(Collector):

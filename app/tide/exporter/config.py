@@ -85,6 +85,7 @@ def from_app(
     *,
     queues: Sequence[str] = (),
     broker_url: str | None = None,
+    transport_options: Mapping[str, Any] | None = None,
     management_url: str | None = None,
     **overrides: Any,
 ) -> ExporterConfig:
@@ -93,7 +94,7 @@ def from_app(
     url = broker_url or conf.broker_read_url or conf.broker_url
     return ExporterConfig(
         broker_url=url,
-        transport_options=dict(conf.broker_transport_options or {}),
+        transport_options={**(conf.broker_transport_options or {}), **(transport_options or {})},
         queues=tuple(merge_names(queues, app_queues(app))),
         management_url=management_url,
         **overrides,

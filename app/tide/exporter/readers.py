@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -48,7 +49,6 @@ import httpx
 import redis
 from kombu.connection import Connection
 
-from tide.completions import COMPLETED_KEY
 from tide.exporter.stats import (
     SOURCE_AMQP,
     SOURCE_KOMBU,
@@ -60,6 +60,8 @@ from tide.exporter.stats import (
 )
 from tide.exporter.unacked import UnackedTracker
 from tide.exporter.wire import RawBatch, execute
+from tide.exporter.workers import RegistryReader, RegistrySnapshot
+from tide_celery.layout import COMPLETED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,9 @@ class RedisQueueReader:
         self._channel: Any = None
         self._client: redis.Redis | None = None
         self.tracker: UnackedTracker | None = None
+        self.registry: RegistryReader | None = None
+        #: What the integration's workers said at the last read.
+        self.last_registry = RegistrySnapshot()
         #: (exchange, routing_key) -> queue, from the binding tables seen by ``discover``.
         self.routes: dict[tuple[str, str], str] = {}
         self._keys: dict[str, list[str]] = {}
@@ -154,6 +159,8 @@ class RedisQueueReader:
                     slack=self._slack,
                     resync_interval=self._resync_interval,
                 )
+            if self.registry is None or self.registry.prefix != prefix:
+                self.registry = RegistryReader(prefix=prefix)
             self._keys = {}
             self._layout = None
         return self._channel, self._client
@@ -199,17 +206,35 @@ class RedisQueueReader:
                 commands.append(("HMGET", channel.global_keyprefix + COMPLETED_KEY, *names))
             self._layout = (names, [len(queue_keys) for queue_keys in keys], RawBatch(commands))
         _, widths, depth = self._layout
-        # One write, one read: queue depths and the tracker's counts travel together. No
-        # MULTI: Redis serves the workers between our commands instead of stalling them,
-        # and atomicity would buy nothing, as kombu's own move from list to unacked
-        # (BRPOP, then ZADD/HSET) is not atomic either.
+        assert self.registry is not None
+        # One write, one read: queue depths, the tracker's counts and the integration's
+        # worker registrations travel together. No MULTI: Redis serves the workers between
+        # our commands instead of stalling them, and atomicity would buy nothing, as
+        # kombu's own move from list to unacked (BRPOP, then ZADD/HSET) is not atomic either.
         tracked = RawBatch(self.tracker.commands(now=now))
-        replies = execute(channel.pool, depth, tracked)
-        self.tracker.apply(replies[len(depth) :], pool=channel.pool, routes=self.routes, now=now)
+        live = RawBatch(self.registry.commands(now=now))
+        fetch = self.registry.fetch_batch
+        replies = execute(channel.pool, depth, tracked, live, fetch)
+        end_of_tracked = len(depth) + len(tracked)
+        self.tracker.apply(
+            replies[len(depth) : end_of_tracked], pool=channel.pool, routes=self.routes, now=now
+        )
+        registry = self.last_registry = self.registry.apply(
+            replies[end_of_tracked], replies[end_of_tracked + 1 :], pool=channel.pool
+        )
         unacked = self.tracker.counts(now=now)
         completed: list[Any] = (
             list(replies[len(depth) - 1]) if self.completions and names else [None] * len(names)
         )
+        running = registry.running_per_queue
+        # Running tasks whose message is acknowledged already (early acks): in flight, yet
+        # invisible in the unacked hash. A late-ack task is in both and counts once.
+        holds = self.tracker.holds
+        acked_running: Counter[str] = Counter()
+        for task_id, queue in registry.tasks:
+            if not holds(task_id):
+                acked_running[queue] += 1
+        served = registry.served
 
         stats: list[QueueStats] = []
         position = 0
@@ -223,24 +248,33 @@ class RedisQueueReader:
                 if length:
                     stamps.append(published_at(tail))
             inflight, scheduled = unacked.get(name, (0, 0))
+            # A queue is the integration's when one of its live workers consumes it or one
+            # of them counted a completion there: only then are its counts real. Elsewhere
+            # they are absent, never a false 0.
+            integrated = name in served or done is not None
             stats.append(
                 QueueStats(
                     name=name,
                     waiting=waiting,
-                    inflight=inflight,
+                    inflight=inflight + acked_running[name],
                     scheduled=scheduled,
                     oldest_age=oldest_age(stamps, waiting=waiting, now=now),
                     source=self.source,
-                    completed=int(done or 0) if self.completions else None,
+                    completed=int(done or 0) if self.completions and integrated else None,
+                    running=running.get(name, 0) if integrated else None,
                 )
             )
         return stats
 
     def unacked_queues(self) -> set[str]:
-        """Queues that hold unacknowledged messages in the cache (exported even if unlisted)."""
-        if self.tracker is None:
-            return set()
-        return {entry.queue for entry in self.tracker.entries.values()}
+        """Queues with unacknowledged or running work, or served by integration workers.
+
+        Exported even if neither configured nor bound: work in progress is never hidden.
+        """
+        queues = set(self.last_registry.running_per_queue) | self.last_registry.served
+        if self.tracker is not None:
+            queues.update(entry.queue for entry in self.tracker.entries.values())
+        return queues
 
     def discover(self) -> set[str]:
         """Queues bound in kombu's binding tables (``_kombu.binding.<exchange>`` sets).

@@ -20,6 +20,7 @@ from tide.exporter.collector import (
     QUEUE_LABEL,
     QUEUE_LENGTH,
     QUEUE_OLDEST_AGE,
+    QUEUE_RUNNING,
     QUEUE_SCHEDULED,
     QUEUE_SOURCE,
     STALE,
@@ -32,6 +33,7 @@ _FIGURES = {
     QUEUE_SCHEDULED: "scheduled",
     QUEUE_OLDEST_AGE: "oldest_age",
     QUEUE_COMPLETED: "completed",
+    QUEUE_RUNNING: "running",
 }
 
 
@@ -60,6 +62,7 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
         inflight = values.get("inflight")
         scheduled = values.get("scheduled")
         completed = values.get("completed")
+        running = values.get("running")
         result[queue] = QueueStats(
             name=queue,
             waiting=int(values["waiting"]),
@@ -69,6 +72,7 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
             source=sources.get(queue, "exposition"),
             stale=stale,
             completed=None if completed is None else int(completed),
+            running=None if running is None else int(running),
         )
     return result
 

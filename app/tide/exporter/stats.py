@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-#: Header stamped by Tide's producers (``tide.celery.PUBLISHED_AT_HEADER``); duplicated as
-#: a literal so reading it needs neither Django nor the Celery app.
-PUBLISHED_AT_HEADER = "published_at"
+from tide_celery.layout import PUBLISHED_AT_HEADER
 
 # Where a figure came from, as shown in ``tide_exporter_queue_source_info``.
 SOURCE_REDIS = "redis"
@@ -42,8 +40,13 @@ class QueueStats:
     nothing waits, ``None`` when messages wait but none carries a publish stamp.
     ``stale`` is true when these are the last good values kept through a failed read.
     ``completed`` is a monotonic count of messages that left the queue (finished tasks:
-    Tide's workers count them on Redis, RabbitMQ counts acks), 0 before the first, ``None``
-    where the source keeps no such count.
+    the integration's workers count them on Redis, RabbitMQ counts acks), ``None`` where
+    nothing keeps such a count: on Redis, a queue no worker with the integration serves or
+    ever finished a task on.
+    ``running`` is the tasks executing now, as the integration's workers report them
+    (Redis), ``None`` where no worker with the integration serves the queue. On Redis
+    ``inflight`` already includes them (the union of unacknowledged and running messages,
+    so a late-ack task counts once and an early-ack one is not missed).
     """
 
     name: str
@@ -54,6 +57,7 @@ class QueueStats:
     source: str
     stale: bool = False
     completed: int | None = None
+    running: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class UnackedEntry:
     queue: str
     #: Epoch seconds of the task's ETA, or ``None`` for a task to run at once.
     eta: float | None
+    #: The task id (Celery's message protocol 2 header ``id``), to match running tasks.
+    task_id: str | None = None
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -157,7 +163,13 @@ def parse_unacked(
     exchange = exchange or ""
     routing_key = routing_key or ""
     queue = (routes or {}).get((exchange, routing_key), routing_key)
-    return UnackedEntry(queue=queue, eta=parse_timestamp(message_headers(message).get("eta")))
+    headers = message_headers(message)
+    task_id = headers.get("id")
+    return UnackedEntry(
+        queue=queue,
+        eta=parse_timestamp(headers.get("eta")),
+        task_id=task_id if isinstance(task_id, str) else None,
+    )
 
 
 def count_unacked(entries: Iterable[UnackedEntry], *, now: float) -> dict[str, tuple[int, int]]:

@@ -137,6 +137,8 @@ class UnackedTracker:
         self.resync_interval = resync_interval
         self.entries: dict[str, UnackedEntry] = {}
         self._immediate: Counter[str] = Counter()
+        #: Task ids of the cached entries, to tell a running task that is also unacked.
+        self._task_ids: Counter[str] = Counter()
         self._eta: dict[str, UnackedEntry] = {}
         self._full = True
         self._buckets: list[Bucket] = []
@@ -262,8 +264,15 @@ class UnackedTracker:
             result[entry.queue] = (inflight, scheduled)
         return result
 
+    def holds(self, task_id: str) -> bool:
+        """Whether a message of ``task_id`` is unacknowledged (as of the last read)."""
+        # Ids leave the counter at zero (``_drop``), so membership is the answer.
+        return task_id in self._task_ids
+
     def _add(self, tag: str, entry: UnackedEntry) -> None:
         self.entries[tag] = entry
+        if entry.task_id is not None:
+            self._task_ids[entry.task_id] += 1
         if entry.eta is None:
             self._immediate[entry.queue] += 1
         else:
@@ -273,6 +282,10 @@ class UnackedTracker:
         entry = self.entries.pop(tag, None)
         if entry is None:
             return
+        if entry.task_id is not None:
+            self._task_ids[entry.task_id] -= 1
+            if self._task_ids[entry.task_id] <= 0:
+                del self._task_ids[entry.task_id]
         if entry.eta is None:
             self._immediate[entry.queue] -= 1
         else:

@@ -12,6 +12,7 @@ from pathlib import Path
 import dj_database_url
 
 from tide.settings.env import env_bool, env_int, env_list, env_str
+from tide_celery.layout import transport_options_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -174,13 +175,15 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # runs twice. Hard time limits default to it so no task outlives the timeout.
 TIDE_LONGEST_TASK_SECONDS = env_int("TIDE_LONGEST_TASK_SECONDS", 3600)
 CELERY_TASK_TIME_LIMIT = TIDE_LONGEST_TASK_SECONDS
+# kombu's default Redis key layout (priority lists ``queue``, ``queue\x06\x163``, ``…6``,
+# ``…9``; bindings joined by ``\x06\x16``): every process on a shared broker must agree on
+# it, or remote control between them breaks (a stock worker stops answering and
+# consuming). So Tide sets no ``sep`` and no ``priority_steps`` of its own; the API maps its
+# ten priorities onto kombu's four classes (docs/api.md). ``TIDE_BROKER_TRANSPORT_OPTIONS``
+# (a JSON object) carries the options of an app whose broker Tide's processes share.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": TIDE_LONGEST_TASK_SECONDS * 2,
-    # Ten priority steps: one Redis list per priority (``queue``, ``queue:1`` … ``queue:9``),
-    # so every API priority is honoured; the exporter sums the lists.
-    "queue_order_strategy": "priority",
-    "priority_steps": list(range(10)),
-    "sep": ":",
+    **(transport_options_from_env() or {}),
 }
 if prefix := env_str("CELERY_BROKER_KEYPREFIX", default=""):
     CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = prefix

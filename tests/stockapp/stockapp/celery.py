@@ -13,9 +13,13 @@ What makes it *stock* (and what Tide must cope with):
   priorities (``task_queue_max_priority`` for RabbitMQ; Redis always has its four lists);
 * the default node name ``celery@<host>`` unless the command line gives ``-n``.
 
+Tide's integration is the module's last line, as a team adds it; ``STOCKAPP_INTEGRATION=0``
+leaves it out, for the "app without the integration" cases.
+
 Environment: ``STOCKAPP_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``),
-``STOCKAPP_KEYPREFIX``, ``STOCKAPP_ACKS_LATE``, ``STOCKAPP_CONTROL_URL`` (the Redis where
-the ``hold`` task records itself, see ``stockapp.tasks``).
+``STOCKAPP_KEYPREFIX``, ``STOCKAPP_ACKS_LATE``, ``STOCKAPP_INTEGRATION``,
+``STOCKAPP_CONTROL_URL`` (the Redis where the ``hold`` task records itself, see
+``stockapp.tasks``).
 """
 
 import os
@@ -45,3 +49,8 @@ app.conf.update(
     worker_prefetch_multiplier=4,
     task_ignore_result=True,
 )
+
+if os.environ.get("STOCKAPP_INTEGRATION", "1") != "0":
+    import tide_celery
+
+    tide_celery.install(app)

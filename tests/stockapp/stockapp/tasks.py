@@ -6,8 +6,9 @@
 * ``build_report`` is slow: it holds its worker slot until the test releases it;
 * ``hold`` is the same on whichever queue it is sent to.
 
-A held task records its id in ``stockapp-control:<run>:running`` (a Redis set) while it runs
-and waits for a token on ``stockapp-control:<run>:release`` (a list): the test knows how
+A held task records its id in ``stockapp-control:<run>:running`` (a Redis set) while it runs,
+waits for a token on ``stockapp-control:<run>:release`` (a list), and counts itself in
+``stockapp-control:<run>:done`` when it ends: the test knows how
 many tasks run, and ends them when it wants, without sleeping. The control Redis is
 ``STOCKAPP_CONTROL_URL`` (default ``redis://127.0.0.1:6379/0``), apart from the broker, so
 the same tasks work on RabbitMQ.
@@ -34,6 +35,7 @@ def _hold(run: str, task_id: str) -> str:
         client.blpop([f"{CONTROL_PREFIX}{run}:release"], timeout=600)
     finally:
         client.srem(f"{CONTROL_PREFIX}{run}:running", task_id)
+    client.incr(f"{CONTROL_PREFIX}{run}:done")
     return task_id
 
 

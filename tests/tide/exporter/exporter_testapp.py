@@ -7,8 +7,8 @@ completion the test controls: it records itself as running in a Redis set and th
 until the test pushes a release token. Tests thereby know exactly how many tasks run, how
 many are prefetched and how many wait, without sleeping. A second task, ``outcome``, ends
 in the way the test asks (success, failure, retry, ignore, requeue), for the completion
-counters, which this app's workers keep exactly as Tide's do: the module imports
-``tide.completions``, as ``tide.celery`` does.
+counters, which this app's workers keep exactly as Tide's do: every app it makes turns on
+Tide's integration (``tide_celery.install``), as ``tide.celery`` does.
 
 A worker subprocess loads the module-level ``app``, configured from the environment:
 ``EXPORTER_TEST_BROKER_URL``, ``EXPORTER_TEST_KEYPREFIX`` (Redis ``global_keyprefix``),
@@ -19,36 +19,16 @@ A worker subprocess loads the module-level ``app``, configured from the environm
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.exceptions import Ignore, Reject
-from celery.signals import before_task_publish
 
-import tide.completions  # noqa: F401  (the task_postrun handler, as in tide.celery)
+import tide_celery
 
 CONTROL_URL = os.environ.get("EXPORTER_TEST_CONTROL_URL", "redis://127.0.0.1:6379/6")
 CONTROL_PREFIX = os.environ.get("EXPORTER_TEST_CONTROL_PREFIX", "exporter-test:")
-
-
-@before_task_publish.connect
-def stamp_published_at(
-    headers: dict[str, Any] | None = None,
-    properties: dict[str, Any] | None = None,
-    **_: Any,
-) -> None:
-    """Stamp ``published_at`` as ``tide.celery`` does; ``timestamp`` too, for RabbitMQ.
-
-    RabbitMQ's management API reports the head message's AMQP ``timestamp`` property
-    (whole seconds), not a header, so a producer that wants oldest-age on RabbitMQ sets it.
-    """
-    now = time.time()
-    if headers is not None:
-        headers["published_at"] = now
-    if properties is not None:
-        properties.setdefault("timestamp", int(now))
 
 
 def control() -> redis.Redis:
@@ -64,13 +44,8 @@ def make_app(
 ) -> Celery:
     """A Celery app with Tide's delivery settings and the ``hold`` task."""
     app = Celery("exporter_testapp", broker=broker_url, set_as_current=False)
-    transport_options: dict[str, Any] = {
-        # The same layout as tide.settings.base: ten priority lists joined with ":".
-        "queue_order_strategy": "priority",
-        "priority_steps": list(range(10)),
-        "sep": ":",
-        "visibility_timeout": 7200,
-    }
+    # The same layout as tide.settings.base: kombu's defaults (four priority lists).
+    transport_options: dict[str, Any] = {"visibility_timeout": 7200}
     if keyprefix:
         transport_options["global_keyprefix"] = keyprefix
     app.conf.update(
@@ -88,6 +63,7 @@ def make_app(
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
+    tide_celery.install(app)
 
     @app.task(name="exporter_test.hold", bind=True, shared=False)
     def hold(self: Any, run: str) -> str:

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from tide.exporter.collector import ExporterState, Snapshot, families
 from tide.exporter.scrape import parse_exposition
 from tide.exporter.stats import QueueStats
+from tide_celery.layout import COMPLETED_KEY
 
 HOLD = "exporter_test.hold"
 
@@ -33,6 +34,8 @@ def test_exposition_passes_promtool_and_parses_back(
     app = redis_broker.make_app()
     for priority in (1, 5, 9):
         app.tasks[HOLD].apply_async(args=[redis_broker.run], queue=queue, priority=priority)
+    # Workers with the integration once finished tasks here: its counts are real.
+    redis_broker.client.hset(redis_broker.keyprefix + COMPLETED_KEY, queue, 3)
     exporter = exporter_factory(
         broker_url=redis_broker.url,
         transport_options=redis_broker.transport_options(),
@@ -43,8 +46,10 @@ def test_exposition_passes_promtool_and_parses_back(
     parsed = parse_exposition(text)
     assert parsed[queue].waiting == 3
     assert (parsed[queue].inflight, parsed[queue].scheduled, parsed[queue].stale) == (0, 0, False)
+    assert (parsed[queue].completed, parsed[queue].running) == (3, 0)
+    # No worker with the integration ever served it: no completion or running count.
     assert parsed[empty] == QueueStats(
-        name=empty, waiting=0, inflight=0, scheduled=0, oldest_age=0.0, source="redis", completed=0
+        name=empty, waiting=0, inflight=0, scheduled=0, oldest_age=0.0, source="redis"
     )
     assert httpx.get(exporter.url + "/healthz").status_code == 200
     assert httpx.get(exporter.url + "/nothing").status_code == 404
@@ -93,6 +98,7 @@ def test_prometheus_scrapes_the_exporter(
     app = redis_broker.make_app()
     for priority in (0, 4, 8, 9):
         app.tasks[HOLD].apply_async(args=[redis_broker.run], queue=queue, priority=priority)
+    redis_broker.client.hset(redis_broker.keyprefix + COMPLETED_KEY, queue, 2)
     exporter = exporter_factory(
         broker_url=redis_broker.url,
         transport_options=redis_broker.transport_options(),
@@ -108,8 +114,10 @@ def test_prometheus_scrapes_the_exporter(
     assert value(f'celery_queue_length{{queue_name="{never}"}}') == 0
     assert value(f'celery_queue_inflight{{queue_name="{queue}"}}') == 0
     assert value(f'celery_queue_scheduled{{queue_name="{queue}"}}') == 0
-    # Nothing finished yet: the counter exists from the start at 0, typed as a counter.
-    assert value(f'celery_queue_completed_total{{queue_name="{never}"}}') == 0
+    # The integration's counter, typed as a counter; absent where nothing counts.
+    assert value(f'celery_queue_completed_total{{queue_name="{queue}"}}') == 2
+    assert value(f'celery_queue_completed_total{{queue_name="{never}"}}') is None
+    assert value(f'celery_queue_running{{queue_name="{queue}"}}') == 0
     # Prometheus scrapes OpenMetrics, where the family is named without "_total".
     metadata = httpx.get(f"{prometheus.url}/api/v1/metadata").json()["data"]
     assert metadata["celery_queue_completed"][0]["type"] == "counter"

@@ -1,7 +1,8 @@
 """Tide's own workers (``celery -A tide``) keep the per-queue completion counter.
 
-``tide.celery`` connects ``tide.completions``' ``task_postrun`` handler, so every task a
-Tide worker finishes is counted, submitted through the API or not. On RabbitMQ the broker
+``tide.celery`` turns on Tide's integration (``tide_celery.install``), whose
+``task_postrun`` handler counts every task a Tide worker finishes, submitted through the
+API or not. On RabbitMQ the broker
 counts acknowledgements itself and the handler writes nothing; the exporter's tests check
 that path (``tests/tide/exporter/test_exporter_completions.py``).
 """
@@ -16,8 +17,8 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from tide.celery import app
-from tide.completions import COMPLETED_KEY
 from tide.exporter import read_queues
+from tide_celery.layout import COMPLETED_KEY
 
 # Not marked ``broker``: the counter is the Redis transport's; the RabbitMQ re-run of the
 # worker suite has nothing of it to check (the exporter's tests cover RabbitMQ's ack count).

@@ -1,0 +1,121 @@
+"""The words Tide's processes and an app's workers share on the broker: one home for each.
+
+Everything here is a name or a small parser, so both sides import it without side effects:
+the integration (in the app's producers and workers) writes these keys and headers, and
+Tide's exporter and operator read them.
+
+Redis keys live under the transport's ``global_keyprefix``, as kombu's own keys do, and
+start with ``_tide.`` (a leading underscore, like kombu's ``_kombu.binding.*``), so they
+never collide with a queue name:
+
+* ``_tide.completed`` (hash): queue -> messages that left it (``tide_celery.completions``);
+* ``_tide.workers`` (sorted set): worker node name -> the Unix time its registration
+  expires, renewed by the worker's heartbeat (``tide_celery.running``);
+* ``_tide.worker.<node>`` (hash, with a TTL): the queues that worker consumes (field
+  ``queues``, a JSON list) and one field ``task:<task id>`` -> queue per task it runs now.
+
+Priority sub-queues, separators and the unacked keys are kombu's, not Tide's: readers ask
+kombu's Redis channel for them (``_q_for_pri``, ``priority_steps``, ``sep``), configured
+with the same transport options as the app (``transport_options_from_env``), so nothing
+here restates kombu's layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+#: Message header with the publish time (Unix seconds, float), set by every producer.
+PUBLISHED_AT_HEADER = "published_at"
+
+COMPLETED_KEY = "_tide.completed"
+WORKERS_KEY = "_tide.workers"
+WORKER_KEY_PREFIX = "_tide.worker."
+QUEUES_FIELD = "queues"
+TASK_FIELD_PREFIX = "task:"
+
+#: Seconds between a worker's heartbeats, and how long a registration outlives the last
+#: one. A worker that dies without a word stops being counted at most ``WORKER_TTL``
+#: seconds after its last heartbeat: three missed beats, so one slow beat is no outage.
+HEARTBEAT_INTERVAL = 5.0
+WORKER_TTL = 3 * HEARTBEAT_INTERVAL
+
+#: The node name the integration gives a worker started without ``-n``: ``worker@<host>``.
+#: On Kubernetes the host is the pod's name, which is how Tide's operator addresses it.
+NODE_NAME = "worker"
+
+#: Environment variable holding the broker transport options (a JSON object) of the app
+#: whose broker Tide's processes read or talk to.
+TRANSPORT_OPTIONS_ENV = "TIDE_BROKER_TRANSPORT_OPTIONS"
+
+
+def worker_key(node: str) -> str:
+    """The hash of one worker node (unprefixed)."""
+    return WORKER_KEY_PREFIX + node
+
+
+def task_field(task_id: str) -> str:
+    return TASK_FIELD_PREFIX + task_id
+
+
+class TransportOptionsError(ValueError):
+    """Transport options that cannot be read; the message says what to write instead."""
+
+
+def parse_transport_options(text: str, *, source: str = TRANSPORT_OPTIONS_ENV) -> dict[str, Any]:
+    """A JSON object of kombu transport options, e.g. ``{"global_keyprefix": "app:"}``."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise TransportOptionsError(
+            f"{source} must be a JSON object such as "
+            f'{{"global_keyprefix": "myapp:"}}; could not parse it: {error}'
+        ) from None
+    if not isinstance(value, dict):
+        raise TransportOptionsError(
+            f"{source} must be a JSON object (name: value), not {type(value).__name__}"
+        )
+    return value
+
+
+def parse_transport_option(text: str) -> dict[str, Any]:
+    """One ``name=value`` option, as celery-exporter's ``--broker-transport-option``.
+
+    The value is read as JSON when it parses (``priority_steps=[0,3,6,9]``,
+    ``visibility_timeout=3600``), else kept as a string (``sep=:``,
+    ``global_keyprefix=myapp:``).
+    """
+    name, equals, raw = text.partition("=")
+    name = name.strip()
+    if not equals or not name:
+        raise TransportOptionsError(
+            f"transport option {text!r} is not name=value (e.g. global_keyprefix=myapp:)"
+        )
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return {name: value}
+
+
+def transport_options_from_env(
+    options: Iterable[str] = (), *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """Transport options from ``TIDE_BROKER_TRANSPORT_OPTIONS`` and ``name=value`` items.
+
+    ``None`` when neither is given, so the caller can fall back to its own configuration;
+    an empty JSON object means "kombu's defaults" and is returned as ``{}``. Items given
+    one by one override the environment's.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(TRANSPORT_OPTIONS_ENV)
+    items = list(options)
+    if text is None and not items:
+        return None
+    merged = parse_transport_options(text or "")
+    for item in items:
+        merged.update(parse_transport_option(item))
+    return merged
