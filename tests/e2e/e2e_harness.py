@@ -72,7 +72,15 @@ EXPORTER_INTERVAL = 2.0
 SCRAPE_INTERVAL = 1.0
 #: The scale-to-zero example's cooldown, shortened so the suite does not wait 5 minutes.
 BATCH_COOLDOWN = 20
-QUEUES = ("emails", "notifications", "reports", "batch", "default")
+
+
+def load_examples() -> list[dict[str, Any]]:
+    """The example pools as shipped (manifests/examples/*.yaml)."""
+    return [yaml.safe_load(path.read_text()) for path in sorted(EXAMPLES.glob("*.yaml"))]
+
+
+#: Every queue an example pool reads: the exporter exports them all from its start.
+QUEUES = tuple(sorted({q for pool in load_examples() for q in pool["spec"]["queues"]}))
 
 T = TypeVar("T")
 
@@ -762,18 +770,16 @@ def example_pools(
 ) -> list[dict[str, Any]]:
     """manifests/examples/*.yaml adapted to the run: namespace and metric URLs, and the
     scale-to-zero pool's cooldown (300 s) shortened."""
-    pools = []
-    for path in sorted(EXAMPLES.glob("*.yaml")):
-        pool = yaml.safe_load(path.read_text())
+    pools = load_examples()
+    for pool in pools:
         pool["metadata"]["namespace"] = namespace
         metrics = pool["spec"]["metrics"]
         if "exporter" in metrics:
             metrics["exporter"]["url"] = exporter_url
         if "prometheus" in metrics:
             metrics["prometheus"]["url"] = prometheus_url
-        if pool["spec"].get("minReplicas") == 0:
+        if pool["spec"].get("cooldownPeriod", 0) > BATCH_COOLDOWN:
             pool["spec"]["cooldownPeriod"] = BATCH_COOLDOWN
-        pools.append(pool)
     return pools
 
 

@@ -37,6 +37,7 @@ from e2e_harness import (
     Report,
     adopted_deployment,
     example_pools,
+    load_examples,
     measure,
     summarise_log,
 )
@@ -53,8 +54,20 @@ WINDOW = 30.0
 #: Steady-state window for the request rate.
 STEADY = 60.0
 
-OWNED = {"emails": "emails-workers", "default": "default-workers", "batch": "batch-workers"}
-ADOPTED = "reports-worker"
+_EXAMPLES = {pool["metadata"]["name"]: pool["spec"] for pool in load_examples()}
+#: Pool → the Deployment it scales: ``<pool>-workers`` for a template, else its target.
+OWNED = {name: f"{name}-workers" for name, spec in _EXAMPLES.items() if "template" in spec}
+TARGETS = {
+    **OWNED,
+    **{
+        name: spec["scaleTargetRef"]["name"]
+        for name, spec in _EXAMPLES.items()
+        if "scaleTargetRef" in spec
+    },
+}
+ADOPTED = TARGETS["reports"]
+POOLS = len(_EXAMPLES)
+MIN_SIZES = {name: spec.get("minReplicas", 0) for name, spec in _EXAMPLES.items()}
 
 
 def condition(pool: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -216,10 +229,8 @@ def test_operator_starts_clean(
         )
 
     done, seconds = measure(reconciled, timeout=60)
-    sizes = {
-        name: cluster.replicas(namespace, d) for name, d in {**OWNED, "reports": ADOPTED}.items()
-    }
-    expected = {"emails": 1, "default": 2, "batch": 0, "reports": 1}
+    sizes = {name: cluster.replicas(namespace, d) for name, d in TARGETS.items()}
+    expected = MIN_SIZES
     log = operator.logs()
     problems = [w for w in ("Traceback", " 403", "Forbidden", "ERROR") if w in log]
     alive = operator.alive()
@@ -259,7 +270,7 @@ def changed_fields(before: dict[str, Any], after: dict[str, Any], prefix: str = 
 def settled(cluster: Cluster, namespace: str) -> bool:
     """Every Deployment's pods are ready and every pool's status says so."""
     statuses = pool_statuses(cluster, namespace)
-    for pool, deployment in {**OWNED, "reports": ADOPTED}.items():
+    for pool, deployment in TARGETS.items():
         found = cluster.deployment(namespace, deployment)
         if found is None:
             return False
@@ -287,12 +298,12 @@ def test_idle_steady_state(
         timeout=WINDOW + 3 * REACT,
     )
     start = now_utc()
-    replicas_before = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    replicas_before = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
     statuses_before = pool_statuses(cluster, namespace)
     # A measurement window, not a synchronisation: the figure is what happens in it.
     time.sleep(STEADY)
     end = now_utc()
-    replicas_after = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    replicas_after = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
     statuses_after = pool_statuses(cluster, namespace)
     moved = {
         pool: fields
@@ -300,7 +311,7 @@ def test_idle_steady_state(
         if (fields := changed_fields(statuses_before.get(pool, {}), statuses_after[pool]))
     }
     entries = audit_entries(namespace, start, end)
-    pools = 4
+    pools = POOLS
     if entries is None:
         ok = report.record(
             "idle steady state: no scale, no status change",
@@ -334,7 +345,7 @@ def test_restart_without_spurious_scale(
 ) -> None:
     require_operator(operator, report, "operator restart: no spurious scale")
     namespace = chart.namespace
-    before = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    before = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
     stopped = operator.stop()
     restarted = now_utc()
     operator.start()
@@ -347,10 +358,10 @@ def test_restart_without_spurious_scale(
             count = sum(operator.samples("tide_operator_reconcile_duration_seconds_count").values())
         except Exception:
             return False
-        return count >= 2 * 4
+        return count >= 2 * POOLS
 
     _, seconds = measure(ticked, timeout=60)
-    after = {d: cluster.replicas(namespace, d) for d in [*OWNED.values(), ADOPTED]}
+    after = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
     # The operator's own count of the scales it made since this start (no series: none).
     scaled = (
         int(sum(operator.samples("tide_workerpool_scale_events_total").values()))
