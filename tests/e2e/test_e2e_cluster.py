@@ -288,15 +288,21 @@ def test_idle_steady_state(
     """An idle pool costs reads only: requests per pool per minute from the audit log."""
     require_operator(operator, report, "idle steady state")
     namespace = chart.namespace
+
     # Idle means settled: pods ready, status says so, and the scale-down window every pool
     # starts with (seeded with the current size) has passed, since its end is a decision
     # worth a status write.
-    measure(
-        lambda: (
-            settled(cluster, namespace) and time.monotonic() - operator.started_at >= WINDOW + POLL
-        ),
-        timeout=WINDOW + 3 * REACT,
-    )
+    def window_passed() -> bool:
+        # The pool's first reconcile is when its Ready condition was first set.
+        stamps = [
+            datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
+            for status in pool_statuses(cluster, namespace).values()
+            for c in status.get("conditions") or []
+            if c["type"] == "Ready"
+        ]
+        return bool(stamps) and (now_utc() - max(stamps)).total_seconds() >= WINDOW + POLL
+
+    measure(lambda: settled(cluster, namespace) and window_passed(), timeout=WINDOW + 3 * REACT)
     start = now_utc()
     replicas_before = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
     statuses_before = pool_statuses(cluster, namespace)
