@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from chart_render import template
 from guide_blocks import Block, blocks
 from kubernetes_validate.utils import latest_version
 
@@ -21,6 +22,11 @@ from tide_operator.resources.spec import WorkerPool
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "bring-your-own-app.md"
 YAML = blocks(GUIDE, "yaml")
+
+
+def chart_values() -> list[Block]:
+    """The blocks that are values files for the chart (they say so on their first line)."""
+    return [b for b in YAML if b.text.startswith("# values-")]
 
 
 def workerpools() -> list[tuple[Block, dict[str, Any]]]:
@@ -47,6 +53,31 @@ def test_workerpools_are_admitted_and_build_valid_deployments(
     if pool.spec.template is not None:
         deployment = build_worker_deployment(pool, replicas=1)
         kubernetes_validate.validate(deployment, latest_version(), strict=True)
+
+
+def test_every_yaml_block_is_checked() -> None:
+    # A WorkerPool or a chart values file; nothing shown goes unchecked.
+    for block in YAML:
+        docs = [d for d in yaml.safe_load_all(block.text) if d]
+        assert block in chart_values() or all(d.get("kind") == "WorkerPool" for d in docs), block
+
+
+@pytest.mark.parametrize("block", chart_values(), ids=str)
+def test_chart_values_render_the_platform_alone(block: Block, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(block.text)
+    objects = template("--values", str(values))
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    deployments = {name for kind, name in kinds if kind == "Deployment"}
+    assert deployments == {"tide-operator", "tide-exporter", "tide-flower"}
+    assert not {kind for kind, _ in kinds} & {"StatefulSet", "Job", "Pod"}
+    pools = [o for o in objects if o["kind"] == "WorkerPool"]
+    assert len(pools) == len(yaml.safe_load(block.text)["workerPools"])
+    for pool in pools:
+        parsed = WorkerPool.from_body({**pool, "metadata": {**pool["metadata"], "uid": "u"}})
+        if parsed.spec.template is not None:
+            built = build_worker_deployment(parsed, replicas=1)
+            kubernetes_validate.validate(built, latest_version(), strict=True)
 
 
 def test_python_blocks_compile() -> None:

@@ -29,6 +29,15 @@ it and lives only in the full label set.
 {{- printf "%s-%s" (include "tide.fullname" $root | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+Whether anything of the release uses Tide's database: the jobs API, beat and migrations do;
+the platform alone (operator, exporter, Flower, dashboards) does not, so a platform-only
+install beside a team's own app has no DATABASE_URL anywhere. "true" or empty.
+*/}}
+{{- define "tide.usesDatabase" -}}
+{{- if or .Values.api.enabled .Values.beat.enabled .Values.migrations.enabled -}}true{{- end -}}
+{{- end -}}
+
 {{- define "tide.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -113,8 +122,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 Cross-field checks a JSON schema cannot phrase clearly. Each message says what to set.
 */}}
 {{- define "tide.validate" -}}
+{{- if include "tide.usesDatabase" . -}}
 {{- if and (not .Values.postgresql.enabled) (not .Values.database.existingSecret) (not .Values.database.url) -}}
 {{- fail "database: postgresql.enabled is false, so set database.existingSecret (a Secret with DATABASE_URL) or database.url" -}}
+{{- end -}}
+{{- else if .Values.postgresql.enabled -}}
+{{- fail "postgresql.enabled: nothing of this install uses a database (api, beat and migrations are off); set postgresql.enabled=false" -}}
 {{- end -}}
 {{- if and (not .Values.redis.enabled) (not .Values.broker.existingSecret) (not .Values.broker.url) -}}
 {{- fail "broker: redis.enabled is false, so set broker.existingSecret (a Secret with CELERY_BROKER_URL) or broker.url" -}}
@@ -216,7 +229,9 @@ password read from a Secret, so no URL with a password is ever written into an o
     secretKeyRef:
       name: {{ default $secret .Values.secretKey.existingSecret }}
       key: {{ ternary .Values.secretKey.existingSecretKey "DJANGO_SECRET_KEY" (ne .Values.secretKey.existingSecret "") }}
-{{- if .Values.postgresql.enabled }}
+{{- if not (include "tide.usesDatabase" .) }}
+{{- /* Nothing here uses a database: no URL that would point at one that does not exist. */}}
+{{- else if .Values.postgresql.enabled }}
 - name: TIDE_POSTGRES_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -371,5 +386,11 @@ checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (get $reasons $id) | quote }
 {{- else }}
 - name: CELERY_BROKER_URL
   value: {{ .Values.broker.url | quote }}
+{{- end }}
+{{- with .Values.broker.transportOptions }}
+{{- /* The app's key prefix and layout: the exporter, the operator's probe and Flower read
+and talk to its workers with exactly these (see docs/bring-your-own-app.md). */}}
+- name: TIDE_BROKER_TRANSPORT_OPTIONS
+  value: {{ toJson . | quote }}
 {{- end }}
 {{- end -}}
