@@ -53,6 +53,7 @@ JSON_PATCH: Final = "application/json-patch+json"
 CONFLICT_RETRIES: Final = 5
 CONFLICT_BACKOFF: Final = 0.1
 MAX_CONNECTIONS: Final = 50
+TRANSIENT_STATUSES: Final = frozenset({401, 403, 429})
 
 
 class ApiError(Exception):
@@ -63,6 +64,12 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """An answer that can clear by itself: 401/403 while a restarted API server's
+        authenticator and RBAC caches sync, 429 throttling, 5xx (etcd, webhooks)."""
+        return self.status in TRANSIENT_STATUSES or self.status >= 500
 
 
 class NotFound(ApiError):

@@ -301,8 +301,13 @@ class ExporterSource:
             response.raise_for_status()
         except httpx.TimeoutException as exc:
             raise MetricsUnavailable(f"exporter timed out after {self.timeout}s") from exc
+        except httpx.HTTPStatusError as exc:
+            answer = exc.response
+            raise MetricsUnavailable(
+                f"exporter at {self.url} answered {answer.status_code} {answer.reason_phrase}"
+            ) from exc
         except httpx.HTTPError as exc:
-            raise MetricsUnavailable(f"exporter unreachable: {exc}") from exc
+            raise MetricsUnavailable(f"exporter at {self.url} unreachable: {exc}") from exc
         try:
             return parse_queue_figures(response.text)
         except ValueError as exc:

@@ -288,6 +288,8 @@ class DeploymentTarget:
                 "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
             ) from exc
         except ApiError as exc:
+            if exc.transient:
+                raise  # the daemon decides whether it lasted long enough to report
             raise TargetUnavailable("TargetUnreadable", str(exc)) from exc
         self.last = body
         return body
@@ -328,6 +330,8 @@ class DeploymentTarget:
                 "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
             ) from exc
         except ApiError as exc:
+            if exc.transient:
+                raise
             raise TargetUnavailable("ScaleFailed", str(exc)) from exc
         log.info("scaled %s/%s to %d: %s", self.namespace, self.name, replicas, reason)
 

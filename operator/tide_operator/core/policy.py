@@ -921,7 +921,15 @@ def _blind(
     failures = state.failures + 1
     # Blind is not idle: the cooldown to zero starts again from the first good read.
     state = replace(state, failures=failures, last_active_at=now)
-    why = "no metrics" if observation is None else f"metrics {now - observation.at:.0f}s old"
+    # The reasons carry no running count, age or starting size: they are written to the
+    # pool's status, and a text that changed every poll would cost a status write per poll
+    # for as long as the outage lasts. The count lives in ``state.failures`` and in the
+    # operator's metrics.
+    why = (
+        "no metrics"
+        if observation is None
+        else f"metrics older than {config.stale_after_seconds:g}s"
+    )
     fallback = config.fallback
     if fallback is not None and failures > fallback.failure_threshold:
         # Never below the replicas that held running tasks at the last good read: a broken
@@ -935,8 +943,8 @@ def _blind(
         return Decision(
             target,
             FALLBACK,
-            f"{why} for {failures} reads (threshold {fallback.failure_threshold}): "
-            f"fallback ({fallback.behavior}) {current}→{target}",
+            f"{why} for more than {fallback.failure_threshold} reads: "
+            f"fallback ({fallback.behavior}) to {target}",
             state,
         )
     # Holding is the only safe move: the queue may be full or empty, we cannot tell. The
@@ -947,7 +955,7 @@ def _blind(
     return Decision(
         target,
         METRICS_UNAVAILABLE,
-        f"{why} ({failures} in a row): holding {target}"
+        f"{why}: holding {target}"
         + (f" (bounds {config.min_replicas}..{config.max_replicas})" if target != current else ""),
         state,
     )

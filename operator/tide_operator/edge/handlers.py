@@ -14,6 +14,15 @@ the status only if it changed; post an Event per scale and per new failure; upda
 operator's metrics. Every failure of one tick is caught and reported, never raised: kopf
 would otherwise back off the daemon and the pool would silently stop scaling.
 
+Outages are quiet, because they are when the operator's costs matter most (every pool
+fails at once). An API server that does not answer (``Unreachable``) says nothing about the
+pool, so nothing is written or reported: the pool keeps its workers and status, one warning
+is logged per pool when the outage starts and one line when it ends, and the count goes to
+``tide_operator_api_failures_total``. A transient answer (401/403 while a restarted server's
+caches sync, 429, 5xx) is held the same way for ``API_ERROR_GRACE`` seconds and
+``API_ERROR_TICKS`` ticks in a row before ``Ready`` turns False. A metrics outage costs one
+status write, when ``Ready`` turns False: the policy's reasons carry no running count.
+
 Everything is registered on an explicit ``kopf.OperatorRegistry`` built by
 ``build_registry``, so tests and the benchmark load the same handlers with their own login
 (the API emulator) and busy-worker probe, and ``kopf run`` is never needed.
@@ -22,6 +31,7 @@ Everything is registered on an explicit ``kopf.OperatorRegistry`` built by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -36,7 +46,7 @@ from pydantic import ValidationError
 
 from tide_operator.adapters.credentials import Credentials, LoginFailed
 from tide_operator.adapters.credentials import login as login_with_kubernetes_package
-from tide_operator.adapters.kube import ApiError, KubeApi, NotFound
+from tide_operator.adapters.kube import ApiError, KubeApi, NotFound, Unreachable
 from tide_operator.adapters.sources import MetricSource, SharedScrapes, source_for
 from tide_operator.adapters.targets import (
     BusyProbe,
@@ -77,6 +87,10 @@ CRD_MISSING: Final = (
     "install its CRD (kubectl apply -f manifests/crds/, or the chart with crds.enabled=true), "
     "then start the operator again"
 )
+# How long transient API errors (401, 403, 429, 5xx) must last, in seconds and in ticks in a
+# row, before the pool's Ready condition says so (see _persistent_api_error).
+API_ERROR_GRACE = 30.0
+API_ERROR_TICKS = 2
 
 
 def default_login() -> Credentials:
@@ -212,6 +226,38 @@ class _Pool:
     source: MetricSource | None = None
     source_spec: MetricsSpec | None = None
     workers: WorkerFactsCache = field(default_factory=WorkerFactsCache)
+    # The live spec's pollingInterval, for ticks that fail before they return one.
+    interval: float = INVALID_SPEC_RETRY
+    # Trouble with the API server (loop time): since when this pool's ticks fail on it
+    # (None: they do not), and since when and how many ticks in a row the server *answered*
+    # with a transient error (403, 5xx), which is what the grace before Ready=False counts.
+    trouble_since: float | None = None
+    errors_since: float | None = None
+    errors_in_a_row: int = 0
+
+    def trouble(self, *, namespace: str, name: str, now: float, what: str) -> None:
+        """Remember an API failure; the first of an outage is the one logged line."""
+        if self.trouble_since is None:
+            self.trouble_since = now
+            log.warning(
+                "WorkerPool %s/%s: %s; its workers and status stay as they are, retrying every %gs",
+                namespace,
+                name,
+                what,
+                self.interval,
+            )
+
+    def recovered(self, *, namespace: str, name: str, now: float) -> None:
+        """A tick went through: one line if it ends an outage."""
+        if self.trouble_since is not None:
+            log.info(
+                "WorkerPool %s/%s: the Kubernetes API answers again after %.0fs",
+                namespace,
+                name,
+                now - self.trouble_since,
+            )
+        self.trouble_since = self.errors_since = None
+        self.errors_in_a_row = 0
 
 
 async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepResult, float]:
@@ -238,6 +284,7 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
         return result, INVALID_SPEC_RETRY
 
     spec = pool.spec
+    pool_memory.interval = spec.polling_interval
     api = await runtime.api()
     if pool_memory.source is None or pool_memory.source_spec != spec.metrics:
         pool_memory.source = source_for(spec.metrics, client=runtime.http(), shared=runtime.scrapes)
@@ -277,6 +324,8 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
             spec=spec,
         )
     except ApiError as exc:
+        if exc.transient:
+            raise  # the daemon holds through it for a while (API_ERROR_GRACE)
         result = failed_step(
             state=pool_memory.state,
             previous_status=pool_memory.status,
@@ -287,6 +336,36 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
             spec=spec,
         )
     return result, spec.polling_interval
+
+
+async def _persistent_api_error(
+    runtime: Runtime, memory: _Pool, body: Any, exc: ApiError, *, now: float
+) -> None:
+    """Count a transient API error; report it on the status once it has lasted.
+
+    A restarted API server answers 401/403 until its authenticator and RBAC caches have
+    synced (seconds), and 5xx while etcd or a webhook recovers. Flipping ``Ready`` on the
+    first such answer would page people and fail ``helm upgrade --wait`` for nothing, so
+    the pool keeps its status until the errors have run for ``API_ERROR_GRACE`` seconds
+    *and* ``API_ERROR_TICKS`` ticks in a row (a pool polled every minute is not reported
+    on one answer either); then ``Ready=False/ApiError`` with the server's message.
+    """
+    if memory.errors_since is None:
+        memory.errors_since = now
+    memory.errors_in_a_row += 1
+    if now - memory.errors_since < API_ERROR_GRACE or memory.errors_in_a_row < API_ERROR_TICKS:
+        return
+    result = failed_step(
+        state=memory.state,
+        previous_status=memory.status,
+        generation=body["metadata"].get("generation"),
+        wall=runtime.wall_clock(),
+        reason=API_ERROR,
+        message=str(exc),
+    )
+    # The write may be refused too; the next tick tries again, and the log has the cause.
+    with contextlib.suppress(ApiError, Unreachable):
+        await _report(runtime, memory, body, result)
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -330,7 +409,20 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 try:
                     result, interval = await _tick(runtime, memory, body)
                     await _report(runtime, memory, body, result)
-                except Exception:  # a bug or an outage must not end the pool's scaling
+                    memory.recovered(namespace=namespace, name=name, now=loop.time())
+                except Unreachable as exc:
+                    # Nothing was said about the pool: hold everything, log once per outage.
+                    runtime.metrics.api_failures.labels("unreachable").inc()
+                    memory.trouble(namespace=namespace, name=name, now=started, what=str(exc))
+                    interval = memory.interval
+                except ApiError as exc:  # only transient ones get here (see _tick)
+                    runtime.metrics.api_failures.labels(str(exc.status)).inc()
+                    memory.trouble(
+                        namespace=namespace, name=name, now=started, what=f"the API answered {exc}"
+                    )
+                    await _persistent_api_error(runtime, memory, body, exc, now=started)
+                    interval = memory.interval
+                except Exception:  # a bug must not end the pool's scaling
                     logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
                     interval = min(interval, 5.0)
                 finally:

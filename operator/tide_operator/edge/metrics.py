@@ -82,6 +82,13 @@ class OperatorMetrics:
         self.paused = Gauge(
             "tide_workerpool_paused", "1 while spec.paused is set.", _POOL, registry=r
         )
+        self.api_failures = Counter(
+            "tide_operator_api_failures",
+            "Pool reconciles that failed on the Kubernetes API, by cause: 'unreachable' or "
+            "the HTTP status of a transient answer (401, 403, 429, 5xx).",
+            ("cause",),
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             "tide_operator_reconcile_duration_seconds",
             "Duration of one pool's reconcile step.",

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from tide_operator.adapters.kube import Unreachable
 from tide_operator.adapters.sources import MetricSource, MetricsUnavailable
 from tide_operator.adapters.targets import (
     ReportsReadiness,
@@ -208,6 +209,8 @@ async def reconcile_step(
             if decision.replicas < current:
                 try:
                     await target.mark_idle_first(current - decision.replicas)
+                except Unreachable:
+                    raise  # the API server is gone: the whole step is, not just the marks
                 except Exception as exc:
                     log.warning("could not mark idle workers before scaling down: %s", exc)
             await target.scale(decision.replicas, reason=decision.reason)

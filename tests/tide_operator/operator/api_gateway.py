@@ -188,6 +188,7 @@ class ApiGateway:
         self.unauthorized = 0
         self.refused = False
         self._deny = 0
+        self._deny_path = ""
         self.denied = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -230,9 +231,11 @@ class ApiGateway:
             await self._runner.cleanup()
             self._runner = None
 
-    def deny(self, count: int) -> None:
-        """Answer the next ``count`` authenticated requests 403, as before RBAC has synced."""
+    def deny(self, count: int, *, path: str = "") -> None:
+        """Answer the next ``count`` authenticated requests whose path contains ``path``
+        with 403, as a restarted API server does before its RBAC caches have synced."""
         self._deny = count
+        self._deny_path = path
 
     def _identity(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")
@@ -254,7 +257,7 @@ class ApiGateway:
             return _status(401, "Unauthorized", "Unauthorized")
         self.identities[who] += 1
         self.requests.append((who, request.method, request.rel_url.path_qs))
-        if self._deny > 0:
+        if self._deny > 0 and self._deny_path in request.path:
             self._deny -= 1
             self.denied += 1
             return _status(

@@ -131,7 +131,7 @@ CASES = [
     # A failed read holds the current size.
     Case("metrics-missing", {}, [], 4, 0.0, None, 4, METRICS_UNAVAILABLE, "no metrics"),
     # A read older than staleAfterSeconds (30 s) counts as a failure too.
-    Case("metrics-stale", {}, [], 4, 100.0, obs(10), 4, METRICS_UNAVAILABLE, "90s old"),
+    Case("metrics-stale", {}, [], 4, 100.0, obs(10), 4, METRICS_UNAVAILABLE, "older than 30s"),
     # KEDA falls back when the failures *exceed* failureThreshold: the third of three holds.
     Case(
         "fallback-not-at-threshold",
