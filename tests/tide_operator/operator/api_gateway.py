@@ -175,8 +175,12 @@ class ApiGateway:
         ssl_context: ssl.SSLContext | None = None,
         tokens: set[str] | None = None,
         users: set[str] | None = None,
+        upstream_authorization: str | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        # What admitted requests carry upstream: the emulator knows the operator by its
+        # token and holds its requests to the chart's RBAC and the API's contract.
+        self.upstream_authorization = upstream_authorization
         self.ssl_context = ssl_context
         # Accepted bearer tokens and client-certificate common names.
         self.tokens: set[str] = set(tokens or ())
@@ -268,6 +272,8 @@ class ApiGateway:
             )
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if self.upstream_authorization:
+            headers["Authorization"] = self.upstream_authorization
         body = await request.read()
         async with self._client.request(
             request.method,

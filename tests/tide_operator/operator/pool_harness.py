@@ -34,7 +34,7 @@ from kube_rbac import Grants, render_chart
 
 from tide_operator.adapters.credentials import Credentials
 from tide_operator.adapters.kube import KubeApi
-from tide_operator.edge.handlers import Runtime, build_registry
+from tide_operator.edge.handlers import LoginFn, Runtime, build_registry
 from tide_operator.edge.metrics import OperatorMetrics
 
 T = TypeVar("T")
@@ -194,14 +194,23 @@ async def api(emulator: TideEmulator) -> AsyncIterator[KubeApi]:
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    emulator: TideEmulator, probe: FakeBusyProbe, *, scope: Scope, nodeid: str
+    emulator: TideEmulator,
+    probe: FakeBusyProbe,
+    *,
+    scope: Scope,
+    nodeid: str,
+    login: LoginFn | None = None,
 ) -> AsyncIterator[Runtime]:
-    """``tide operator`` in this loop, as the chart runs it in ``scope``."""
+    """``tide operator`` in this loop, as the chart runs it in ``scope``.
+
+    It logs in straight to the emulator with ``OPERATOR_TOKEN``, or with ``login`` (the
+    login tests' kubeconfigs, through ``ApiGateway``, which forwards as the operator).
+    """
     emulator.authorize(operator_grants(scope))
     url = str(emulator.url)
     runtime = Runtime(
         metrics=OperatorMetrics(),
-        login=lambda: Credentials(url, authorization=f"Bearer {OPERATOR_TOKEN}"),
+        login=login or (lambda: Credentials(url, authorization=f"Bearer {OPERATOR_TOKEN}")),
         busy_probe=probe,
     )
     stop = asyncio.Event()
@@ -247,29 +256,6 @@ async def cluster_operator(
         emulator, probe, scope="cluster", nodeid=request.node.nodeid
     ) as runtime:
         yield runtime
-
-
-@contextlib.asynccontextmanager
-async def run_operator(runtime: Runtime) -> AsyncIterator[Runtime]:
-    """kopf with the operator's registry in this loop, stopped (and awaited) on exit."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
-            registry=build_registry(runtime),
-            settings=runtime.settings,
-            standalone=True,
-            clusterwide=True,
-            stop_flag=stop,
-            ready_flag=ready,
-        )
-    )
-    try:
-        await asyncio.wait_for(ready.wait(), timeout=30)
-        yield runtime
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-            await asyncio.wait_for(task, timeout=30)
 
 
 # ----------------------------------------------------------------------------- builders

@@ -20,7 +20,8 @@ import functools
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,21 @@ import pytest
 import pytest_asyncio
 import yaml
 from api_gateway import ApiGateway, Pki
-from kube_emulator import TideEmulator
+from kube_emulator import OPERATOR_TOKEN, TideEmulator
 from pool_harness import (
     NS,
+    FakeBusyProbe,
     FakeExporter,
     condition,
     eventually,
     pool_body,
     replicas,
-    run_operator,
+    running_operator,
 )
 
 from tide_operator.adapters.credentials import Credentials, LoginFailed, login
 from tide_operator.adapters.kube import KubeApi
-from tide_operator.edge.handlers import LoginFn, Runtime, make_settings
-from tide_operator.edge.metrics import OperatorMetrics
+from tide_operator.edge.handlers import LoginFn, Runtime
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.timeout(60)]
 
@@ -60,9 +61,22 @@ async def gateway(emulator: TideEmulator, pki: Pki, tmp_path: Path) -> AsyncIter
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     async with ApiGateway(
-        str(emulator.url), ssl_context=pki.server_context(server_dir), users={USER}
+        str(emulator.url),
+        ssl_context=pki.server_context(server_dir),
+        users={USER},
+        upstream_authorization=f"Bearer {OPERATOR_TOKEN}",
     ) as front:
         yield front
+
+
+@pytest.fixture
+def start(
+    emulator: TideEmulator, probe: FakeBusyProbe, request: pytest.FixtureRequest
+) -> Callable[[LoginFn], AbstractAsyncContextManager[Runtime]]:
+    """Start ``tide operator`` (namespace scope, as the chart runs it) with a given login."""
+    return lambda login_fn: running_operator(
+        emulator, probe, scope="namespace", nodeid=request.node.nodeid, login=login_fn
+    )
 
 
 def b64(data: bytes) -> str:
@@ -119,14 +133,14 @@ def leftover_keys(key_pem: bytes, *, since: float) -> list[str]:
 async def reconcile_through(
     login_fn: LoginFn,
     *,
+    start: Callable[[LoginFn], AbstractAsyncContextManager[Runtime]],
     emulator: TideEmulator,
     exporter: FakeExporter,
     api: KubeApi,
     name: str,
 ) -> Runtime:
     """Run the operator with ``login_fn`` until a new pool is scaled and Ready, then stop it."""
-    runtime = Runtime(metrics=OperatorMetrics(), login=login_fn, settings=make_settings())
-    async with run_operator(runtime):
+    async with start(login_fn) as runtime:
         exporter.set("default", waiting=2)
         await api.create(POOLS, pool_body(name, exporter_url=exporter.url))
         await eventually(lambda: replicas(emulator, f"{name}-workers") == 2, what="scaled to 2")
@@ -149,6 +163,7 @@ def assert_used_by_both_clients(gateway: ApiGateway, identity: str) -> None:
 async def test_kubeconfig_with_embedded_data_and_client_certificate(
     gateway: ApiGateway,
     pki: Pki,
+    start: Callable[[LoginFn], AbstractAsyncContextManager[Runtime]],
     emulator: TideEmulator,
     exporter: FakeExporter,
     api: KubeApi,
@@ -167,6 +182,7 @@ async def test_kubeconfig_with_embedded_data_and_client_certificate(
     )
     await reconcile_through(
         functools.partial(login, kubeconfig=config, environ={}),
+        start=start,
         emulator=emulator,
         exporter=exporter,
         api=api,
@@ -180,6 +196,7 @@ async def test_kubeconfig_with_embedded_data_and_client_certificate(
 async def test_kubeconfig_with_paths_relative_to_itself(
     gateway: ApiGateway,
     pki: Pki,
+    start: Callable[[LoginFn], AbstractAsyncContextManager[Runtime]],
     emulator: TideEmulator,
     exporter: FakeExporter,
     api: KubeApi,
@@ -204,6 +221,7 @@ async def test_kubeconfig_with_paths_relative_to_itself(
     since = time.time()
     await reconcile_through(
         functools.partial(login, kubeconfig=config, environ={}),
+        start=start,
         emulator=emulator,
         exporter=exporter,
         api=api,
@@ -217,6 +235,7 @@ async def test_kubeconfig_with_paths_relative_to_itself(
 async def test_kubeconfig_with_a_bearer_token(
     gateway: ApiGateway,
     pki: Pki,
+    start: Callable[[LoginFn], AbstractAsyncContextManager[Runtime]],
     emulator: TideEmulator,
     exporter: FakeExporter,
     api: KubeApi,
@@ -232,6 +251,7 @@ async def test_kubeconfig_with_a_bearer_token(
     )
     await reconcile_through(
         functools.partial(login, kubeconfig=config, environ={}),
+        start=start,
         emulator=emulator,
         exporter=exporter,
         api=api,
@@ -261,6 +281,7 @@ print(json.dumps({
 async def test_kubeconfig_with_an_exec_plugin_refreshes_the_token(
     gateway: ApiGateway,
     pki: Pki,
+    start: Callable[[LoginFn], AbstractAsyncContextManager[Runtime]],
     emulator: TideEmulator,
     exporter: FakeExporter,
     api: KubeApi,
@@ -284,12 +305,7 @@ async def test_kubeconfig_with_an_exec_plugin_refreshes_the_token(
             }
         },
     )
-    runtime = Runtime(
-        metrics=OperatorMetrics(),
-        login=functools.partial(login, kubeconfig=config, environ={}),
-        settings=make_settings(),
-    )
-    async with run_operator(runtime):
+    async with start(functools.partial(login, kubeconfig=config, environ={})):
         exporter.set("default", waiting=2)
         await api.create(POOLS, pool_body("exec", exporter_url=exporter.url))
         await eventually(lambda: replicas(emulator, "exec-workers") == 2)
@@ -323,6 +339,7 @@ class _TwoMinutesLater:
 async def test_in_cluster_service_account_with_token_rotation(
     gateway: ApiGateway,
     pki: Pki,
+    start: Callable[[LoginFn], AbstractAsyncContextManager[Runtime]],
     emulator: TideEmulator,
     exporter: FakeExporter,
     api: KubeApi,
@@ -336,12 +353,9 @@ async def test_in_cluster_service_account_with_token_rotation(
     (account / "ca.crt").write_bytes(pki.ca_pem)
     gateway.tokens.add("sa-token-1")
     environ = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(gateway.port)}
-    runtime = Runtime(
-        metrics=OperatorMetrics(),
-        login=functools.partial(login, service_account_dir=str(account), environ=environ),
-        settings=make_settings(),
-    )
-    async with run_operator(runtime):
+    async with start(
+        functools.partial(login, service_account_dir=str(account), environ=environ)
+    ) as runtime:
         exporter.set("default", waiting=2)
         await api.create(POOLS, pool_body("incluster", exporter_url=exporter.url))
         await eventually(lambda: replicas(emulator, "incluster-workers") == 2)

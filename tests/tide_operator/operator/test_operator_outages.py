@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from api_gateway import ApiGateway
-from kube_emulator import TideEmulator
+from kube_emulator import OPERATOR_TOKEN, TideEmulator
 from pool_harness import (
     NS,
     FakeBusyProbe,
@@ -25,13 +25,12 @@ from pool_harness import (
     eventually,
     pool_body,
     replicas,
-    run_operator,
+    running_operator,
 )
 
 from tide_operator.adapters.credentials import Credentials
 from tide_operator.adapters.kube import KubeApi
-from tide_operator.edge.handlers import API_ERROR_GRACE, Runtime, make_settings
-from tide_operator.edge.metrics import OperatorMetrics
+from tide_operator.edge.handlers import API_ERROR_GRACE, Runtime
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.timeout(60)]
 
@@ -42,20 +41,27 @@ TOKEN = "operator-token"
 
 @pytest_asyncio.fixture()
 async def gateway(emulator: TideEmulator) -> AsyncIterator[ApiGateway]:
-    async with ApiGateway(str(emulator.url), tokens={TOKEN}) as front:
+    async with ApiGateway(
+        str(emulator.url), tokens={TOKEN}, upstream_authorization=f"Bearer {OPERATOR_TOKEN}"
+    ) as front:
         yield front
 
 
 @pytest_asyncio.fixture()
-async def runtime(gateway: ApiGateway, probe: FakeBusyProbe) -> AsyncIterator[Runtime]:
-    """The operator, reaching the API only through the gateway."""
-    operator = Runtime(
-        metrics=OperatorMetrics(),
+async def runtime(
+    gateway: ApiGateway,
+    emulator: TideEmulator,
+    probe: FakeBusyProbe,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Runtime]:
+    """The operator as the chart runs it, reaching the API only through the gateway."""
+    async with running_operator(
+        emulator,
+        probe,
+        scope="namespace",
+        nodeid=request.node.nodeid,
         login=lambda: Credentials(gateway.url, authorization=f"Bearer {TOKEN}"),
-        busy_probe=probe,
-        settings=make_settings(),
-    )
-    async with run_operator(operator):
+    ) as operator:
         yield operator
 
 
