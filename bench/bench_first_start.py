@@ -1,0 +1,150 @@
+"""Benchmark of a newcomer's first ``make up``: from a fresh clone to the start page.
+
+For each case, in one run: ``git clone`` of this repository's HEAD into a temporary
+folder (no virtualenv, nothing beside it), then ``make up`` with its own ports, a fresh
+PostgreSQL database and its own Redis key prefix, timed until
+
+* ``installed``: ``.venv/.installed`` exists (the virtualenv, uv, Tide's dependencies);
+* ``start page``: ``GET /`` answers 200 (migrations applied, gunicorn serving);
+* ``exporter``: the queue exporter's ``/metrics`` answers 200.
+
+Then SIGINT, as a person's Ctrl-C (``tide up`` drains and stops).
+
+Cases: ``warm`` uses the machine's package caches as they are (a second ``make up`` on
+the same machine, or a machine whose caches someone filled); ``cold`` gives pip and uv
+empty caches, so every wheel comes from PyPI, as on a fresh machine. Prints a table and
+saves ``bench/results/first_start.json``. The target: the start page within 60 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from scratch_databases import recreate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DB = "tide_bench_first_start"
+TARGET_SECONDS = 60.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run(case: str) -> dict[str, object]:
+    database = recreate(DB)
+    work = Path(tempfile.mkdtemp(prefix=f"tide-first-start-{case}-"))
+    clone = work / "tide"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    port, exporter_port, flower_port = free_port(), free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "VIRTUAL_ENV", "TIDE_", "CELERY_"))
+    }
+    env.update(
+        DATABASE_URL=database,
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        CELERY_BROKER_KEYPREFIX=f"tide-bench-first-{uuid.uuid4().hex[:8]}:",
+        PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p),
+    )
+    if case == "cold":
+        env["UV_CACHE_DIR"] = str(work / "uv-cache")
+        env["PIP_NO_CACHE_DIR"] = "1"
+    up_args = f"--port {port} --exporter-port {exporter_port} --flower-port {flower_port} --no-ui"
+    log = (work / "make-up.log").open("wb")
+    started = time.monotonic()
+    make = subprocess.Popen(
+        ["make", "up", f"UP_ARGS={up_args}"],
+        cwd=clone,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    marks: dict[str, float] = {}
+    checks = {
+        "installed": lambda: (clone / ".venv" / ".installed").exists(),
+        "start_page": lambda: answers(f"http://127.0.0.1:{port}/"),
+        "exporter": lambda: answers(f"http://127.0.0.1:{exporter_port}/metrics"),
+    }
+    deadline = started + 600
+    try:
+        while len(marks) < len(checks) and time.monotonic() < deadline:
+            if make.poll() is not None:
+                raise RuntimeError(f"make up exited {make.returncode}; see {log.name}")
+            for name, check in checks.items():
+                if name not in marks and check():
+                    marks[name] = round(time.monotonic() - started, 1)
+            time.sleep(0.2)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGINT)
+            try:
+                make.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(make.pid, signal.SIGKILL)
+                make.wait()
+    venv_mb = sum(f.stat().st_size for f in (clone / ".venv").rglob("*") if f.is_file()) / 2**20
+    result: dict[str, object] = {
+        "case": case,
+        **{f"{k}_s": marks.get(k) for k in checks},
+        "venv_mb": round(venv_mb),
+        "within_target": marks.get("start_page", 1e9) <= TARGET_SECONDS,
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    load = os.getloadavg()
+    results = [run(case) for case in ("cold", "warm")]
+    print(f"load average at start: {load[0]:.1f} (2 cores)")
+    print(f"{'case':6} {'installed':>10} {'start page':>11} {'exporter':>9} {'venv MB':>8}")
+    for r in results:
+        print(
+            f"{r['case']:6} {r['installed_s']!s:>10} {r['start_page_s']!s:>11}"
+            f" {r['exporter_s']!s:>9} {r['venv_mb']!s:>8}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "first_start.json").write_text(
+        json.dumps(
+            {
+                "target_seconds": TARGET_SECONDS,
+                "load_average_at_start": round(load[0], 1),
+                "python": sys.version.split()[0],
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    if not all(r["within_target"] for r in results if r["case"] == "warm"):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
