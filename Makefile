@@ -12,9 +12,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
-# --compile-bytecode: the .pyc files are written at install, in parallel, instead of by
-# every process of the first `tide up` at once (API, exporter, beat, Flower, workers).
-UV_PIP := $(UV) pip install --quiet --compile-bytecode --python $(BIN)/python
+UV_PIP := $(UV) pip install --quiet --python $(BIN)/python
 RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 # Options for `tide up`, e.g. `make up UP_ARGS="--port 8001 --no-flower"`.
 UP_ARGS ?=

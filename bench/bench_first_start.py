@@ -121,7 +121,8 @@ def run(case: str) -> dict[str, object]:
 
 def main() -> None:
     load = os.getloadavg()
-    results = [run(case) for case in ("cold", "warm")]
+    cases = sys.argv[1:] or ["cold", "warm"]
+    results = [run(case) for case in cases]
     print(f"load average at start: {load[0]:.1f} (2 cores)")
     print(f"{'case':6} {'installed':>10} {'start page':>11} {'exporter':>9} {'venv MB':>8}")
     for r in results:

@@ -8,11 +8,13 @@ simulate`` and ``tide --help`` start fast and need no database.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,7 +36,47 @@ def _exec(argv: list[str]) -> None:
     os.execv(program, [program, *argv[1:]])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A command group whose bigger commands are imported only when they run.
+
+    ``tide api``, ``worker``, ``beat`` and ``flower`` end in ``exec`` of another program:
+    importing local mode, the exporter, the operator and the simulator (numpy) first would
+    cost each of them about a second of CPU for nothing, several times over when
+    ``tide up`` starts the platform on two busy cores.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # command name -> "module:attribute"
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module, attribute = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), attribute)
+            return command if isinstance(command, click.Command) else None
+        return super().get_command(ctx, cmd_name)
+
+
+# Commands owned by other packages, imported when named.
+LAZY_COMMANDS = {
+    "up": "tide.local.cli:up",
+    "load": "tide.local.load:load",
+    "simulate": "tide_operator.simulation.cli:simulate",
+    "recommend": "tide_operator.simulation.cli:recommend_command",
+    "exporter": "tide.exporter.cli:exporter",
+    "operator": "tide_operator.edge.cli:operator_command",
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def main() -> None:
     """Tide: Django + Celery whose workers scale from the work waiting for them."""
 
@@ -121,24 +163,6 @@ def token(username: str) -> None:
 
     click.echo(ensure_token(username))
 
-
-def _register_optional() -> None:
-    """Commands owned by other packages join the group here."""
-    from tide.exporter.cli import exporter
-    from tide.local.cli import up
-    from tide.local.load import load
-    from tide_operator.edge.cli import operator_command
-    from tide_operator.simulation.cli import recommend_command, simulate
-
-    main.add_command(up)
-    main.add_command(load)
-    main.add_command(simulate)
-    main.add_command(recommend_command, name="recommend")
-    main.add_command(exporter)
-    main.add_command(operator_command, name="operator")
-
-
-_register_optional()
 
 if __name__ == "__main__":
     main()
