@@ -850,11 +850,26 @@ def _describe(demand: Demand, config: PolicyConfig) -> str:
         )
     else:
         text += f" needs {demand.needed_slots:.0f} slots"
-    return (
-        f"{text} = {demand.recommendation} workers of {config.concurrency} slots"
-        if config.concurrency > 1
-        else f"{text} = {demand.recommendation} workers"
-    )
+    per_replica = config.concurrency
+    unit = f"workers of {per_replica} slots" if per_replica > 1 else "workers"
+    recommended = demand.recommendation
+    from_slots = _ceil(demand.needed_slots / per_replica)
+    if recommended == from_slots:
+        return f"{text} = {recommended} {unit}"
+    # The recommendation is not the slots' arithmetic: say which rule set it, so the
+    # reason never reads "needs 25.5 slots = 120 workers".
+    text += f" ({from_slots} {unit})"
+    if recommended > from_slots and recommended == demand.inflight_floor:
+        return f"{text}; {recommended} kept for the work in flight"
+    if recommended > from_slots:
+        age = demand.oldest_age or 0.0
+        return (
+            f"{text}, but the oldest has waited {age:.0f}s, past the"
+            f" {config.max_wait_seconds:g}s target: {recommended} {unit},"
+            f" one per {config.backlog_per_worker} tasks waiting or running"
+        )
+    # Below the slots' figure only inside the hysteresis band: the pool keeps its size.
+    return f"{text}; {recommended} kept: within the headroom band"
 
 
 def _prune(state: PolicyState, config: PolicyConfig, *, now: float) -> PolicyState:

@@ -220,7 +220,76 @@ def test_list_filters(api: APIClient) -> None:
     assert api.get("/api/jobs/?state=succeeded").json()["results"] == []
     bad = api.get("/api/jobs/?state=finished")
     assert bad.status_code == 400
-    assert "pending" in bad.json()["detail"]
+    assert "pending" in bad.json()["detail"]["state"]
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        # An unknown kind is refused as an unknown state is, naming the kinds that exist.
+        ("kind=bogus", "kind"),
+        ("state=bogus", "state"),
+        # A date that is not ISO 8601, and one that is well formed but impossible.
+        ("created_after=yesterday", "created_after"),
+        ("created_before=2030-13-45T00:00:00Z", "created_before"),
+    ],
+)
+def test_bad_filters_are_400_naming_the_parameter(api: APIClient, query: str, param: str) -> None:
+    response = api.get(f"/api/jobs/?{query}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid"
+    assert param in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        # Base64 of bytes that are not text.
+        "//4=",
+        # Base64 of a query string whose offset is not a number.
+        "bz1hYmM=",
+        # A well-formed cursor whose position is not a time (it would reach the database).
+        "cD1ub3QtYS10aW1l",
+    ],
+)
+def test_a_bad_cursor_is_400_not_404(api: APIClient, cursor: str) -> None:
+    response = api.get("/api/jobs/", {"cursor": cursor})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_cursor"
+    assert "next" in response.json()["detail"]["cursor"]
+
+
+def test_date_range_filters(api: APIClient) -> None:
+    from datetime import timedelta
+
+    old = submit(api, {"task": "tide.samples.add", "args": [1, 2]}).json()["id"]
+    new = submit(api, {"task": "tide.samples.add", "args": [3, 4]}).json()["id"]
+    # Move the first job a day back, so the range has something to split.
+    Job.objects.filter(id=old).update(
+        created_at=Job.objects.get(id=new).created_at - timedelta(days=1)
+    )
+    boundary = (Job.objects.get(id=new).created_at - timedelta(hours=1)).isoformat()
+
+    def ids(query: dict[str, str]) -> list[str]:
+        response = api.get("/api/jobs/", query)
+        assert response.status_code == 200, response.content
+        return [j["id"] for j in response.json()["results"]]
+
+    assert ids({"created_after": boundary}) == [new]
+    assert ids({"created_before": boundary}) == [old]
+    assert ids({"created_after": boundary, "created_before": boundary}) == []
+    # A time without a zone reads as UTC; a date range composes with the other filters.
+    naive = boundary.replace("+00:00", "")
+    assert ids({"created_after": naive, "state": "pending"}) == [new]
+
+
+def test_workflow_steps_come_back_in_order_on_201(api: APIClient) -> None:
+    steps = [{"task": "tide.samples.add", "args": [i, i]} for i in range(6)]
+    body = submit(api, {"type": "group", "steps": steps}, "/api/workflows/").json()
+    assert [s["position"] for s in body["steps"]] == list(range(6))
+    # The same order as reading the job back.
+    again = api.get(f"/api/jobs/{body['id']}/").json()
+    assert [s["id"] for s in again["steps"]] == [s["id"] for s in body["steps"]]
 
 
 def test_unknown_job_is_404(api: APIClient) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -30,10 +34,40 @@ from tide.jobs.models import Job, JobKind, JobState
 from tide.jobs.registry import describe, registered_tasks
 
 
+def _when(text: str) -> datetime | None:
+    """An ISO 8601 date and time (naive ones read as UTC), or None if it is not one."""
+    try:
+        when = parse_datetime(text)
+    except ValueError:  # well formed but impossible, like month 13
+        return None
+    if when is not None and timezone.is_naive(when):
+        when = when.replace(tzinfo=UTC)
+    return when
+
+
+class InvalidCursor(ValidationError):
+    default_code = "invalid_cursor"
+
+
 class NewestFirst(CursorPagination):
     ordering = "-created_at"
     page_size_query_param = "page_size"
     max_page_size = 500
+    invalid_cursor_message = (
+        "Invalid cursor: pass the `next` or `previous` URL of a listing back unchanged."
+    )
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        # DRF answers a malformed cursor with 404, which reads as "no such list"; it is
+        # a bad request parameter. A cursor whose position is not a time (the ordering's
+        # field) would reach the database and fail there: refuse it here too.
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise InvalidCursor({"cursor": self.invalid_cursor_message}) from None
+        if cursor is not None and cursor.position is not None and _when(cursor.position) is None:
+            raise InvalidCursor({"cursor": self.invalid_cursor_message})
+        return cursor
 
 
 FILTERS = [
@@ -41,7 +75,56 @@ FILTERS = [
     OpenApiParameter("kind", OpenApiTypes.STR, enum=list(JobKind.values)),
     OpenApiParameter("task", OpenApiTypes.STR, description="Registered task name."),
     OpenApiParameter("queue", OpenApiTypes.STR),
+    OpenApiParameter(
+        "created_after",
+        OpenApiTypes.DATETIME,
+        description="Only jobs created at or after this time (ISO 8601).",
+    ),
+    OpenApiParameter(
+        "created_before",
+        OpenApiTypes.DATETIME,
+        description="Only jobs created before this time (ISO 8601).",
+    ),
 ]
+
+# Query parameters with a fixed set of values, checked before the query runs.
+CHOICES = {"state": JobState.values, "kind": JobKind.values}
+# Date-range filters: parameter -> lookup on ``created_at``.
+DATE_RANGE = {"created_after": "created_at__gte", "created_before": "created_at__lt"}
+
+
+def list_filters(params: Any) -> dict[str, Any]:
+    """The listing's filters as ORM lookups; ``ValidationError`` names a bad parameter."""
+    errors: dict[str, str] = {}
+    lookups: dict[str, Any] = {}
+    for param, field in (
+        ("state", "state"),
+        ("kind", "kind"),
+        ("task", "task_name"),
+        ("queue", "queue"),
+    ):
+        value = params.get(param)
+        if not value:
+            continue
+        if param in CHOICES and value not in CHOICES[param]:
+            errors[param] = f"Unknown {param} {value!r}; one of {', '.join(CHOICES[param])}."
+            continue
+        lookups[field] = value
+    for param, lookup in DATE_RANGE.items():
+        value = params.get(param)
+        if not value:
+            continue
+        when = _when(value)
+        if when is None:
+            errors[param] = (
+                f"{param}={value!r} is not a date and time; use ISO 8601, "
+                "e.g. 2030-01-31T12:00:00Z."
+            )
+            continue
+        lookups[lookup] = when
+    if errors:
+        raise ValidationError(errors)
+    return lookups
 
 
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -59,15 +142,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             jobs = jobs.filter(parent__isnull=True)
         if not self.request.user.is_staff:
             jobs = jobs.filter(owner=self.request.user)
-        params = self.request.query_params
-        for param, field in (
-            ("state", "state"),
-            ("kind", "kind"),
-            ("task", "task_name"),
-            ("queue", "queue"),
-        ):
-            if value := params.get(param):
-                jobs = jobs.filter(**{field: value})
+        if self.action == "list":
+            jobs = jobs.filter(**list_filters(self.request.query_params))
         if self.action == "retrieve":
             jobs = jobs.prefetch_related(
                 Prefetch("steps", queryset=Job.objects.order_by("position")), "progress_events"
@@ -79,15 +155,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     @extend_schema(parameters=FILTERS)
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        state = request.query_params.get("state")
-        if state and state not in JobState.values:
-            return Response(
-                {
-                    "error": "invalid",
-                    "detail": f"Unknown state {state!r}; one of {', '.join(JobState.values)}.",
-                },
-                status=400,
-            )
+        """Your jobs, newest first; filter by state, kind, task, queue and creation time."""
         return super().list(request, *args, **kwargs)
 
     @extend_schema(request=SubmitTaskSerializer, responses={201: JobSerializer})
@@ -112,6 +180,13 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return Response(JobDetailSerializer(job, context={"request": request}).data)
 
 
+def with_steps(job: Job) -> Job:
+    """The job with its steps in workflow order and its progress history, for rendering."""
+    return Job.objects.prefetch_related(
+        Prefetch("steps", queryset=Job.objects.order_by("position")), "progress_events"
+    ).get(id=job.id)
+
+
 class WorkflowView(APIView):
     @extend_schema(request=SubmitWorkflowSerializer, responses={201: JobDetailSerializer})
     def post(self, request: Request) -> Response:
@@ -128,7 +203,7 @@ class WorkflowView(APIView):
             owner=request.user,
         )
         JOBS_SUBMITTED.labels(kind).inc()
-        body = JobDetailSerializer(job, context={"request": request}).data
+        body = JobDetailSerializer(with_steps(job), context={"request": request}).data
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
 
