@@ -856,20 +856,26 @@ def _describe(demand: Demand, config: PolicyConfig) -> str:
     from_slots = _ceil(demand.needed_slots / per_replica)
     if recommended == from_slots:
         return f"{text} = {recommended} {unit}"
-    # The recommendation is not the slots' arithmetic: say which rule set it, so the
+    # The count is not the slots divided by the concurrency: say which rule set it, so the
     # reason never reads "needs 25.5 slots = 120 workers".
-    text += f" ({from_slots} {unit})"
-    if recommended > from_slots and recommended == demand.inflight_floor:
-        return f"{text}; {recommended} kept for the work in flight"
-    if recommended > from_slots:
-        age = demand.oldest_age or 0.0
+    backlog = _ceil((demand.waiting + demand.inflight) / config.backlog_per_worker)
+    late = (
+        demand.basis == "rates"
+        and demand.oldest_age is not None
+        and config.max_wait_seconds is not None
+        and demand.oldest_age > config.max_wait_seconds
+    )
+    if late and recommended == backlog and recommended > from_slots:
         return (
-            f"{text}, but the oldest has waited {age:.0f}s, past the"
-            f" {config.max_wait_seconds:g}s target: {recommended} {unit},"
-            f" one per {config.backlog_per_worker} tasks waiting or running"
+            f"{text} ({from_slots} {unit}), but the oldest has waited"
+            f" {demand.oldest_age:.0f}s, past the {config.max_wait_seconds:g}s target:"
+            f" {recommended} {unit}, one per {config.backlog_per_worker} tasks waiting or running"
         )
-    # Below the slots' figure only inside the hysteresis band: the pool keeps its size.
-    return f"{text}; {recommended} kept: within the headroom band"
+    if recommended == demand.inflight_floor and recommended > from_slots:
+        return f"{text} ({from_slots} {unit}); {recommended} kept for the work in flight"
+    if recommended > from_slots:
+        return f"{text}: {recommended} {unit} with headroom for the wait target"
+    return f"{text}: {recommended} {unit} kept inside the hysteresis band"
 
 
 def _prune(state: PolicyState, config: PolicyConfig, *, now: float) -> PolicyState:

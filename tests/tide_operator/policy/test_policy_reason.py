@@ -25,18 +25,19 @@ def decide_after_stream(config_overrides: dict[str, object], last: Observation) 
 @pytest.mark.parametrize(
     ("overrides", "last", "says"),
     [
-        # The steady stream at 6 workers, where the high headroom would ask 7: the pool
-        # keeps its size inside the hysteresis band, and the reason says it kept it.
+        # The steady stream: 10 slots of offered load, and the wait target asks a worker
+        # more than 10 / 2; the reason says the extra is headroom, not arithmetic.
         (
             {"concurrency": 2, "max_wait_seconds": 30},
             Observation(at=65.0, waiting=0, inflight=10, oldest_age=0.0, completed_total=325.0),
-            "; {rec} kept: within the headroom band",
+            ": {rec} workers of 2 slots with headroom for the wait target",
         ),
-        # A backlog with young tasks: the slots' arithmetic sets the size, stated as such.
+        # No rates to go on (no max wait): one worker per task at the backlog target, and the
+        # count is the slots' arithmetic, stated with "=".
         (
-            {"concurrency": 2, "max_wait_seconds": 30},
+            {"concurrency": 2, "max_wait_seconds": None},
             Observation(at=65.0, waiting=40, inflight=10, oldest_age=2.0, completed_total=325.0),
-            "= {rec} workers of 2 slots",
+            "needs 50 slots = {rec} workers of 2 slots",
         ),
         # The oldest task has waited 45 s against a 30 s target: every task gets a slot, and
         # the reason says so instead of "needs 25.5 slots = 120 workers".
