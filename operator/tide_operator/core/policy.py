@@ -982,6 +982,22 @@ def _blind(
     )
 
 
+def _only_the_forecast_wants_workers(config: PolicyConfig, demand: Demand) -> bool:
+    """Whether the forecast alone keeps a worker: nothing waits, runs or arrives.
+
+    A pool at zero wakes on a forecast only when it asks to (``forecast.wakeFromZero``), so
+    a forecast alone must not keep it from sleeping either: a smoothed arrival level decays
+    towards zero after a burst but never reaches it, and would hold one worker for ever.
+    """
+    return (
+        not config.forecast.wake_from_zero
+        and demand.waiting == 0
+        and demand.inflight == 0
+        and demand.inflight_floor == 0
+        and not demand.arrival_rate
+    )
+
+
 def decide(
     *,
     config: PolicyConfig,
@@ -1099,7 +1115,7 @@ def decide(
     idle_for = now - (state.last_active_at if state.last_active_at is not None else now)
     if (
         config.min_replicas == 0
-        and demand.recommendation == 0
+        and (demand.recommendation == 0 or _only_the_forecast_wants_workers(config, demand))
         and demand.scheduled == 0
         and not busy
         and idle_for >= config.cooldown_period

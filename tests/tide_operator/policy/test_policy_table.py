@@ -440,3 +440,28 @@ def test_config_from_workerpool_spec() -> None:
     # The direction not given keeps Tide's default.
     assert config.behavior.scale_up.policies
     assert config.model_dump(by_alias=True)["behavior"]["scaleDown"]["selectPolicy"] == "Max"
+
+
+def test_forecast_alone_does_not_hold_an_idle_pool_awake() -> None:
+    # A burst of 200 tasks drains, then nothing arrives for ten minutes: the smoothed
+    # arrival level decays but never reaches zero. A forecast does not wake a sleeping pool
+    # by default, so it must not keep an idle one awake past its cooldown either.
+    config = make_config(
+        concurrency=2, max_replicas=5, cooldown_period=30.0, forecast={"enabled": True}
+    )
+    steps = [
+        (
+            float(t),
+            Observation(
+                at=float(t),
+                waiting=max(0, 200 - 10 * t),
+                inflight=2 if t < 20 else 0,
+                oldest_age=0.0,
+                completed_total=min(200.0, 10.0 * t),
+            ),
+        )
+        for t in range(600)
+    ]
+    decisions, current, _ = replay(config, steps, current=0)
+    assert decisions[0].replicas >= 1
+    assert current == 0, decisions[-1].reason
