@@ -47,6 +47,7 @@ __all__ = [
     "BusyProbe",
     "CeleryInspectProbe",
     "DeploymentTarget",
+    "ReportsBusy",
     "ReportsReadiness",
     "ReportsWorkers",
     "ScaleTarget",
@@ -82,6 +83,13 @@ class ScaleTarget(Protocol):
     async def mark_idle_first(self, count: int) -> None:
         """Before removing ``count`` replicas, arrange for idle ones to go. May be a no-op."""
         ...
+
+
+@runtime_checkable
+class ReportsBusy(Protocol):
+    """A target that can say how many of its workers hold running tasks."""
+
+    async def busy_replicas(self) -> int | None: ...
 
 
 @runtime_checkable
@@ -378,6 +386,25 @@ class DeploymentTarget:
         # Only pods that are up can answer; one still starting is asked on a later look.
         hostnames = [worker_hostname(p["metadata"]["name"]) for p in pods if _ready(p)]
         return await cache.refresh(self.worker_probe, hostnames, signature=signature, now=now)
+
+    async def busy_replicas(self) -> int | None:
+        """How many worker pods hold running tasks (``ReportsBusy``), or None if unknown.
+
+        A worker that does not answer is not counted: it cannot be ranked either, and
+        counting it would stop an adopted Deployment whose workers are not named
+        ``worker@<pod>`` from ever scaling down.
+        """
+        if self.busy_probe is None:
+            return None
+        pods = await self.worker_pods()
+        if not pods:
+            return 0
+        hosts = [worker_hostname(p["metadata"]["name"]) for p in pods]
+        busy = await self.busy_probe.busy(hosts)
+        answers = [busy.get(h) for h in hosts]
+        if all(a is None for a in answers):
+            return None
+        return sum(1 for a in answers if a is not None and a > 0)
 
     async def mark_idle_first(self, count: int) -> None:
         if self.busy_probe is None or count <= 0:

@@ -119,6 +119,7 @@ MIN_COMPLETIONS_FOR_RATES: Final = 5
 # (half the maximum wait) bought waits of a second instead of two at 4% more replicas on the
 # diurnal trace; a backlog old enough to matter is caught by the oldest-age rule instead.
 DRAIN_FRACTION_OF_MAX_WAIT: Final = 2.0
+URGENT_DRAIN_FRACTION: Final = 0.5
 # Erlang-C sizing (see ``_replicas_for_wait``): the pool is sized so that at most this share
 # of tasks waits longer than this fraction of ``maxWaitSeconds`` (the high level), and grows
 # again only when more than the low level's share would (hysteresis, as the two headrooms).
@@ -139,6 +140,12 @@ SEASON_WEIGHT: Final = 0.5
 SERVICE_TIME_CONSTANT: Final = 600.0
 LEVEL_TIME_CONSTANT: Final = 60.0
 TREND_TIME_CONSTANT: Final = 300.0
+# Saturation: every slot busy and more than this many rounds of the slots waiting. Ten keeps
+# the rule out of ordinary queueing (the diurnal trace never triggers it) and in floods of
+# tiny tasks, where an error of a percent in the service time hides a growing queue.
+SATURATION_QUEUE: Final = 10.0
+# The shortest service time the figures can resolve (see ``_demand``).
+MIN_SERVICE_TIME: Final = 1e-3
 _EPSILON: Final = 1e-9
 
 
@@ -755,6 +762,8 @@ def _replicas_for_wait(
     allows, instead of a fixed square-root headroom, lets a large pool run close to full
     (its queue stays short) and gives a small one the slack it needs.
     """
+    if offered <= 0:
+        return 0  # nothing offered: the cooldown, not the sizing, decides about the last one
     replicas = max(1, _ceil(offered / per_replica))
     while replicas < cap:
         slots = replicas * per_replica
@@ -777,10 +786,14 @@ def _demand(
     service_time = state.service_time
     arrival_rate: float | None = None
     rates = _rates(state.observations) if len(state.observations) >= 2 else None
+    completion_rate: float | None = None
     if rates is not None:
-        arrival_rate = rates[0]
-        if state.completions >= MIN_COMPLETIONS_FOR_RATES and state.busy_seconds > 0:
-            service_time = state.busy_seconds / state.completions
+        arrival_rate, completion_rate = rates[0], rates[1]
+        if state.completions >= MIN_COMPLETIONS_FOR_RATES:
+            # Tasks of a few milliseconds are rarely caught running by a sample: many
+            # completions and almost no busy time is a measurement (tiny tasks), not a
+            # lack of one. A millisecond is the floor of what the figures can tell.
+            service_time = max(state.busy_seconds / state.completions, MIN_SERVICE_TIME)
     ahead = forecast_arrivals(state, config, now=now)
 
     if service_time is None or arrival_rate is None or config.max_wait_seconds is None:
@@ -791,10 +804,16 @@ def _demand(
     else:
         rate = arrival_rate if ahead is None else max(arrival_rate, ahead)
         offered = rate * service_time
-        horizon = config.max_wait_seconds * DRAIN_FRACTION_OF_MAX_WAIT
+        budget = config.max_wait_seconds * WAIT_BUDGET_FRACTION
+        # A backlog whose oldest task already waited longer than the budget (a cold start, a
+        # burst) must drain fast, within half the maximum wait; an ordinary short queue may
+        # take twice the maximum wait, which the pool's own slack absorbs.
+        urgent = obs.oldest_age is not None and obs.oldest_age > budget
+        horizon = config.max_wait_seconds * (
+            URGENT_DRAIN_FRACTION if urgent else DRAIN_FRACTION_OF_MAX_WAIT
+        )
         # A slot drains horizon/S tasks in time; a task longer than the horizon needs its own.
         drain = min(float(waiting), waiting * service_time / horizon)
-        budget = config.max_wait_seconds * WAIT_BUDGET_FRACTION
         # Enough replicas for the offered load plus the backlog, so that few tasks wait
         # longer than a tenth of the maximum wait. Two levels make a hysteresis band: grow
         # when the pool cannot keep the low level's share, then to the high level; shrink
@@ -819,6 +838,16 @@ def _demand(
         )
         needed = offered + drain
         recommendation = high if current < low else min(current, high)
+        saturated = (
+            current > 0
+            and obs.inflight >= current * per_replica
+            and waiting > SATURATION_QUEUE * current * per_replica
+        )
+        if saturated and completion_rate and arrival_rate > completion_rate:
+            # Every slot is busy and the queue still grows: whatever the service-time
+            # estimate says, the measured throughput is the pool's capacity, and the pool
+            # needs arrivals / throughput times its size (HPA's ratio, on what it did).
+            recommendation = max(recommendation, _ceil(current * arrival_rate / completion_rate))
         basis = "rates"
         if obs.oldest_age is not None and obs.oldest_age > config.max_wait_seconds:
             # Already missing the target: the estimate is too optimistic, so give every
@@ -1029,6 +1058,7 @@ def decide(
     if observation is None or now - observation.at > config.stale_after_seconds:
         return _blind(config, state, observation, current=current, now=now)
 
+    previous = state.observations[-1] if state.observations else None
     state = replace(state, failures=0)
     if observation.oldest_running_age is not None:
         state = replace(
@@ -1038,7 +1068,16 @@ def decide(
     state = _remember(state, observation, now=now, config=config)
     demand, service_time = _demand(config, state, observation, current=current, now=now)
     state = replace(state, service_time=service_time, last_floor=demand.inflight_floor)
-    busy = demand.waiting + demand.inflight > 0
+    # Work is what waits, runs, or finished since the last read: a trickle of tasks shorter
+    # than the polling interval is rarely caught waiting or running, and a pool serving it
+    # is not idle.
+    finished = (
+        previous is not None
+        and previous.completed_total is not None
+        and observation.completed_total is not None
+        and observation.completed_total > previous.completed_total
+    )
+    busy = demand.waiting + demand.inflight > 0 or finished
     if busy:
         state = replace(state, last_active_at=now)
     described = _describe(demand, config)

@@ -14,6 +14,10 @@ source's (read the queues) through the two small interfaces, and nothing else: w
 status and posting events is the caller's business (a Kubernetes patch and Events for the
 operator, a terminal view for local mode), which is why they are returned, not done.
 
+Before a scale-down the step asks the target which workers hold running tasks (when it can:
+``ReportsBusy``) and decides again with that count, so the policy's in-flight floor counts
+replicas that hold tasks, not slots, in the cluster as in the simulator.
+
 Order matters in two places. Idle workers are marked *before* the replicas drop, so the
 ReplicaSet controller already sees the costs when it picks pods to delete. And the target is
 read before the metrics, so a missing Deployment is reported as such rather than masked by
@@ -28,13 +32,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from tide_operator.adapters.kube import Unreachable
 from tide_operator.adapters.sources import MetricSource, MetricsUnavailable
 from tide_operator.adapters.targets import (
+    ReportsBusy,
     ReportsReadiness,
     ReportsWorkers,
     ScaleTarget,
@@ -200,6 +205,30 @@ async def reconcile_step(
     decision = decide(
         config=config, state=state, observation=observation, current_replicas=current, now=now
     )
+    if (
+        decision.replicas < current
+        and observation is not None
+        and observation.busy_replicas is None
+        and isinstance(target, ReportsBusy)
+    ):
+        # A scale-down must not take a worker that holds a task: ask the workers which hold
+        # tasks (only now, so the broadcast runs on scale-downs, not on every poll) and
+        # decide again on the same state with that figure. The policy is pure, so the
+        # second call simply replaces the first.
+        try:
+            holding = await target.busy_replicas()
+        except Exception as exc:
+            log.warning("could not ask the workers which hold tasks: %s", exc)
+            holding = None
+        if holding is not None:
+            observation = replace(observation, busy_replicas=holding)
+            decision = decide(
+                config=config,
+                state=state,
+                observation=observation,
+                current_replicas=current,
+                now=now,
+            )
     scaled = False
     error: tuple[str, str] | None = None
     if metric_error is not None:

@@ -1,0 +1,1 @@
+"""Reconcile-step tests: the step between a source, the policy and a target (no cluster)."""

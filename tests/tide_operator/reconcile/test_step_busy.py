@@ -1,0 +1,97 @@
+"""Before a scale-down the step asks which workers hold tasks, and keeps those replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from tide_operator.core.policy import Observation, PolicyState
+from tide_operator.reconcile.step import reconcile_step
+from tide_operator.resources.spec import WorkerPoolSpec
+
+pytestmark = pytest.mark.asyncio
+
+SPEC = WorkerPoolSpec.model_validate(
+    {
+        "queues": ["default"],
+        "concurrency": 4,
+        "scaleTargetRef": {"name": "workers"},
+        "maxReplicas": 20,
+        # Tasks may run an hour: a busy worker must not be drained (300 s grace).
+        "shutdown": {"longestTaskSeconds": 3600},
+        "metrics": {"exporter": {"url": "http://exporter:9808/metrics"}},
+    }
+)
+
+
+class Source:
+    def __init__(self, inflight: int) -> None:
+        self.inflight = inflight
+
+    async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
+        return Observation(at=now, waiting=0, inflight=self.inflight)
+
+
+class Target:
+    """A target with ``busy_replicas``; it records what it was asked and told."""
+
+    def __init__(self, replicas: int, busy: int | None) -> None:
+        self.replicas = replicas
+        self.busy = busy
+        self.asked = 0
+        self.scaled: list[int] = []
+
+    async def current(self) -> int:
+        return self.replicas
+
+    async def scale(self, replicas: int, *, reason: str) -> None:
+        self.scaled.append(replicas)
+        self.replicas = replicas
+
+    async def mark_idle_first(self, count: int) -> None:
+        return None
+
+    async def busy_replicas(self) -> int | None:
+        self.asked += 1
+        return self.busy
+
+
+async def run(target: Target, source: Source, *, steps: int) -> PolicyState:
+    state = PolicyState()
+    for step in range(steps):
+        result = await reconcile_step(
+            spec=SPEC,
+            source=source,
+            target=target,
+            state=state,
+            now=5.0 * step,
+            wall=datetime.now(UTC),
+        )
+        state = result.state
+    return state
+
+
+@pytest.mark.parametrize(
+    ("busy", "expected"),
+    [
+        # 20 tasks spread over 9 of 10 workers: the 9 stay (a slot count would say 5).
+        (9, 9),
+        # The probe cannot tell (workers not named worker@<pod>): the slot count, 5.
+        (None, 5),
+    ],
+)
+async def test_scale_down_keeps_workers_holding_tasks(busy: int | None, expected: int) -> None:
+    target = Target(10, busy)
+    # Past the 30 s scale-down window.
+    await run(target, Source(inflight=20), steps=10)
+    assert target.replicas == expected
+    assert target.asked >= 1
+
+
+async def test_the_probe_runs_only_on_scale_downs() -> None:
+    target = Target(5, busy=5)
+    await run(target, Source(inflight=20), steps=10)
+    assert target.replicas == 5
+    assert target.asked == 0
