@@ -153,7 +153,7 @@ CASES = [
         None,
         6,
         FALLBACK,
-        "fallback (static) 4→6",
+        "fallback (static) to 6",
     ),
     # failureThreshold 0 (allowed by KEDA) falls back on the first failure.
     Case(
@@ -232,7 +232,7 @@ CASES = [
         None,
         10,
         FALLBACK,
-        "10→10",
+        "to 10",
     ),
     # Holding applies the bounds: maxReplicas lowered to 5 while metrics are missing.
     Case("hold-within-max", {"max_replicas": 5}, [], 8, 0.0, None, 5, METRICS_UNAVAILABLE),
