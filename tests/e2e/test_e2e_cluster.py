@@ -464,13 +464,24 @@ def test_scale_down_after_window(
         timeout=60,
     )
     low, high = WINDOW - POLL, WINDOW + REACT + MARK
+    # Idle-first: the pods got their pod-deletion-cost before the replicas dropped (no
+    # worker answers here, so every pod carries the "unknown" cost).
+    costs = sorted(
+        {
+            (p.metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost", "-")
+            for p in cluster.core.list_namespaced_pod(
+                chart.namespace, label_selector="tide.dev/workerpool=emails"
+            ).items
+        }
+    )
     ok = report.record(
         "queue drained → emails 10→1 after the scale-down window",
         ok=bool(done) and low <= seconds <= high and bool(pods),
         seconds=seconds,
-        bound=f"{low:g}-{high:g} (window {WINDOW:g})",
+        bound=f"{low:g}-{high:g} (window {WINDOW:g} + marking)",
         detail=f"replicas {cluster.replicas(chart.namespace, OWNED['emails'])}; "
-        + ("9 pods removed by the ReplicaSet controller" if pods else "pods not removed"),
+        + ("9 pods removed by the ReplicaSet controller" if pods else "pods not removed")
+        + f"; pod-deletion-cost on the pod left: {', '.join(costs)}",
     )
     assert ok, pools_state(cluster, chart.namespace)
 
@@ -768,6 +779,72 @@ def test_every_pod_admitted(cluster: Cluster, chart: Install, report: Report) ->
         detail=f"{len(refused)} refused" + (f": {refused[0]}" if refused else ""),
     )
     assert ok, refused
+
+
+def test_status_tells_pods_are_not_created(
+    cluster: Cluster,
+    chart: Install,
+    exporter: Exporter,
+    report: Report,
+    operator: Operator,
+) -> None:
+    """A pool whose pods cannot be created (its ServiceAccount does not exist: the
+    ReplicaSet controller's FailedCreate) must not report workers it does not have, and
+    says why (issue 10, item 4)."""
+    require_operator(operator, report, "pods not created → status says so")
+    namespace = chart.namespace
+    pool = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "WorkerPool",
+        "metadata": {"name": "unbuildable", "namespace": namespace},
+        "spec": {
+            "queues": ["emails"],
+            "minReplicas": 2,
+            "maxReplicas": 4,
+            "template": {
+                "image": "ghcr.io/example/tide:0.1.0",
+                "serviceAccountName": "no-such-account",
+            },
+            "metrics": {"exporter": {"url": exporter.url}},
+        },
+    }
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, pool)
+
+    def failed_create() -> str | None:
+        for event in cluster.core.list_namespaced_event(namespace).items:
+            if event.reason == "FailedCreate" and event.involved_object.name.startswith(
+                "unbuildable-workers"
+            ):
+                return str(event.message)
+        return None
+
+    message, _ = measure(failed_create, timeout=3 * REACT)
+
+    def truthful() -> dict[str, Any] | None:
+        status = (cluster.pool(namespace, "unbuildable") or {}).get("status") or {}
+        says_why = [
+            c
+            for c in status.get("conditions") or []
+            if c.get("status") == "False" and "no-such-account" in (c.get("message") or "")
+        ]
+        claims = status.get("replicas"), status.get("readyReplicas")
+        return status if says_why and claims in ((0, 0), (0, None)) else None
+
+    told, seconds = measure(truthful, timeout=3 * REACT)
+    status = (cluster.pool(namespace, "unbuildable") or {}).get("status") or {}
+    ok = report.record(
+        "pods not created (FailedCreate) → status says 0 workers and why",
+        ok=bool(message) and bool(told),
+        seconds=seconds,
+        bound=f"{REACT:g}",
+        detail=f"ReplicaSet: {message or 'no FailedCreate seen'}; status replicas="
+        f"{status.get('replicas')} ready={status.get('readyReplicas')}, "
+        + " ".join(
+            f"{c['type']}={c['status']}/{c.get('reason')}" for c in status.get("conditions") or []
+        ),
+    )
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "unbuildable")
+    assert ok, status
 
 
 def test_no_rbac_denials(
