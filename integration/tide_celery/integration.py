@@ -120,7 +120,17 @@ _connected = False
 
 def integration_for(app: Any) -> Integration | None:
     """The app's ``Integration``, or ``None`` if it did not install one."""
-    return _installed.get(app) if app is not None else None
+    if app is None:
+        return None
+    # ``celery.current_app`` is a proxy; the registry holds the app itself.
+    unwrap = getattr(app, "_get_current_object", None)
+    if callable(unwrap):
+        app = unwrap()
+    try:
+        found: Integration | None = _installed.get(app)
+    except TypeError:  # not weak-referenceable: not a Celery app
+        return None
+    return found
 
 
 def _delivered(task: Any) -> tuple[Integration, Any, str] | None:

@@ -19,7 +19,7 @@ makes reading cheap; it holds no Prometheus or HTTP state, so the poller, the AP
   so with a ``global_keyprefix`` it answers 404 for a queue full of messages (kombu
   5.7.0). For the same reason the reader prefixes keys itself on a plain client over
   kombu's connection pool. The same write carries one ``HMGET`` of the workers'
-  completion counters (``tide.completions``: a hash under the same prefix, one field per
+  completion counters (``tide_celery.completions``: a hash under the same prefix, one field per
   queue; an absent field reads 0), so ``completed`` costs one command, not one per queue.
 * ``RabbitMQReader`` with a management URL reads all queues in one HTTP request
   (``messages_ready``, ``messages_unacknowledged``, ``head_message_timestamp``, and
