@@ -80,7 +80,10 @@ from celery import shared_task
 
 @shared_task
 def wait_for_release(url, key):
-    redis.Redis.from_url(url).blpop([key], timeout=120)
+    client = redis.Redis.from_url(url)
+    for _ in range(120):  # short waits: redis-py 8 times out reads after 5 s
+        if client.blpop([key], timeout=1):
+            return
 """
 
 

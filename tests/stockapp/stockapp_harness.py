@@ -159,6 +159,27 @@ def rabbitmq_broker(run: str | None = None) -> StockBroker:
     return StockBroker(url=url, run=run, management_url=RABBITMQ_MANAGEMENT_URL)
 
 
+#: Variables of Tide's own processes (``make test`` sets them for its RabbitMQ run) that
+#: Celery would read in place of the stock app's configuration: Celery's
+#: ``CELERY_BROKER_URL`` wins over ``broker_url``. A team's processes do not have them.
+FOREIGN_VARIABLES = (
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "CELERY_BROKER_KEYPREFIX",
+    "DJANGO_SETTINGS_MODULE",
+)
+
+
+def stock_environment(broker: StockBroker, **values: str) -> dict[str, str]:
+    """The environment of a stock app process: this one's, less Tide's, plus the app's."""
+    environment = {k: v for k, v in os.environ.items() if k not in FOREIGN_VARIABLES}
+    environment.update(values)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(STOCKAPP_PATH), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    return environment
+
+
 @contextlib.contextmanager
 def _environ(values: Mapping[str, str]) -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in values}
@@ -178,6 +199,8 @@ def load_app(env: Mapping[str, str]) -> Any:
 
     The stock module sets its app as Celery's current app, as any ``Celery()`` does; the
     caller's current app is put back, so a test process that also holds Tide's app keeps it.
+    Celery reads ``CELERY_BROKER_URL`` from the environment before ``broker_url``: where the
+    test process has it, connect explicitly (``connection(broker)``) or use ``produce``.
     """
     import celery
 
@@ -231,17 +254,13 @@ class Workers:
         # None: a unique name; "": no -n at all, Celery's (or the integration's) default.
         name = f"stock-{uuid.uuid4().hex[:8]}@%h" if name is None else name
         log = self.folder / f"stock-worker-{len(self.started)}.log"
-        environment = {
-            **os.environ,
+        # Nothing of Tide's configuration may leak into the team's app.
+        environment = stock_environment(
+            broker,
             **broker.env(acks_late=acks_late, integration=integration),
-            "PYTHONPATH": os.pathsep.join(
-                [str(STOCKAPP_PATH), *filter(None, [os.environ.get("PYTHONPATH")])]
-            ),
-            "PYTHONUNBUFFERED": "1",
+            PYTHONUNBUFFERED="1",
             **(env or {}),
-        }
-        # Nothing of Tide's settings may leak into the user's app.
-        environment.pop("DJANGO_SETTINGS_MODULE", None)
+        )
         argv = [
             CELERY, "-A", "stockapp", "worker",
             "-Q", ",".join(queues), "-c", str(concurrency), *(["-n", name] if name else []),
@@ -315,12 +334,7 @@ def produce(
     ``calls``: (task name, args, ``apply_async`` options). Unlike ``load_app`` in the test
     process (where Tide's app may be loaded too), nothing but the stock app is imported.
     """
-    environment = {
-        **os.environ,
-        **broker.env(integration=integration),
-        "PYTHONPATH": str(STOCKAPP_PATH),
-    }
-    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    environment = stock_environment(broker, **broker.env(integration=integration))
     subprocess.run(
         [sys.executable, "-c", _PRODUCER, json.dumps([list(call) for call in calls])],
         env=environment,
@@ -330,9 +344,30 @@ def produce(
     )
 
 
+def connection(broker: StockBroker) -> Any:
+    """A kombu connection to the broker corner with the stock app's transport options."""
+    from kombu import Connection
+
+    return Connection(broker.url, transport_options=broker.transport_options)
+
+
 def inspect(broker: StockBroker, *, destination: Sequence[str] | None = None) -> Any:
-    """Celery's remote ``inspect`` over the stock app's own configuration (kombu defaults)."""
+    """Celery's remote ``inspect`` with the stock app's configuration, on its broker."""
     app = load_app(broker.env())
-    return app, app.control.inspect(
-        destination=list(destination) if destination else None, timeout=2.0
+    return app.control.inspect(
+        destination=list(destination) if destination else None,
+        timeout=2.0,
+        connection=connection(broker),
     )
+
+
+def ping(broker: StockBroker, *, destination: Sequence[str] | None = None) -> set[str]:
+    """Names of the workers that answer ``ping`` on the broker corner."""
+    app = load_app(broker.env())
+    with connection(broker) as conn:
+        replies = app.control.ping(
+            destination=list(destination) if destination else None,
+            timeout=2.0,
+            connection=conn,
+        )
+    return {name for reply in replies or [] for name in reply}

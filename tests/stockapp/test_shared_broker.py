@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import redis
-from stockapp_harness import StockBroker, Workers, inspect, produce
+from stockapp_harness import StockBroker, Workers, ping, produce
 
 BIN = Path(sys.executable).parent
 HOLD = "stockapp.tasks.hold"
@@ -54,9 +54,7 @@ def tide_env(broker: StockBroker) -> dict[str, str]:
 
 
 def answers(broker: StockBroker, name: str) -> bool:
-    app, _ = inspect(broker)
-    replies = app.control.ping(destination=[name], timeout=2.0) or []
-    return any(name in reply for reply in replies)
+    return name in ping(broker, destination=[name])
 
 
 def binding_entries(broker: StockBroker) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection
-from stockapp_harness import QUEUES, StockBroker, Workers, inspect, produce
+from stockapp_harness import QUEUES, StockBroker, Workers, inspect, ping, produce
 
 from tide.exporter.scrape import scrape
 from tide.exporter.stats import QueueStats
@@ -40,7 +40,7 @@ def stats_of(exporter: Any) -> dict[str, QueueStats]:
 
 def delivered(broker: StockBroker) -> tuple[int, int]:
     """(running, reserved) tasks, as the stock workers themselves answer."""
-    _, control = inspect(broker)
+    control = inspect(broker)
     active = control.active() or {}
     reserved = control.reserved() or {}
     return (
@@ -74,7 +74,12 @@ def test_waiting_with_priorities_is_exact(
         return {queue: stats.waiting for queue, stats in stats_of(exporter).items()}
 
     # RabbitMQ's management statistics refresh every 5 s, hence the deadline.
-    wait(lambda: waiting() == expected, timeout=30, what=f"waiting {expected}")
+    wait(
+        lambda: waiting() == expected,
+        timeout=30,
+        what=f"waiting {expected}",
+        explain=lambda: str(stats_of(exporter)),
+    )
     figures = stats_of(exporter)
     for queue, stats in figures.items():
         assert stats.inflight == 0, queue
@@ -199,13 +204,9 @@ def test_workers_are_named_for_the_operator(
     host = socket.gethostname()
     named = stock_workers.start(broker, name="", queues=["orders"], concurrency=1)
 
-    def pinged() -> set[str]:
-        app, _ = inspect(broker)
-        return {name for reply in app.control.ping(timeout=1.0) or [] for name in reply}
-
     # No -n on the command line: the integration names it worker@<host>, the name the
     # operator's idle-first probe addresses.
-    wait(lambda: pinged() == {f"worker@{host}"}, timeout=60, explain=named.tail)
+    wait(lambda: ping(broker) == {f"worker@{host}"}, timeout=60, explain=named.tail)
     live = redis.Redis.from_url(broker.url).zrange(broker.keyprefix + WORKERS_KEY, 0, -1)
     assert [node.decode() for node in live] == [f"worker@{host}"]
     stock_workers.stop(named)
@@ -215,7 +216,7 @@ def test_workers_are_named_for_the_operator(
     plain = stock_workers.start(
         broker, name="", queues=["orders"], concurrency=1, integration=False
     )
-    wait(lambda: pinged() == {f"celery@{host}"}, timeout=60, explain=plain.tail)
+    wait(lambda: ping(broker) == {f"celery@{host}"}, timeout=60, explain=plain.tail)
 
 
 def test_a_pool_process_lost_mid_task_leaves_no_phantom(
@@ -229,8 +230,7 @@ def test_a_pool_process_lost_mid_task_leaves_no_phantom(
     exporter = stock_exporter(broker)
     worker = stock_workers.start(broker, concurrency=1, queues=["emails"])
     wait(lambda: stats_of(exporter)["emails"].running == 1, timeout=60, explain=worker.tail)
-    _, control = inspect(broker)
-    [tasks] = (control.active() or {}).values()
+    [tasks] = (inspect(broker).active() or {}).values()
     os.kill(int(tasks[0]["worker_pid"]), signal.SIGKILL)
     # The pool process never ran task_postrun; the worker's heartbeat (every 5 s) drops
     # the task it no longer holds.

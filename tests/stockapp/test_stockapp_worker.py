@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from stockapp_harness import QUEUES, StockBroker, Workers
+from stockapp_harness import QUEUES, StockBroker, Workers, produce
 
 SEP = "\x06\x16"
 
@@ -19,12 +19,13 @@ SEP = "\x06\x16"
 def test_stock_worker_runs_tasks_from_every_queue(
     stock_broker: StockBroker,
     stock_workers: Workers,
-    stock_producer: Callable[..., Any],
     wait: Callable[..., Any],
 ) -> None:
-    app = stock_producer(stock_broker, integration=False)
-    for queue in QUEUES:
-        app.tasks["stockapp.tasks.hold"].apply_async(args=[stock_broker.run], queue=queue)
+    produce(
+        stock_broker,
+        [("stockapp.tasks.hold", [stock_broker.run], {"queue": queue}) for queue in QUEUES],
+        integration=False,
+    )
     worker = stock_workers.start(stock_broker, concurrency=3, integration=False)
     wait(
         lambda: stock_broker.running() == 3,
@@ -37,15 +38,18 @@ def test_stock_worker_runs_tasks_from_every_queue(
 
 
 def test_priorities_land_on_kombus_default_lists(
-    redis_stock_broker: StockBroker, stock_producer: Callable[..., Any]
+    redis_stock_broker: StockBroker,
 ) -> None:
     broker = redis_stock_broker
-    app = stock_producer(broker, integration=False)
-    for index in range(3):
-        app.tasks["stockapp.tasks.send_email"].apply_async(args=[f"{index}@x"], priority=5)
-    for index in range(2):
-        app.tasks["stockapp.tasks.place_order"].apply_async(args=[index])
-    app.tasks["stockapp.tasks.build_report"].apply_async(args=[broker.run], priority=9)
+    produce(
+        broker,
+        [
+            *[("stockapp.tasks.send_email", [f"{n}@x"], {"priority": 5}) for n in range(3)],
+            *[("stockapp.tasks.place_order", [n], {}) for n in range(2)],
+            ("stockapp.tasks.build_report", [broker.run], {"priority": 9}),
+        ],
+        integration=False,
+    )
     client = broker.client()
     lengths = {
         name: client.llen(broker.keyprefix + name)

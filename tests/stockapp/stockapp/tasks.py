@@ -15,6 +15,7 @@ the same tasks work on RabbitMQ.
 """
 
 import os
+import time
 
 import redis
 from celery import shared_task
@@ -32,7 +33,12 @@ def _hold(run: str, task_id: str) -> str:
     try:
         # A deadline rather than forever: a test that fails before releasing must not
         # leave its workers stuck for good.
-        client.blpop([f"{CONTROL_PREFIX}{run}:release"], timeout=600)
+        # One-second waits until a token or the deadline: a blocking wait longer than
+        # the client's socket timeout (5 s by default in redis-py 8) would fail.
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if client.blpop([f"{CONTROL_PREFIX}{run}:release"], timeout=1):
+                break
     finally:
         client.srem(f"{CONTROL_PREFIX}{run}:running", task_id)
     client.incr(f"{CONTROL_PREFIX}{run}:done")

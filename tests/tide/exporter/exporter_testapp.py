@@ -19,6 +19,7 @@ A worker subprocess loads the module-level ``app``, configured from the environm
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import redis
@@ -73,7 +74,12 @@ def make_app(
         try:
             # A deadline instead of blocking forever: a test that fails before releasing
             # must not leave workers stuck for good.
-            client.blpop([f"{CONTROL_PREFIX}{run}:release"], timeout=600)
+            # One-second waits until a token or the deadline: a blocking wait longer than
+            # the client's socket timeout (5 s by default in redis-py 8) would fail.
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if client.blpop([f"{CONTROL_PREFIX}{run}:release"], timeout=1):
+                    break
         finally:
             client.srem(f"{CONTROL_PREFIX}{run}:running", self.request.id)
         return str(self.request.id)
