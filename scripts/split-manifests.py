@@ -1,7 +1,8 @@
 """Split a rendered Tide chart (stdin) into manifests/ files, one per part of the platform.
 
 The files are what a user without Helm applies, in order: ``namespace.yaml`` (with the
-restricted Pod Security Standard enforced), ``crds/``, ``rbac.yaml``, ``operator.yaml``,
+restricted Pod Security Standard enforced), ``crds/`` (the CRD and the ClusterRoles that add
+WorkerPools to the built-in view/edit/admin roles), ``rbac.yaml``, ``operator.yaml``,
 ``tide.yaml`` (configuration, API, exporter, Flower, beat, migrations), and a
 ``kustomization.yaml`` that lists them so ``kubectl apply -k manifests/`` works and an
 image can be set with ``kustomize edit set image``. Objects keep the chart's order.
@@ -27,6 +28,10 @@ def part(obj: dict) -> str:
     component = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
     if kind == "CustomResourceDefinition":
         return "crds/" + obj["metadata"]["name"] + ".yaml"
+    if kind == "ClusterRole" and component == "crd":
+        # The roles aggregated into view/edit/admin go with the CRD: a cluster admin applies
+        # crds/ once, and a namespace admin can then install the rest.
+        return "crds/workerpools.tide.dev-roles.yaml"
     if kind in RBAC_KINDS:
         return "rbac.yaml"
     if component == "operator":

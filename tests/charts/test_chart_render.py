@@ -195,6 +195,14 @@ def test_migrations_hook_or_plain_job(rendered: dict[str, Render]) -> None:
     assert "migrate --check" in init["args"][0]
 
 
+def operator_roles(render: Render, kind: str) -> list[dict]:
+    return [
+        r
+        for r in render.kind(kind)
+        if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
+
+
 def test_operator_rbac_follows_its_scope(rendered: dict[str, Render]) -> None:
     def args(render: Render) -> list[str]:
         deployment = render.named("Deployment", "operator")
@@ -203,7 +211,7 @@ def test_operator_rbac_follows_its_scope(rendered: dict[str, Render]) -> None:
     # scope=namespace (default): a Role in the release namespace, no cluster-wide grant.
     default = rendered["default"]
     assert args(default) == ["operator", "--namespace", NAMESPACE]
-    assert default.kind("ClusterRole") == []
+    assert operator_roles(default, "ClusterRole") == []
     assert default.kind("ClusterRoleBinding") == []
     assert [r["metadata"]["namespace"] for r in default.kind("Role")] == [NAMESPACE]
     # Two watched namespaces: a Role and RoleBinding in each.
@@ -213,22 +221,118 @@ def test_operator_rbac_follows_its_scope(rendered: dict[str, Render]) -> None:
         "tide",
         "tide-batch",
     ]
-    # scope=cluster: one ClusterRole and --all-namespaces.
+    # scope=cluster: one ClusterRole with the Role's rules, and --all-namespaces.
     prod = rendered["production"]
     assert args(prod) == ["operator", "--all-namespaces"]
-    (cluster_role,) = prod.kind("ClusterRole")
+    (cluster_role,) = operator_roles(prod, "ClusterRole")
+    (role,) = operator_roles(default, "Role")
+    assert cluster_role["rules"] == role["rules"]
     for render in (default, gitops, prod):
         for role in render.kind("Role") + render.kind("ClusterRole"):
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"], rule
                 assert "*" not in rule["resources"], rule
-                # Least privilege: nothing may read Secrets.
+                # Least privilege: nothing may read Secrets, the operator deletes nothing.
                 assert "secrets" not in rule["resources"]
+                if role["metadata"]["labels"]["app.kubernetes.io/component"] == "operator":
+                    assert not {"delete", "deletecollection"} & set(rule["verbs"]), rule
     resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
     assert {"workerpools", "workerpools/status", "deployments", "deployments/scale"} <= resources
     operator_pod = prod.named("Deployment", "operator")["spec"]["template"]["spec"]
     assert operator_pod["automountServiceAccountToken"] is True
     assert operator_pod["serviceAccountName"] == "tide-operator"
+
+
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def test_workerpools_join_the_built_in_user_roles(rendered: dict[str, Render]) -> None:
+    default = rendered["default"]
+    aggregated = {
+        r["metadata"]["name"]: r
+        for r in default.kind("ClusterRole")
+        if any(k.startswith(AGGREGATE) for k in r["metadata"]["labels"])
+    }
+    assert set(aggregated) == {f"workerpools.tide.dev-{n}" for n in ("view", "edit", "admin")}
+
+    def holds(role: str) -> set[tuple[str, str, str]]:
+        # What holders of the built-in role get from the chart (view < edit < admin).
+        return {
+            (group, resource, verb)
+            for r in aggregated.values()
+            if r["metadata"]["labels"].get(AGGREGATE + role) == "true"
+            for rule in r["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+
+    assert ("tide.dev", "workerpools", "list") in holds("view")
+    assert ("tide.dev", "workerpools", "create") not in holds("view")
+    assert ("tide.dev", "workerpools", "create") in holds("edit")
+    assert ("tide.dev", "workerpools", "delete") in holds("edit")
+    assert holds("view") <= holds("edit") <= holds("admin")
+    # A namespace admin can grant the operator's Role only holding all of it: what the
+    # built-in admin role lacks (WorkerPools, their status, creating Events) comes from here.
+    (role,) = operator_roles(default, "Role")
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                if group == "tide.dev" or resource == "events":
+                    for verb in rule["verbs"]:
+                        assert (group, resource, verb) in holds("admin"), (resource, verb)
+    # They are cluster-scoped and belong with the CRD: without it, none.
+    without = template("--set", "crds.enabled=false")
+    assert not [o for o in without if o["kind"] == "ClusterRole"]
+
+
+# Kinds a namespace admin cannot create.
+CLUSTER_SCOPED = {
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Namespace",
+    "PriorityClass",
+    "StorageClass",
+    "IngressClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+}
+
+
+def test_a_namespace_admin_can_install_it() -> None:
+    # With the CRD installed apart (manifests/crds/), namespace scope renders only objects
+    # of the release namespace.
+    objects = template("--set", "crds.enabled=false")
+    assert objects
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert obj["kind"] not in CLUSTER_SCOPED, where
+        assert obj["metadata"].get("namespace") == NAMESPACE, where
+
+
+def test_the_operator_docs_state_the_charts_rbac(rendered: dict[str, Render]) -> None:
+    # docs/operator.md's RBAC table and the chart's Role say the same thing.
+    text = (CHART.parents[1] / "docs" / "operator.md").read_text()
+    section = text.split("## RBAC", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        groups = [g.strip("` ").replace('""', "") for g in cells[0].split(",")]
+        resources = [r.strip("` ") for r in cells[1].split(",")]
+        verbs = [v.strip() for v in cells[2].split(",")]
+        documented |= {(g, r, v) for g in groups for r in resources for v in verbs}
+    (role,) = operator_roles(rendered["default"], "Role")
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert documented == granted
 
 
 def test_crd_comes_from_the_operator_file_with_keep(rendered: dict[str, Render]) -> None:

@@ -1,6 +1,6 @@
 """A small asynchronous Kubernetes API client for the operator's own reads and writes.
 
-kopf watches WorkerPools and runs one daemon per pool, but its API client is private
+kopf watches WorkerPools and the operator runs one loop per pool, but its API client is private
 (``kopf._cogs``) and the kubernetes Python client is a large synchronous dependency for the
 handful of calls the operator makes: get/create/patch a Deployment, patch its ``scale``
 subresource, list and annotate pods, patch a WorkerPool's ``status``. This module makes
@@ -19,7 +19,7 @@ Decisions worth knowing:
   are rotated on disk while the operator runs; exec-plugin tokens expire);
 * a request that never got an answer (connection refused, reset, timed out) raises
   ``Unreachable``, which is not an ``ApiError``: the server said nothing about the object,
-  so callers must not report it as if it had (see the daemon's outage handling);
+  so callers must not report it as if it had (see the pool loop's outage handling);
 * requests are counted by verb (``counts``) for the benchmark's requests-per-minute;
 * at most ``MAX_CONNECTIONS`` requests are in flight, the rest wait on a semaphore: httpcore
   rescans every queued request against every connection whenever one frees, so a thousand

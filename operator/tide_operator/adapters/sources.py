@@ -270,7 +270,7 @@ class SharedScrapes:
             # Retrieve a failure even if every reader was cancelled meanwhile (no warning).
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
             found = self._last[url] = (now, future)
-        # Shielded: one pool's daemon being cancelled must not cancel the others' scrape.
+        # Shielded: one pool's loop being cancelled must not cancel the others' scrape.
         return await asyncio.shield(found[1])
 
 

@@ -199,7 +199,7 @@ WORKER_FACTS_REFRESH: Final = 60.0
 
 @dataclass
 class WorkerFactsCache:
-    """What a pool's workers answered, kept across ticks (one per pool, by its daemon).
+    """What a pool's workers answered, kept across ticks (one per pool, by its loop).
 
     A worker's settings do not change while it lives, so each is asked once; the pod list
     is read again only when the Deployment's ready count or generation moves, or after

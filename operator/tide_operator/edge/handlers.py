@@ -1,18 +1,21 @@
-"""kopf handlers: one daemon per WorkerPool that parses, calls the reconcile step, reports.
+"""kopf handlers: a loop per WorkerPool that parses, calls the reconcile step, reports.
 
-Why a daemon and not a timer: ``pollingInterval`` is per pool and may change while the pool
-runs, which a timer's fixed interval cannot follow; a daemon sleeps whatever the live spec
-says, and kopf keeps its ``body`` up to date from the watch stream. The daemon keeps the
-pool's policy state in a local variable, so it lives exactly as long as the pool is watched
-(an operator restart starts fresh, and the policy seeds itself from the current size, so a
-restart never shrinks a pool at once).
+kopf watches the pools and hands every event to ``PoolLoops`` (``pools.py``), which runs one
+asyncio loop per pool. Why a loop and not a timer: ``pollingInterval`` is per pool and may
+change while the pool runs, which a timer's fixed interval cannot follow; a loop sleeps
+whatever the live spec says, and the watch keeps its body up to date. Why not a kopf daemon:
+kopf gives every daemon a finalizer, which made deleting a pool (or its namespace) hang
+while the operator was away, and nothing here needs one (``pools.py`` says more). The loop
+keeps the pool's policy state in a local variable, so it lives exactly as long as the pool
+is watched (an operator restart starts fresh, and the policy seeds itself from the current
+size, so a restart never shrinks a pool at once).
 
 Each tick: parse the spec (a spec the CRD let through but the models refuse is reported as
-``Ready=False/InvalidSpec``, and the daemon carries on, so a bad pool never affects the
+``Ready=False/InvalidSpec``, and the loop carries on, so a bad pool never affects the
 others); for a ``template`` pool create or roll its Deployment; run ``reconcile_step``; write
 the status only if it changed; post an Event per scale and per new failure; update the
-operator's metrics. Every failure of one tick is caught and reported, never raised: kopf
-would otherwise back off the daemon and the pool would silently stop scaling.
+operator's metrics. Every failure of one tick is caught and reported, never raised: the
+pool would otherwise silently stop scaling.
 
 Outages are quiet, because they are when the operator's costs matter most (every pool
 fails at once). An API server that does not answer (``Unreachable``) says nothing about the
@@ -59,6 +62,7 @@ from tide_operator.adapters.targets import (
 )
 from tide_operator.core.policy import PolicyState
 from tide_operator.edge.metrics import OperatorMetrics
+from tide_operator.edge.pools import PoolHandle, PoolLoops
 from tide_operator.reconcile.step import PoolEvent, StepResult, failed_step, reconcile_step
 from tide_operator.resources.deployments import deployment_name
 from tide_operator.resources.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
@@ -82,6 +86,11 @@ LoginFn = Callable[[], Credentials]
 # Seconds between ticks of a pool whose spec cannot be parsed (no pollingInterval to obey).
 INVALID_SPEC_RETRY = 30.0
 API_ERROR = "ApiError"
+# How often a pool's loop checks that its pool still exists (a re-listed watch does not
+# report deletions it missed), and how long loops get to finish a tick at the exit.
+EXISTENCE_CHECK_SECONDS: Final = 300.0
+STOP_TIMEOUT: Final = 10.0
+LEGACY_FINALIZER: Final = "tide.dev/operator"
 CRD_MISSING: Final = (
     f"the WorkerPool resource ({PLURAL}.{GROUP}/{VERSION}) is not served by this cluster: "
     "install its CRD (kubectl apply -f manifests/crds/, or the chart with crds.enabled=true), "
@@ -134,7 +143,9 @@ def make_settings() -> kopf.OperatorSettings:
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_SERVER_TIMEOUT + WATCH_CLIENT_GRACE
     settings.watching.connect_timeout = CONNECT_TIMEOUT
-    settings.persistence.finalizer = "tide.dev/operator"
+    # No handler needs a finalizer (see pools.py); naming the one earlier versions put on
+    # pools lets kopf remove it from them, so their deletion no longer waits for us.
+    settings.persistence.finalizer = LEGACY_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tide.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="tide.dev", key="last-handled-configuration"
@@ -148,8 +159,6 @@ def make_settings() -> kopf.OperatorSettings:
     settings.scanning.disabled = True
     # One replica, no peering objects to create or RBAC to grant for them.
     settings.peering.standalone = True
-    # A daemon told to stop (pool deleted, operator exiting) finishes its tick quickly.
-    settings.background.cancellation_polling = 1.0
     return settings
 
 
@@ -171,6 +180,8 @@ class Runtime:
     _api: KubeApi | None = None
     _http: httpx.AsyncClient | None = None
     _lock: asyncio.Lock | None = None
+    #: The pools' loops, once ``build_registry`` has bound them to this runtime.
+    loops: PoolLoops | None = None
 
     async def credentials(self) -> Credentials:
         """Log in once; kopf's re-logins refresh the header, not the whole login."""
@@ -209,8 +220,12 @@ class Runtime:
             self._http = None
 
 
+def _pool_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+
+
 def _status_path(namespace: str, name: str) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+    return _pool_path(namespace, name) + "/status"
 
 
 def _post(body: Any, event: PoolEvent) -> None:
@@ -219,7 +234,7 @@ def _post(body: Any, event: PoolEvent) -> None:
 
 @dataclass
 class _Pool:
-    """One pool's daemon-local memory."""
+    """One pool's loop-local memory."""
 
     state: PolicyState = field(default_factory=PolicyState)
     status: Mapping[str, Any] | None = None
@@ -325,7 +340,7 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
         )
     except ApiError as exc:
         if exc.transient:
-            raise  # the daemon holds through it for a while (API_ERROR_GRACE)
+            raise  # the loop holds through it for a while (API_ERROR_GRACE)
         result = failed_step(
             state=pool_memory.state,
             previous_status=pool_memory.status,
@@ -368,9 +383,66 @@ async def _persistent_api_error(
         await _report(runtime, memory, body, result)
 
 
+async def _exists(runtime: Runtime, handle: PoolHandle) -> bool:
+    """Whether the pool of this loop is still there (the same object: same uid)."""
+    namespace, name = handle.key
+    api = await runtime.api()
+    try:
+        found = await api.get(_pool_path(namespace, name))
+    except NotFound:
+        return False
+    return bool(found.get("metadata", {}).get("uid") == handle.uid)
+
+
+async def _run_pool(runtime: Runtime, handle: PoolHandle) -> None:
+    """One pool's loop: tick, report, sleep ``pollingInterval``; until told to stop."""
+    namespace, name = handle.key
+    memory = _Pool(status=dict(handle.body.get("status") or {}) or None)
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
+    try:
+        while not handle.stopping:
+            started = loop.time()
+            interval = INVALID_SPEC_RETRY
+            try:
+                if started - checked >= EXISTENCE_CHECK_SECONDS:
+                    checked = started
+                    if not await _exists(runtime, handle):
+                        handle.stop(deleted=True)
+                        break
+                body = handle.body
+                result, interval = await _tick(runtime, memory, body)
+                if handle.stopping:
+                    break  # deleted during the tick: nothing more to say about it
+                await _report(runtime, memory, body, result)
+                memory.recovered(namespace=namespace, name=name, now=loop.time())
+            except Unreachable as exc:
+                # Nothing was said about the pool: hold everything, log once per outage.
+                runtime.metrics.api_failures.labels("unreachable").inc()
+                memory.trouble(namespace=namespace, name=name, now=started, what=str(exc))
+                interval = memory.interval
+            except ApiError as exc:  # only transient ones get here (see _tick)
+                runtime.metrics.api_failures.labels(str(exc.status)).inc()
+                memory.trouble(
+                    namespace=namespace, name=name, now=started, what=f"the API answered {exc}"
+                )
+                await _persistent_api_error(runtime, memory, handle.body, exc, now=started)
+                interval = memory.interval
+            except Exception:  # a bug must not end the pool's scaling
+                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                interval = min(interval, 5.0)
+            finally:
+                runtime.metrics.reconcile_duration.observe(loop.time() - started)
+            await handle.sleep(interval - (loop.time() - started))
+    finally:
+        if handle.deleted:
+            runtime.metrics.forget(namespace, name)
+
+
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     """A registry with the operator's handlers, bound to ``runtime``."""
     registry = kopf.OperatorRegistry()
+    loops = runtime.loops = PoolLoops(lambda handle: _run_pool(runtime, handle))
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.AiohttpSession:
@@ -392,48 +464,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        await loops.stop_all(timeout=STOP_TIMEOUT)
         await runtime.close()
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
-    async def workerpool(
-        body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
-    ) -> None:
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        memory = _Pool(status=dict(body.get("status") or {}) or None)
-        try:
-            while not stopped:
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                interval = INVALID_SPEC_RETRY
-                try:
-                    result, interval = await _tick(runtime, memory, body)
-                    await _report(runtime, memory, body, result)
-                    memory.recovered(namespace=namespace, name=name, now=loop.time())
-                except Unreachable as exc:
-                    # Nothing was said about the pool: hold everything, log once per outage.
-                    runtime.metrics.api_failures.labels("unreachable").inc()
-                    memory.trouble(namespace=namespace, name=name, now=started, what=str(exc))
-                    interval = memory.interval
-                except ApiError as exc:  # only transient ones get here (see _tick)
-                    runtime.metrics.api_failures.labels(str(exc.status)).inc()
-                    memory.trouble(
-                        namespace=namespace, name=name, now=started, what=f"the API answered {exc}"
-                    )
-                    await _persistent_api_error(runtime, memory, body, exc, now=started)
-                    interval = memory.interval
-                except Exception:  # a bug must not end the pool's scaling
-                    logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
-                    interval = min(interval, 5.0)
-                finally:
-                    runtime.metrics.reconcile_duration.observe(loop.time() - started)
-                await stopped.wait(max(0.0, interval - (loop.time() - started)))
-        finally:
-            if (
-                stopped.reason is not None
-                and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
-            ):
-                runtime.metrics.forget(namespace, name)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def workerpool(event: kopf.RawEvent, **_: Any) -> None:
+        # Only bookkeeping here: the pool's loop (started by the first event) does the work.
+        loops.observe(event.get("type"), event["object"])
 
     return registry
 
@@ -451,7 +488,7 @@ async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult
         try:
             await api.patch(_status_path(namespace, name), {"status": result.status})
         except NotFound:
-            return  # the pool was deleted meanwhile; the daemon is being stopped
+            return  # the pool was deleted meanwhile; its loop is being stopped
         memory.status = result.status
 
 

@@ -1,6 +1,6 @@
 """One reconcile step of one pool: read, decide, apply, and say what to report.
 
-This is the loop body that the operator's per-pool daemon and local mode (``tide up``) both
+This is the loop body that the operator's per-pool loop and local mode (``tide up``) both
 run, so the cluster and a laptop scale by exactly the same steps::
 
     result = await reconcile_step(spec=..., source=..., target=..., state=..., now=..., wall=...)

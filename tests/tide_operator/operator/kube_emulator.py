@@ -269,8 +269,28 @@ class TideEmulator(kmock.KubernetesEmulator):
             object.__setattr__(request, "data", data)  # frozen; kmock matches by identity
         elif request.action == enums.action.DELETE and request.name is not None:
             key = self._key(request)
-            if key in self.objects and not self.objects[key].deleted:
-                owner_uid = self.objects[key].raw.get("metadata", {}).get("uid")
+            current = self.objects._objects.get(key)
+            meta = {} if current is None or current.deleted else current.raw.get("metadata", {})
+            if meta.get("finalizers"):
+                # Held by finalizers: the server only marks it, as a new version (kmock
+                # marks it without one, and a watch from a later version never sees it).
+                if not meta.get("deletionTimestamp"):
+                    async with self._lock:
+                        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                        current.patch(
+                            {
+                                "metadata": {
+                                    "deletionTimestamp": stamp,
+                                    "resourceVersion": self._next_version(),
+                                }
+                            }
+                        )
+                        await self._buses[request.resource].put(
+                            {"type": "MODIFIED", "object": current.raw}
+                        )
+                return aiohttp.web.json_response(current.raw)
+            if meta:
+                owner_uid = meta.get("uid")
 
         try:
             return await super()._handle(request)

@@ -22,6 +22,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import kmock
@@ -119,10 +120,17 @@ class Usage:
     pairs: dict[Scope, set[Pair]] = field(
         default_factory=lambda: {"namespace": set(), "cluster": set()}
     )
-    # Node ids of the tests that ran an operator, and of every such test collected.
+    # Node ids of the tests that ran an operator; of every test of the folder collected,
+    # and selected to run; the test files collected (see conftest.py's hooks).
     ran: set[str] = field(default_factory=set)
     collected: set[str] = field(default_factory=set)
+    selected: set[str] = field(default_factory=set)
     collected_files: set[str] = field(default_factory=set)
+
+    def whole_folder(self, folder: Path) -> bool:
+        """Whether every test of the operator folder was collected and selected."""
+        files = {p.name for p in folder.glob("test_*.py")}
+        return files == self.collected_files and self.selected == self.collected
 
     def add(self, emulator: TideEmulator, scope: Scope, nodeid: str) -> None:
         self.ran.add(nodeid)
