@@ -15,6 +15,9 @@ SCENARIO = "platform-only"
 
 #: The whole install: what a platform team gets, and nothing of Tide's reference app.
 PLATFORM_OBJECTS = {
+    ("ClusterRole", "workerpools.tide.dev-admin"),
+    ("ClusterRole", "workerpools.tide.dev-edit"),
+    ("ClusterRole", "workerpools.tide.dev-view"),
     ("ConfigMap", "tide"),
     ("ConfigMap", "tide-dashboard-autoscaler"),
     ("ConfigMap", "tide-dashboard-overview"),
