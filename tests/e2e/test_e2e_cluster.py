@@ -41,6 +41,7 @@ from e2e_harness import (
     measure,
     summarise_log,
 )
+from kubernetes import client
 
 pytestmark = pytest.mark.e2e
 
@@ -764,6 +765,32 @@ def test_deletion_and_garbage_collection(
     assert ok, pools_state(cluster, namespace)
 
 
+def resource_of(ref: dict[str, Any]) -> str:
+    return ref["resource"] + ("/" + ref["subresource"] if ref.get("subresource") else "")
+
+
+def granted(cluster: Cluster, namespace: str) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the Roles bound to the operator's account grant."""
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    pairs: set[tuple[str, str, str]] = set()
+    for binding in rbac.list_namespaced_role_binding(namespace).items:
+        subjects = binding.subjects or []
+        if not any(s.kind == "ServiceAccount" and s.name == OPERATOR_SA for s in subjects):
+            continue
+        ref = binding.role_ref
+        role = (
+            rbac.read_namespaced_role(ref.name, namespace)
+            if ref.kind == "Role"
+            else rbac.read_cluster_role(ref.name)
+        )
+        for rule in role.rules or []:
+            for group in rule.api_groups or []:
+                for resource in rule.resources or []:
+                    for verb in rule.verbs:
+                        pairs.add((group, resource, verb))
+    return pairs
+
+
 def test_every_pod_admitted(cluster: Cluster, chart: Install, report: Report) -> None:
     """Pod Security `restricted`: no controller in the namespace was refused a pod (the
     chart's workloads, the owned worker Deployments, the adopted one)."""
@@ -869,6 +896,18 @@ def test_no_rbac_denials(
                 + ")"
             )
         report.facts["operator_requests_by_verb"] = dict(describe_requests(entries))
+        # Least privilege, as far as this run exercised the operator: what the chart's Role
+        # grants that the operator never asked for (the unit suite holds the exact list).
+        used = {
+            (ref.get("apiGroup", ""), resource_of(ref), entry["verb"])
+            for entry in entries
+            if (ref := entry.get("objectRef")) and ref.get("resource")
+        }
+        unused = sorted(granted(cluster, chart.namespace) - used)
+        report.facts["rbac_granted_not_used_in_run"] = [
+            f"{verb} {group + '/' if group else ''}{resource}" for group, resource, verb in unused
+        ]
+        audited += f"; granted but not used in this run: {len(unused)}"
     ok = report.record(
         "RBAC denials of the operator (chart's Role)",
         ok=in_log == 0 and denied == 0 and tracebacks == 0,
