@@ -199,8 +199,9 @@ def load_app(env: Mapping[str, str]) -> Any:
 
     The stock module sets its app as Celery's current app, as any ``Celery()`` does; the
     caller's current app is put back, so a test process that also holds Tide's app keeps it.
-    Celery reads ``CELERY_BROKER_URL`` from the environment before ``broker_url``: where the
-    test process has it, connect explicitly (``connection(broker)``) or use ``produce``.
+    Celery reads ``CELERY_BROKER_URL`` from the environment before ``broker_url``; this copy's
+    read and write URLs (read before that variable) are pinned to its own corner, so it
+    publishes there even where the test process has Tide's broker in the environment.
     """
     import celery
 
@@ -218,7 +219,12 @@ def load_app(env: Mapping[str, str]) -> Any:
             spec.loader.exec_module(module)
     finally:
         previous.set_current()
-    return module.app
+    app = module.app
+    # Celery lets CELERY_BROKER_URL in the environment win over broker_url, and this test
+    # process has Tide's (the default vhost on RabbitMQ runs): pin this copy's connections
+    # to its own corner (broker_*_url settings are read before that variable).
+    app.conf.broker_read_url = app.conf.broker_write_url = env["STOCKAPP_BROKER_URL"]
+    return app
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
@@ -141,6 +142,9 @@ class CeleryInspectProbe:
 
         # A bare app: the operator needs the broker, not the Django project's tasks.
         self._app = Celery("tide-operator", broker=broker_url, set_as_current=False)
+        # Celery lets a CELERY_BROKER_URL variable win over ``broker``; the read and write
+        # URLs come first, so the broker asked for is the one used.
+        self._app.conf.broker_read_url = self._app.conf.broker_write_url = broker_url
         self._app.conf.broker_transport_options = dict(transport_options or {})
         self.timeout = timeout
 
@@ -181,8 +185,39 @@ class CeleryInspectProbe:
         }
 
     def _registered(self, nodes: list[str]) -> dict[str, bool | None]:
-        """Which nodes Tide's integration has registered (their running tasks are counted)."""
-        return dict.fromkeys(nodes)
+        """Which nodes Tide's integration has registered (their running tasks are counted).
+
+        The integration keeps live nodes in a sorted set under the broker's key prefix
+        (``tide_celery.layout.WORKERS_KEY``, node -> expiry). On a broker other than Redis
+        it counts nothing, so the answer is "no" there; ``None`` when it cannot be read.
+        """
+        if not nodes:
+            return {}
+        from tide_celery.layout import WORKERS_KEY
+
+        try:
+            with self._app.pool.acquire(block=True, timeout=self.timeout) as connection:
+                if connection.transport.driver_type != "redis":
+                    return dict.fromkeys(nodes, False)
+                channel: Any = connection.default_channel
+                import redis
+
+                # A plain client over kombu's pool: kombu's prefixing client prefixes only
+                # the commands kombu itself sends, so the prefix is added here.
+                client = redis.Redis(connection_pool=channel.pool)
+                key = channel.global_keyprefix + WORKERS_KEY
+                pipe = client.pipeline(transaction=False)
+                for node in nodes:
+                    pipe.zscore(key, node)
+                scores = pipe.execute()
+        except Exception as exc:
+            log.warning("could not read the integration's worker registrations: %s", exc)
+            return dict.fromkeys(nodes)
+        now = time.time()
+        return {
+            node: score is not None and float(score) > now
+            for node, score in zip(nodes, scores, strict=True)
+        }
 
     async def reports(self, hostnames: Sequence[str]) -> Mapping[str, WorkerReport | None]:
         if not hostnames:

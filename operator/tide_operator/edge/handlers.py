@@ -492,13 +492,24 @@ async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult
         memory.status = result.status
 
 
-def busy_probe_from_env() -> CeleryInspectProbe | None:
-    """A Celery inspect probe when the operator knows the broker, else none (no marking)."""
-    url = os.environ.get("CELERY_BROKER_URL")
+def busy_probe_from_env(environ: Mapping[str, str] | None = None) -> CeleryInspectProbe | None:
+    """A Celery inspect probe when the operator knows the broker, else none (no marking).
+
+    The workers' transport options come from ``TIDE_BROKER_TRANSPORT_OPTIONS`` (a JSON
+    object, the same variable the exporter and Flower read; one parser,
+    ``tide_celery.layout``), plus ``CELERY_BROKER_KEYPREFIX`` (Tide's own settings' prefix)
+    when the JSON names no prefix. Nothing else is added: kombu's defaults are what a
+    stock app runs, and a layout of Tide's own would break remote control with it.
+    """
+    from tide_celery.layout import transport_options_from_env
+
+    env = os.environ if environ is None else environ
+    url = env.get("CELERY_BROKER_URL")
     if not url:
         return None
+    options = transport_options_from_env(environ=env) or {}
     # The same variable Tide's settings read for a shared Redis (see docs/configuration.md).
-    prefix = os.environ.get("CELERY_BROKER_KEYPREFIX")
-    return CeleryInspectProbe(
-        url, transport_options={"global_keyprefix": prefix} if prefix else None
-    )
+    prefix = env.get("CELERY_BROKER_KEYPREFIX")
+    if prefix and "global_keyprefix" not in options:
+        options["global_keyprefix"] = prefix
+    return CeleryInspectProbe(url, transport_options=options)

@@ -35,6 +35,7 @@ from kube_rbac import Grants, render_chart
 
 from tide_operator.adapters.credentials import Credentials
 from tide_operator.adapters.kube import KubeApi
+from tide_operator.adapters.targets import BusyProbe, WorkerProbe
 from tide_operator.edge.handlers import LoginFn, Runtime, build_registry
 from tide_operator.edge.metrics import OperatorMetrics
 
@@ -203,11 +204,12 @@ async def api(emulator: TideEmulator) -> AsyncIterator[KubeApi]:
 @contextlib.asynccontextmanager
 async def running_operator(
     emulator: TideEmulator,
-    probe: FakeBusyProbe,
+    probe: BusyProbe,
     *,
     scope: Scope,
     nodeid: str,
     login: LoginFn | None = None,
+    worker_probe: WorkerProbe | None = None,
 ) -> AsyncIterator[Runtime]:
     """``tide operator`` in this loop, as the chart runs it in ``scope``.
 
@@ -220,6 +222,7 @@ async def running_operator(
         metrics=OperatorMetrics(),
         login=login or (lambda: Credentials(url, authorization=f"Bearer {OPERATOR_TOKEN}")),
         busy_probe=probe,
+        worker_probe=worker_probe,
     )
     stop = asyncio.Event()
     ready = asyncio.Event()

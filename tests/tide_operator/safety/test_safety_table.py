@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from tide_celery.layout import NODE_NAME, TransportOptionsError
+from tide_operator.edge.handlers import busy_probe_from_env
+from tide_operator.resources.deployments import HOSTNAME_PREFIX
 from tide_operator.resources.safety import (
     WorkerFacts,
     WorkerReport,
@@ -155,3 +158,50 @@ def test_report_from_real_answers() -> None:
         "concurrency": 3,
     }
     assert workers_status(WorkerFacts(silent=("worker@a",))) is None
+
+
+def test_the_operator_addresses_the_name_the_integration_gives() -> None:
+    # Two homes for one word would drift: the integration names a worker started without
+    # -n "worker@<host>", the operator asks "worker@<pod name>".
+    assert f"{NODE_NAME}@" == HOSTNAME_PREFIX
+
+
+PROBE_ENV = [
+    # The app's transport options, as JSON: used as they are, nothing of Tide's added.
+    (
+        {"TIDE_BROKER_TRANSPORT_OPTIONS": '{"global_keyprefix": "app:"}'},
+        {"global_keyprefix": "app:"},
+    ),
+    # Tide's own key prefix variable (the chart's config.brokerKeyPrefix) alone.
+    ({"CELERY_BROKER_KEYPREFIX": "tide:"}, {"global_keyprefix": "tide:"}),
+    # Both: the app's JSON names the prefix, and it wins.
+    (
+        {
+            "TIDE_BROKER_TRANSPORT_OPTIONS": '{"global_keyprefix": "a:"}',
+            "CELERY_BROKER_KEYPREFIX": "t:",
+        },
+        {"global_keyprefix": "a:"},
+    ),
+    # Neither: kombu's defaults, which a stock app runs.
+    ({}, {}),
+]
+
+
+@pytest.mark.parametrize(("env", "options"), PROBE_ENV)
+def test_probe_takes_the_workers_transport_options(
+    env: dict[str, str], options: dict[str, Any]
+) -> None:
+    probe = busy_probe_from_env({"CELERY_BROKER_URL": "redis://127.0.0.1:6379/7", **env})
+    assert probe is not None
+    assert dict(probe.transport_options) == options
+    probe.close()
+
+
+def test_probe_refuses_unreadable_transport_options() -> None:
+
+    with pytest.raises(TransportOptionsError, match="JSON object"):
+        busy_probe_from_env(
+            {"CELERY_BROKER_URL": "redis://x", "TIDE_BROKER_TRANSPORT_OPTIONS": "prefix=a:"}
+        )
+    # No broker, no probe: idle-first marking is skipped, the declarations stand in.
+    assert busy_probe_from_env({}) is None
