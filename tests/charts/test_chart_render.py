@@ -160,6 +160,22 @@ def test_beat_flower_operator_and_exporter_run_one_replica(rendered: dict[str, R
     assert beat["args"] == ["beat", "--schedule", "/tmp/celerybeat-schedule"]
 
 
+def test_flower_forgets_workers_the_operator_scaled_in(rendered: dict[str, Render]) -> None:
+    # Scaled-in workers never come back under their names: Flower drops them after 5 min
+    # instead of listing each as Offline forever; 0 keeps Flower's own behaviour.
+    flower = rendered["default"].named("Deployment", "flower")
+    args = flower["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--purge_offline_workers=300" in args
+    kept = template("--set", "flower.purgeOfflineWorkersSeconds=0")
+    (deployment,) = [
+        o for o in kept if o["kind"] == "Deployment" and o["metadata"]["name"] == "tide-flower"
+    ]
+    assert not any(
+        a.startswith("--purge_offline_workers")
+        for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
 def test_flower_auth_from_a_secret_and_metrics_off_the_ingress(
     rendered: dict[str, Render],
 ) -> None:

@@ -56,6 +56,9 @@ class QueuePoller:
         self._next_discovery = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Set once the first read has ended (figures or an error): the server waits on it
+        #: briefly so a healthy broker's figures are on the first scrape.
+        self.first_read = threading.Event()
 
     def names(self) -> list[str]:
         """Configured queues first, then those found in the broker, then any with unacked work."""
@@ -86,9 +89,22 @@ class QueuePoller:
         self.state.record_success(stats, duration=time.perf_counter() - started, now=self._clock())
 
     def run(self) -> None:
-        """Read every ``interval`` until stopped (the caller does the first read itself)."""
-        while not self._stop.wait(self.interval):
+        """Read at once, then every ``interval`` until stopped.
+
+        Reads start on a fixed schedule (``interval`` apart, start to start), so a read
+        that fails after a connect timeout does not stretch the period by its own length;
+        a read longer than the interval is followed by the next at once, never by a burst.
+        """
+        next_at = time.monotonic()
+        while True:
             self.poll_once()
+            self.first_read.set()
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at, delay = time.monotonic(), 0.0
+            if self._stop.wait(delay):
+                return
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="tide-exporter-poller", daemon=True)

@@ -31,6 +31,9 @@ from tide.exporter.readers import QueueReader, reader_for
 
 log = logging.getLogger(__name__)
 
+#: Longest wait for the first read before the port answers anyway (seconds).
+FIRST_READ_WAIT = 1.0
+
 
 def _handler(registry: CollectorRegistry, healthy: Callable[[], bool]) -> type:
     class Handler(BaseHTTPRequestHandler):
@@ -110,10 +113,12 @@ def start_exporter(config: ExporterConfig, *, reader: QueueReader | None = None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector(state))
     server = MetricsServer((config.host, config.port), _handler(registry, poller.alive))
-    # The first read happens before the port answers, so the first scrape has figures
-    # (or the error series) rather than an empty page.
-    poller.poll_once()
+    # The poller reads at once on its thread. The port answers after that first read, so
+    # the first scrape has figures, or after FIRST_READ_WAIT at the latest: a broker that
+    # hangs must not keep the exporter silent, since ``tide_exporter_up 0`` and the error
+    # counter are what tell people the broker is the problem.
     poller.start()
+    poller.first_read.wait(FIRST_READ_WAIT)
     thread = threading.Thread(target=server.serve_forever, name="tide-exporter-http", daemon=True)
     thread.start()
     log.info("exporter serving on %s:%s", *server.server_address[:2])

@@ -175,7 +175,16 @@ def _up(
     if flower_port:
         supervisor.start(
             "flower",
-            [tide, "flower", "--port", str(flower_port), "--address=127.0.0.1"],
+            # Scaled-in workers are gone for good: Flower drops them a minute after they
+            # go offline instead of listing every one as Offline forever.
+            [
+                tide,
+                "flower",
+                "--port",
+                str(flower_port),
+                "--address=127.0.0.1",
+                "--purge_offline_workers=60",
+            ],
             log=str(var / "flower.log"),
         )
         services["Flower"] = f"http://127.0.0.1:{flower_port}/"
@@ -241,7 +250,9 @@ async def _autoscale(
             source=source,
             workers=LocalWorkers(pool=pool, env=dict(os.environ), log_dir=var),
             policy_name=policy,
-            on_step=log_step if no_ui else None,
+            # Every decision is logged: to the terminal with --no-ui, else to
+            # var/tide-up.log beside the view, so what the view showed can be read later.
+            on_step=log_step,
         )
         for pool in pools
     ]

@@ -44,6 +44,10 @@ spec:
 """
 
 
+# Where local mode's own exporter answers; the autoscaler reads it whatever a pool says.
+LOCAL_METRICS_URL = "http://127.0.0.1:9808/metrics"
+
+
 class PoolFileError(ValueError):
     """The pool file is unreadable or a pool in it is invalid; the message says which."""
 
@@ -76,11 +80,35 @@ def _pool(document: dict[str, Any], *, source: str) -> LocalPool:
     name = str((document.get("metadata") or {}).get("name") or "")
     if not name:
         raise PoolFileError(f"{source}: a WorkerPool needs metadata.name")
+    spec = dict(document.get("spec") or {})
+    # Locally the metrics come from the local exporter whatever the file says, so a pool
+    # written for local mode may leave ``metrics`` out (the cluster still requires it).
+    spec.setdefault("metrics", {"exporter": {"url": LOCAL_METRICS_URL}})
     try:
-        spec = WorkerPoolSpec.model_validate(document.get("spec") or {})
+        validated = WorkerPoolSpec.model_validate(spec)
     except ValidationError as exc:
-        raise PoolFileError(f"{source} ({name}): {exc}") from None
-    return LocalPool(name=name, spec=spec)
+        raise PoolFileError(f"{source}: WorkerPool {name!r} is invalid:\n{explain(exc)}") from None
+    return LocalPool(name=name, spec=validated)
+
+
+def explain(exc: ValidationError) -> str:
+    """One line per problem, named by its path in the file (``spec.maxReplicas``), in
+    words a person acts on, instead of pydantic's report."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(["spec", *(str(part) for part in error["loc"])])
+        kind, message = error["type"], str(error["msg"])
+        if kind == "missing":
+            message = "required, but missing"
+        elif kind == "extra_forbidden":
+            message = "not a WorkerPool field (misspelt?)"
+        else:
+            message = message.removeprefix("Value error, ")
+            value = error.get("input")
+            if not isinstance(value, dict | list) and value is not None:
+                message += f" (the file says {value!r})"
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
 
 
 def load_pools(path: Path | None) -> list[LocalPool]:

@@ -47,8 +47,10 @@ class Platform:
         return [int(pid) for pid in found.stdout.split()]
 
     def decisions(self, last: int = 15) -> str:
-        """The autoscaler's last decisions (``--no-ui`` logs one JSON line per step)."""
-        lines = (self.var.parent / "up.log").read_text(errors="replace").splitlines()
+        """The autoscaler's last decisions: one JSON line per step in ``var/tide-up.log``,
+        which ``tide up`` writes beside its live view."""
+        log = self.var / "tide-up.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
         return "\n".join([line for line in lines if '"decision"' in line][-last:])
 
     def pid_running(self, hostname: str, task_id: str) -> int | None:
@@ -110,7 +112,7 @@ def platform(
         [
             str(BIN / "tide"),
             "up",
-            "--no-ui",
+            # The live view on, as people run it (it renders to the log file here).
             "--no-flower",
             "--pools",
             str(pools),

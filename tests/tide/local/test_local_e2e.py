@@ -5,6 +5,7 @@ is redelivered; and a Ctrl-C that stops everything cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -80,3 +81,15 @@ def test_burst_scales_up_from_zero_drains_and_scales_back(platform: Any, wait: A
     # Ctrl-C: a clean, prompt exit.
     platform.process.send_signal(signal.SIGINT)
     assert platform.process.wait(timeout=60) == 0
+
+
+def test_the_view_logs_each_decision_to_var(platform: Any, wait: Any) -> None:
+    # With the live view on, every decision still lands in var/tide-up.log as a JSON line
+    # (reason, figures, events), so what the view showed can be read afterwards.
+    def logged() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in platform.decisions(last=5).splitlines()]
+
+    decisions = wait(logged, timeout=60, what="a decision in var/tide-up.log")
+    assert decisions[-1]["pool"] == platform.pool
+    assert decisions[-1]["reason_code"]
+    assert "waiting" in decisions[-1]

@@ -64,3 +64,30 @@ def test_bad_pool_files_are_refused(tmp_path: Path, text: str, message: str) -> 
     path.write_text(text)
     with pytest.raises(PoolFileError, match=message):
         load_pools(path)
+
+
+def test_a_pool_without_metrics_loads(tmp_path: Path) -> None:
+    # The docs say local mode ignores ``metrics``: a file written for it may leave it out.
+    path = tmp_path / "pools.yaml"
+    path.write_text(GOOD + "spec: {queues: [a], template: {image: tide}}")
+    (pool,) = load_pools(path)
+    assert pool.queues == ("a",)
+
+
+def test_errors_read_as_sentences_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "pools.yaml"
+    path.write_text(
+        GOOD + "spec: {queues: [a], maxReplicas: 0, concurency: 2, template: {image: tide}}"
+    )
+    with pytest.raises(PoolFileError) as caught:
+        load_pools(path)
+    message = str(caught.value)
+    assert "WorkerPool 'p' is invalid" in message
+    # One line per problem, the field as written in the file, the value the file gave.
+    assert "spec.maxReplicas: " in message
+    assert "(the file says 0)" in message
+    assert "spec.concurency: not a WorkerPool field (misspelt?)" in message
+    # Not pydantic's report: no error counts, no type names, no documentation links.
+    assert "validation error" not in message
+    assert "type=" not in message
+    assert "errors.pydantic.dev" not in message
