@@ -126,6 +126,16 @@ def _up(
     import django
 
     django.setup()
+    if not no_ui:
+        # Django's LOGGING, applied by setup(), points the root logger at the console,
+        # under the live view; with the view on, the log (decisions included) goes to
+        # var/tide-up.log as asked above.
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(message)s",
+            filename=str(var / "tide-up.log"),
+            force=True,
+        )
     from django.core.management import call_command
 
     from tide.jobs.accounts import ensure_admin_login, ensure_token

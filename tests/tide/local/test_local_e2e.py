@@ -87,7 +87,9 @@ def test_the_view_logs_each_decision_to_var(platform: Any, wait: Any) -> None:
     # With the live view on, every decision still lands in var/tide-up.log as a JSON line
     # (reason, figures, events), so what the view showed can be read afterwards.
     def logged() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in platform.decisions(last=5).splitlines()]
+        lines = platform.decisions(last=5).splitlines()
+        # "<time> INFO <json>": the record is the JSON after the log prefix.
+        return [json.loads(line[line.index("{") :]) for line in lines]
 
     decisions = wait(logged, timeout=60, what="a decision in var/tide-up.log")
     assert decisions[-1]["pool"] == platform.pool
