@@ -21,6 +21,7 @@ DASHBOARDS = sorted((CHART / "files" / "dashboards").glob("*.json"))
 SOURCES = [
     REPO / "app" / "tide" / "health" / "metrics.py",
     REPO / "app" / "tide" / "exporter" / "collector.py",
+    REPO / "app" / "tide_contract" / "series.py",
     REPO / "operator" / "tide_operator" / "edge" / "metrics.py",
     *sorted(Path(flower.__file__).parent.rglob("*.py")),
 ]
@@ -63,15 +64,18 @@ def _kind(func: ast.expr) -> str | None:
 def exported_series() -> set[str]:
     """Series names registered in the sources, with the suffixes their types expose."""
     series: set[str] = set()
-    for path in SOURCES:
-        tree = ast.parse(path.read_text())
-        constants = {
-            t.id: node.value.value
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-            for t in node.targets
-            if isinstance(t, ast.Name) and isinstance(node.value.value, str)
-        }
+    trees = [ast.parse(path.read_text()) for path in SOURCES]
+    # Names defined in one source are used in another (the exporter imports the series'
+    # names from tide_contract), so constants are gathered across all of them.
+    constants = {
+        t.id: node.value.value
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Constant)
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name) and isinstance(node.value.value, str)
+    }
+    for tree in trees:
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and node.args and (kind := _kind(node.func))):
                 continue

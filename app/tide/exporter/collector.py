@@ -31,20 +31,20 @@ from prometheus_client.registry import Collector
 
 from tide.exporter.stats import QueueStats
 
-QUEUE_LABEL = "queue_name"
+# The series' names have one home, shared with the operator.
+from tide_contract.series import (
+    EXPORTER_STALE,
+    QUEUE_COMPLETED,
+    QUEUE_INFLIGHT,
+    QUEUE_LABEL,
+    QUEUE_LENGTH,
+    QUEUE_OLDEST_AGE,
+    QUEUE_RUNNING,
+    QUEUE_SCHEDULED,
+    QUEUE_SOURCE,
+)
 
-# Names of the exported series: the contract with Prometheus, the operator and the docs.
-QUEUE_LENGTH = "celery_queue_length"
-QUEUE_INFLIGHT = "celery_queue_inflight"
-QUEUE_SCHEDULED = "celery_queue_scheduled"
-QUEUE_OLDEST_AGE = "celery_queue_oldest_age_seconds"
-# Tide's own series: a counter, so Prometheus' rate() and reset handling apply to it.
-QUEUE_COMPLETED = "celery_queue_completed_total"
-# Tide's own: tasks executing now, from the integration's workers (Redis).
-QUEUE_RUNNING = "celery_queue_running"
-QUEUE_SOURCE = "tide_exporter_queue_source"
 UP = "tide_exporter_up"
-STALE = "tide_exporter_stale"
 SCRAPE_DURATION = "tide_exporter_scrape_duration_seconds"
 LAST_SUCCESS = "tide_exporter_last_success_timestamp_seconds"
 READS = "tide_exporter_reads"
@@ -170,7 +170,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
             UP, "1 if the last read of the broker succeeded.", value=int(snapshot.up)
         ),
         GaugeMetricFamily(
-            STALE,
+            EXPORTER_STALE,
             "1 if the queue figures shown are from an earlier read (the last one failed).",
             value=int(stale),
         ),

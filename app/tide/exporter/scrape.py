@@ -12,53 +12,21 @@ exporter's queue series is ignored, so the function also reads celery-exporter's
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from tide.exporter.collector import (
-    QUEUE_COMPLETED,
-    QUEUE_INFLIGHT,
-    QUEUE_LABEL,
-    QUEUE_LENGTH,
-    QUEUE_OLDEST_AGE,
-    QUEUE_RUNNING,
-    QUEUE_SCHEDULED,
-    QUEUE_SOURCE,
-    STALE,
-)
 from tide.exporter.stats import QueueStats
-
-_FIGURES = {
-    QUEUE_LENGTH: "waiting",
-    QUEUE_INFLIGHT: "inflight",
-    QUEUE_SCHEDULED: "scheduled",
-    QUEUE_OLDEST_AGE: "oldest_age",
-    QUEUE_COMPLETED: "completed",
-    QUEUE_RUNNING: "running",
-}
+from tide_contract.series import parse_queue_series
 
 
 def parse_exposition(text: str) -> dict[str, QueueStats]:
     """Queue name -> ``QueueStats`` from Prometheus text exposition.
 
     A queue appears when its ``celery_queue_length`` does. ``stale`` is set on every queue
-    when the exporter says its last read failed (``tide_exporter_stale 1``).
+    when the exporter says its last read failed (``tide_exporter_stale 1``). The parsing is
+    ``tide_contract.series``'s, the one the operator uses too.
     """
-    figures: dict[str, dict[str, float]] = {}
-    sources: dict[str, str] = {}
-    stale = False
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in _FIGURES and QUEUE_LABEL in sample.labels:
-                queue = sample.labels[QUEUE_LABEL]
-                figures.setdefault(queue, {})[_FIGURES[sample.name]] = sample.value
-            elif sample.name == QUEUE_SOURCE + "_info" and QUEUE_LABEL in sample.labels:
-                sources[sample.labels[QUEUE_LABEL]] = sample.labels.get("source", "")
-            elif sample.name == STALE:
-                stale = sample.value == 1
+    parsed = parse_queue_series(text)
     result: dict[str, QueueStats] = {}
-    for queue, values in figures.items():
-        if "waiting" not in values:
-            continue
+    for queue, values in parsed.figures.items():
         inflight = values.get("inflight")
         scheduled = values.get("scheduled")
         completed = values.get("completed")
@@ -69,8 +37,8 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
             inflight=None if inflight is None else int(inflight),
             scheduled=None if scheduled is None else int(scheduled),
             oldest_age=values.get("oldest_age"),
-            source=sources.get(queue, "exposition"),
-            stale=stale,
+            source=parsed.sources.get(queue, "exposition"),
+            stale=parsed.stale,
             completed=None if completed is None else int(completed),
             running=None if running is None else int(running),
         )

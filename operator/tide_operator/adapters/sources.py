@@ -43,8 +43,17 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
+from tide_contract.series import (
+    EXPORTER_STALE,
+    QUEUE_COMPLETED,
+    QUEUE_INFLIGHT,
+    QUEUE_LABEL,
+    QUEUE_LENGTH,
+    QUEUE_OLDEST_AGE,
+    QUEUE_SCHEDULED,
+    parse_queue_series,
+)
 from tide_operator.core.policy import Observation
 from tide_operator.resources.spec import MetricsSpec, PrometheusQueries
 
@@ -60,27 +69,19 @@ __all__ = [
     "source_for",
 ]
 
-QUEUE_LABEL: Final = "queue_name"
-STALE_SERIES: Final = "tide_exporter_stale"
+
+def _sum_by_queue(series: str, *, how: str = "sum") -> str:
+    return f'{how} by ({QUEUE_LABEL}) ({series}{{{QUEUE_LABEL}=~"$queues"}})'
+
 
 DEFAULT_QUERIES: Final[Mapping[str, str]] = {
-    "waiting": 'sum by (queue_name) (celery_queue_length{queue_name=~"$queues"})',
-    "inflight": 'sum by (queue_name) (celery_queue_inflight{queue_name=~"$queues"})',
-    "scheduled": 'sum by (queue_name) (celery_queue_scheduled{queue_name=~"$queues"})',
-    "oldest_age": 'max by (queue_name) (celery_queue_oldest_age_seconds{queue_name=~"$queues"})',
+    "waiting": _sum_by_queue(QUEUE_LENGTH),
+    "inflight": _sum_by_queue(QUEUE_INFLIGHT),
+    "scheduled": _sum_by_queue(QUEUE_SCHEDULED),
+    "oldest_age": _sum_by_queue(QUEUE_OLDEST_AGE, how="max"),
 }
-_STALE_QUERY: Final = f"max({STALE_SERIES})"
-COMPLETED_SERIES: Final = "celery_queue_completed_total"
-COMPLETED_QUERY: Final = f'sum by (queue_name) ({COMPLETED_SERIES}{{queue_name=~"$queues"}})'
-
-_SERIES: Final[Mapping[str, str]] = {
-    "celery_queue_length": "waiting",
-    "celery_queue_inflight": "inflight",
-    "celery_queue_scheduled": "scheduled",
-    "celery_queue_oldest_age_seconds": "oldest_age",
-    # The sample's name; prometheus-client's parser names the family without "_total".
-    COMPLETED_SERIES: "completed",
-}
+_STALE_QUERY: Final = f"max({EXPORTER_STALE})"
+COMPLETED_QUERY: Final = _sum_by_queue(QUEUE_COMPLETED)
 
 
 class MetricsUnavailable(Exception):
@@ -215,28 +216,19 @@ class PrometheusSource:
 
 
 def parse_queue_figures(text: str) -> tuple[dict[str, QueueFigures], bool]:
-    """(queue -> figures, stale) from Prometheus text exposition."""
-    values: dict[str, dict[str, float]] = {}
-    stale = False
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in _SERIES and QUEUE_LABEL in sample.labels:
-                queue = sample.labels[QUEUE_LABEL]
-                values.setdefault(queue, {})[_SERIES[sample.name]] = _finite(sample.value)
-            elif sample.name == STALE_SERIES:
-                stale = sample.value >= 1
+    """(queue -> figures, stale) from Prometheus text exposition (``tide_contract``'s parser)."""
+    parsed = parse_queue_series(text)
     figures = {
         q: QueueFigures(
-            waiting=v.get("waiting", 0.0),
-            inflight=v.get("inflight", 0.0),
-            scheduled=v.get("scheduled", 0.0),
-            oldest_age=v.get("oldest_age"),
-            completed=v.get("completed"),
+            waiting=_finite(v["waiting"]),
+            inflight=_finite(v.get("inflight", 0.0)),
+            scheduled=_finite(v.get("scheduled", 0.0)),
+            oldest_age=None if "oldest_age" not in v else _finite(v["oldest_age"]),
+            completed=None if "completed" not in v else _finite(v["completed"]),
         )
-        for q, v in values.items()
-        if "waiting" in v
+        for q, v in parsed.figures.items()
     }
-    return figures, stale
+    return figures, parsed.stale
 
 
 Scrape = tuple[dict[str, QueueFigures], bool]

@@ -66,7 +66,7 @@ from tide_operator.edge.pools import PoolHandle, PoolLoops
 from tide_operator.reconcile.step import PoolEvent, StepResult, failed_step, reconcile_step
 from tide_operator.resources.deployments import deployment_name
 from tide_operator.resources.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
-from tide_operator.resources.status import INVALID_SPEC, status_changed
+from tide_operator.resources.status import API_ERROR, INVALID_SPEC, status_changed
 
 __all__ = [
     "LoginFn",
@@ -85,7 +85,6 @@ LoginFn = Callable[[], Credentials]
 
 # Seconds between ticks of a pool whose spec cannot be parsed (no pollingInterval to obey).
 INVALID_SPEC_RETRY = 30.0
-API_ERROR = "ApiError"
 # How often a pool's loop checks that its pool still exists (a re-listed watch does not
 # report deletions it missed), and how long loops get to finish a tick at the exit.
 EXISTENCE_CHECK_SECONDS: Final = 300.0

@@ -27,7 +27,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tide_operator.core.policy import FALLBACK, PAUSED, Decision, Observation
+from tide_operator.core.policy import (
+    FALLBACK,
+    PAUSED,
+    Decision,
+    Observation,
+)
 
 __all__ = [
     "ACTIVE",
@@ -52,7 +57,8 @@ CONDITION_TYPES: Final = (READY, ACTIVE, FALLBACK_CONDITION, PAUSED_CONDITION, S
 # Reasons (CamelCase, stable: alerts and tests match on them).
 RECONCILED: Final = "Reconciled"
 INVALID_SPEC: Final = "InvalidSpec"
-METRICS_UNAVAILABLE: Final = "MetricsUnavailable"
+# The pool's API requests fail (the API server is unreachable or refuses them).
+API_ERROR: Final = "ApiError"
 WORKERS_RUNNING: Final = "WorkersRunning"
 SCALED_TO_ZERO: Final = "ScaledToZero"
 FALLBACK_ACTIVE: Final = "FallbackActive"

@@ -31,6 +31,10 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from tide_contract.series import QUEUE_COMPLETED as COMPLETED
+from tide_contract.series import QUEUE_INFLIGHT as INFLIGHT
+from tide_contract.series import QUEUE_LABEL
+from tide_contract.series import QUEUE_LENGTH as LENGTH
 from tide_operator.adapters.sources import queue_regex
 from tide_operator.simulation.traces import Trace, TraceFormatError, seeded_rng
 
@@ -42,12 +46,6 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
-
-# Contract 1's series (names compatible with celery-exporter).
-LENGTH = "celery_queue_length"
-INFLIGHT = "celery_queue_inflight"
-COMPLETED = "celery_queue_completed_total"
-QUEUE_LABEL = "queue_name"
 
 _TIME_COLUMNS = ("at", "time", "timestamp", "t")
 _COLUMNS = {
