@@ -808,6 +808,27 @@ def test_every_pod_admitted(cluster: Cluster, chart: Install, report: Report) ->
     assert ok, refused
 
 
+def test_every_pool_event_says_why(cluster: Cluster, chart: Install, report: Report) -> None:
+    """Every Event the operator posted on a pool carries a reason and a message."""
+    events = [
+        e
+        for e in cluster.core.list_namespaced_event(chart.namespace).items
+        if e.involved_object.kind == "WorkerPool"
+    ]
+    silent = [
+        f"{e.involved_object.name}/{e.reason}" for e in events if not (e.message or "").strip()
+    ]
+    reasons = Counter(e.reason for e in events)
+    ok = report.record(
+        "every Event on a pool has a reason and a message",
+        ok=bool(events) and not silent,
+        bound="0 empty",
+        detail=f"{len(events)} events ({', '.join(f'{k} x{v}' for k, v in reasons.most_common())})"
+        + (f"; empty: {silent}" if silent else ""),
+    )
+    assert ok, silent
+
+
 def test_status_tells_pods_are_not_created(
     cluster: Cluster,
     chart: Install,
