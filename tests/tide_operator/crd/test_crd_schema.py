@@ -127,6 +127,38 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ),
     # concurrency must be at least one slot.
     ("zero-concurrency", with_spec(concurrency=0), "less than the minimum of 1"),
+    # KEDA's fallback behaviours are accepted ...
+    (
+        "fallback-if-higher",
+        with_spec(
+            fallback={
+                "failureThreshold": 0,
+                "replicas": 2,
+                "behavior": "currentReplicasIfHigher",
+            }
+        ),
+        None,
+    ),
+    # ... and nothing else.
+    (
+        "fallback-bad-behavior",
+        with_spec(fallback={"failureThreshold": 3, "replicas": 2, "behavior": "latest"}),
+        "is not one of",
+    ),
+    # A negative threshold has no meaning.
+    (
+        "fallback-negative-threshold",
+        with_spec(fallback={"failureThreshold": -1, "replicas": 2}),
+        "less than the minimum of 0",
+    ),
+    # The forecast may wake a pool from zero only when it is enabled (CEL).
+    (
+        "forecast-wake-disabled",
+        with_spec(forecast={"enabled": False, "wakeFromZero": True}),
+        "forecast.wakeFromZero needs forecast.enabled",
+    ),
+    # Enabled and waking is fine.
+    ("forecast-wake", with_spec(forecast={"wakeFromZero": True, "leadSeconds": 60}), None),
 ]
 
 

@@ -301,3 +301,21 @@ def test_tide_meets_max_wait_on_steady_trace(sim_settings: SimSettings) -> None:
     assert summary.p99_wait < sim_settings.max_wait
     assert summary.utilisation >= 0.7
     assert math.isfinite(summary.cost_vs_floor)
+
+
+def test_service_time_of_eight_minute_tasks() -> None:
+    """Decayed sums see long tasks: Little's law over one minute read ~95 s for ~480 s tasks."""
+    from tide_operator.simulation.baselines import TideController
+    from tide_operator.simulation.traces import seeded_rng
+
+    rng = seeded_rng(2, "eight-minutes")
+    arrivals = np.sort(rng.random(120) * 7200.0)
+    durations = 480.0 * rng.lognormal(0.0, 0.1, 120)
+    trace = Trace("eight-minutes", arrivals, durations, 7200.0)
+    settings = SimSettings()
+    controller = make_controller("tide", settings=settings, trace=trace)
+    assert isinstance(controller, TideController)
+    result = simulate(trace, controller, settings=settings)
+    assert result.interrupted == 0
+    assert controller.state.service_time is not None
+    assert controller.state.service_time == pytest.approx(float(durations.mean()), rel=0.15)
