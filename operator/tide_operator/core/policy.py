@@ -21,32 +21,47 @@ Every field is immutable; ``decide`` returns a new state.
 How a decision is made
 ----------------------
 1. ``paused``: keep the current size and touch nothing.
-2. A missing or stale observation is a failure: keep the current size (a broken metric is
-   not evidence that the queue is empty) until ``fallback.failureThreshold`` consecutive
-   failures, then move to ``fallback.replicas``.
-3. Demand, in worker slots, from Celery's view of the queue:
+2. A missing or stale observation is a failure: hold the current size within the bounds (a
+   broken metric is not evidence that the queue is empty). Once *more* than
+   ``fallback.failureThreshold`` reads in a row failed (KEDA's count), run what
+   ``fallback.behavior`` says (KEDA's ``static``, ``currentReplicas``,
+   ``currentReplicasIfHigher``, ``currentReplicasIfLower``), never below the replicas that
+   held running tasks at the last good read. Both enter the scale-down window, so leaving
+   them is smoothed like any drop.
+3. Demand from Celery's view of the queue:
 
    * without rates, every waiting or in-flight task wants a slot:
      ``ceil((waiting + inflight) / targetBacklogPerWorker)`` (ETA tasks are not demand);
-   * with a completion counter, Little's law gives the service time
-     ``S = mean(inflight) / completion rate`` and conservation gives the arrival rate
-     ``λ = completion rate + Δ(waiting + inflight) / Δt``. The steady stream needs
-     ``λS`` slots plus square-root-staffing headroom ``√(λS)`` (Halfin-Whitt), the backlog
-     needs enough slots to drain within half the maximum wait, and in-flight work always
-     keeps its slots. A steady stream then reads the same demand whatever the current size,
-     which is what stops the feedback loop of sizing on list length;
+   * with a completion counter: the arrival rate by conservation over a minute,
+     ``λ = completion rate + Δ(waiting + inflight) / Δt``, raised to the forecast one lead
+     time ahead (Holt's trend and a daily seasonal profile, ``forecast_arrivals``); the
+     service time from decayed sums of busy slot-seconds and completions (long tasks are
+     seen, tiny ones read as a millisecond). The pool is sized by Erlang C for the offered
+     load plus the backlog's drain: the fewest replicas keeping P(wait > a tenth of
+     ``maxWaitSeconds``) within 5 %, with a hysteresis band down to the fewest that keep up.
+     A steady stream reads the same demand whatever the current size, which is what stops
+     the feedback loop of sizing on list length;
+   * a saturated pool whose queue still grows is sized by its measured throughput;
    * when the oldest message is already older than ``maxWaitSeconds`` the rate model is
      evidently too optimistic, and the policy falls back to one slot per task.
 
-4. Never below the replicas the in-flight work occupies, and never zero while anything
-   waits, runs or is scheduled, or before ``cooldownPeriod`` has passed since work was last
-   seen (KEDA's deactivation). From zero, wake when demand exceeds ``activationThreshold``.
+4. Never below the replicas that hold running tasks (the busy probe's count, unless every
+   task seen ends well within the grace period; else the slots in-flight work occupies), and
+   never zero while anything waits, runs, finished since the last read or is scheduled, or
+   before ``cooldownPeriod`` has passed since work was last seen (KEDA's deactivation). From
+   zero, wake when demand exceeds ``activationThreshold`` (on the forecast alone only with
+   ``forecast.wakeFromZero``).
 5. Stabilise and rate-limit exactly like the HorizontalPodAutoscaler's ``behavior``: the
    result lies between the lowest recommendation of the scale-up window and the highest of
    the scale-down window, then within what the step policies allow over their periods,
-   then within ``minReplicas``/``maxReplicas``. The HPA functions are public
-   (``stabilize``, ``scale_up_limit``, ``scale_down_limit``) so the simulator's KEDA and HPA
-   baselines run the very same arithmetic.
+   then within ``minReplicas``/``maxReplicas``. ``selectPolicy: Disabled`` blocks its
+   direction entirely, 0 ↔ 1 included (KEDA's pause-scale-in/out). The HPA functions are
+   public (``stabilize``, ``scale_up_limit``, ``scale_down_limit``) so the simulator's KEDA
+   and HPA baselines run the very same arithmetic.
+
+Memory: ``PolicyState`` is bounded per pool: the last minute of observations, the windows'
+recommendations and events, a dozen scalars, and the seasonal profile of ``SEASON_BUCKETS``
+(288) floats.
 """
 
 from __future__ import annotations
