@@ -26,6 +26,8 @@ from tide_operator.resources.spec import (
     API_VERSION,
     GROUP,
     KIND,
+    NAME_MESSAGE,
+    NAME_RULE,
     PLURAL,
     SHORT_NAME,
     SINGULAR,
@@ -226,6 +228,9 @@ def build_crd() -> dict[str, Any]:
                             "description": "A pool of Celery workers that Tide creates or "
                             "adopts, and scales from the work waiting in its queues.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {"rule": NAME_RULE, "message": NAME_MESSAGE}
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

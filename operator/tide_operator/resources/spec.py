@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tide_operator.core.policy import Behavior, Fallback, Forecast, PolicyConfig
 
@@ -30,6 +31,9 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "KIND",
+    "MAX_OWNED_NAME",
+    "NAME_MESSAGE",
+    "NAME_RULE",
     "PLURAL",
     "SHORT_NAME",
     "SINGULAR",
@@ -63,7 +67,22 @@ SHORT_NAME: Final = "wp"
 DEFAULT_MIN_REPLICAS: Final = 0
 DEFAULT_MAX_REPLICAS: Final = 10
 DEFAULT_POLLING_INTERVAL: Final = 5.0
-DEFAULT_STALE_AFTER: Final = 30.0
+DEFAULT_MAX_WAIT: Final = 60.0
+# staleAfterSeconds, when not set, follows pollingInterval: three polls, and never less than
+# 30 s (an exporter scrape or a Prometheus evaluation can lag a poll or two).
+MIN_STALE_AFTER: Final = 30.0
+STALE_AFTER_POLLS: Final = 3
+
+# A pool with a template labels its Deployment and pods ``tide.dev/workerpool=<name>``, and
+# a label value is at most 63 characters: a longer name (a custom resource may have 253)
+# could never get its Deployment. The CRD refuses it with this rule, at the root, where CEL
+# may read metadata.name; ``WorkerPool.from_body`` says the same for anything that got past.
+MAX_OWNED_NAME: Final = 63
+NAME_RULE: Final = f"!has(self.spec.template) || size(self.metadata.name) <= {MAX_OWNED_NAME}"
+NAME_MESSAGE: Final = (
+    f"metadata.name must be at most {MAX_OWNED_NAME} characters for a pool with a template: "
+    "it is the value of the tide.dev/workerpool label on the pool's Deployment and pods"
+)
 
 _URL_PATTERN: Final = r"^https?://[^\s]+$"
 
@@ -369,9 +388,8 @@ class WorkerPoolSpec(_Model):
                 "fallback.replicas must not exceed maxReplicas",
             ),
             (
-                f"(has(self.staleAfterSeconds) ? self.staleAfterSeconds : {DEFAULT_STALE_AFTER})"
-                f" >= (has(self.pollingInterval) ? self.pollingInterval : "
-                f"{DEFAULT_POLLING_INTERVAL})",
+                "!has(self.staleAfterSeconds) || self.staleAfterSeconds >= "
+                f"(has(self.pollingInterval) ? self.pollingInterval : {DEFAULT_POLLING_INTERVAL})",
                 "staleAfterSeconds must be at least pollingInterval",
             ),
         )
@@ -407,10 +425,11 @@ class WorkerPoolSpec(_Model):
         ge=1,
         description="Waiting plus running tasks one worker should hold (default: concurrency).",
     )
-    max_wait_seconds: float | None = Field(
-        default=60.0,
-        gt=0,
-        description="Target for the age of the oldest waiting task, in seconds.",
+    max_wait_seconds: float = Field(
+        default=DEFAULT_MAX_WAIT,
+        ge=0,
+        description="Target for the age of the oldest waiting task, in seconds; 0 = no age "
+        "target (the backlog per worker alone sizes the pool).",
     )
     activation_threshold: int = Field(
         default=0,
@@ -428,10 +447,11 @@ class WorkerPoolSpec(_Model):
         le=3600,
         description="Seconds between two reads of the metrics and decisions.",
     )
-    stale_after_seconds: float = Field(
-        default=DEFAULT_STALE_AFTER,
+    stale_after_seconds: float | None = Field(
+        default=None,
         gt=0,
-        description="An observation older than this counts as a failed read.",
+        description="An observation older than this counts as a failed read (at least "
+        "pollingInterval; default: 3 x pollingInterval, at least 30 s).",
     )
     behavior: Behavior = Field(
         default_factory=Behavior,
@@ -461,6 +481,12 @@ class WorkerPoolSpec(_Model):
         default_factory=WorkerSettings, description="Celery settings that affect scale-in."
     )
 
+    @field_validator("max_wait_seconds", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any) -> Any:
+        # The API server replaces a null with the schema's default; so does a file read here.
+        return DEFAULT_MAX_WAIT if value is None else value
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerPoolSpec:
         # The same rules as the CRD's CEL, in the same words.
@@ -470,7 +496,10 @@ class WorkerPoolSpec(_Model):
             raise ValueError("minReplicas must not exceed maxReplicas")
         if self.fallback is not None and self.fallback.replicas > self.max_replicas:
             raise ValueError("fallback.replicas must not exceed maxReplicas")
-        if self.stale_after_seconds < self.polling_interval:
+        if (
+            self.stale_after_seconds is not None
+            and self.stale_after_seconds < self.polling_interval
+        ):
             raise ValueError("staleAfterSeconds must be at least pollingInterval")
         if len(set(self.queues)) != len(self.queues) or not all(self.queues):
             raise ValueError("queues must be distinct and non-empty")
@@ -481,6 +510,13 @@ class WorkerPoolSpec(_Model):
         """Whether the operator builds and owns the Deployment (``template``)."""
         return self.template is not None
 
+    @property
+    def stale_after(self) -> float:
+        """``staleAfterSeconds``, or its default, which follows ``pollingInterval``."""
+        if self.stale_after_seconds is not None:
+            return self.stale_after_seconds
+        return max(MIN_STALE_AFTER, STALE_AFTER_POLLS * self.polling_interval)
+
     def to_policy_config(self) -> PolicyConfig:
         """The scaling part, for ``policy.decide``."""
         return PolicyConfig(
@@ -488,7 +524,7 @@ class WorkerPoolSpec(_Model):
             max_replicas=self.max_replicas,
             concurrency=self.concurrency,
             target_backlog_per_worker=self.target_backlog_per_worker,
-            max_wait_seconds=self.max_wait_seconds,
+            max_wait_seconds=self.max_wait_seconds or None,  # 0: no age target
             activation_threshold=self.activation_threshold,
             cooldown_period=self.cooldown_period,
             polling_interval=self.polling_interval,
@@ -496,7 +532,7 @@ class WorkerPoolSpec(_Model):
             fallback=self.fallback,
             forecast=self.forecast,
             paused=self.paused,
-            stale_after_seconds=self.stale_after_seconds,
+            stale_after_seconds=self.stale_after,
             grace_period_seconds=float(self.shutdown.grace_period_seconds),
             longest_task_seconds=(
                 float(self.shutdown.longest_task_seconds)
@@ -598,10 +634,22 @@ class WorkerPool:
     def from_body(cls, body: Any) -> WorkerPool:
         """Parse an object as the API returns it (raises ``pydantic.ValidationError``)."""
         meta = body["metadata"]
+        spec = WorkerPoolSpec.model_validate(dict(body.get("spec") or {}))
+        if spec.owned and len(meta["name"]) > MAX_OWNED_NAME:
+            raise ValidationError.from_exception_data(
+                "WorkerPool",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("name_too_long", NAME_MESSAGE),
+                        loc=("metadata", "name"),
+                        input=meta["name"],
+                    )
+                ],
+            )
         return cls(
             name=meta["name"],
             namespace=meta["namespace"],
             uid=meta.get("uid", ""),
             generation=meta.get("generation"),
-            spec=WorkerPoolSpec.model_validate(dict(body.get("spec") or {})),
+            spec=spec,
         )

@@ -16,7 +16,7 @@ from crd_admission import EXAMPLES, load_examples
 from pydantic import ValidationError
 
 from tide_operator.resources.crd import CRD_PATH, build_crd, render_crd_yaml
-from tide_operator.resources.spec import WorkerPool, WorkerPoolSpec
+from tide_operator.resources.spec import NAME_MESSAGE, WorkerPool, WorkerPoolSpec
 
 BASE: dict[str, Any] = {
     "apiVersion": "tide.dev/v1alpha1",
@@ -125,6 +125,18 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
         ),
         "is not one of",
     ),
+    # A slow poll alone is valid: staleAfterSeconds, unset, follows pollingInterval.
+    ("slow-polling-alone", with_spec(pollingInterval=60), None),
+    # An explicit staleAfterSeconds still must cover one poll.
+    (
+        "stale-below-slow-polling",
+        with_spec(pollingInterval=60, staleAfterSeconds=30),
+        "staleAfterSeconds must be at least pollingInterval",
+    ),
+    # maxWaitSeconds 0 means no age target.
+    ("no-age-target", with_spec(maxWaitSeconds=0), None),
+    # A negative age target means nothing.
+    ("negative-max-wait", with_spec(maxWaitSeconds=-1), "less than the minimum of 0"),
     # concurrency must be at least one slot.
     ("zero-concurrency", with_spec(concurrency=0), "less than the minimum of 1"),
     # KEDA's fallback behaviours are accepted ...
@@ -174,6 +186,60 @@ def test_crd_and_models_agree(
         assert any(error in e for e in errors), errors
         with pytest.raises(ValidationError):
             WorkerPoolSpec.model_validate(body["spec"])
+
+
+def named(name: str, **changes: Any) -> dict[str, Any]:
+    body = with_spec(**changes)
+    body["metadata"]["name"] = name
+    return body
+
+
+NAMES: list[tuple[str, dict[str, Any], bool]] = [
+    # 63 characters: the longest label value, so the longest owned pool.
+    ("owned-63", named("p" * 63), True),
+    # 64: its Deployment and pods could never carry the tide.dev/workerpool label.
+    ("owned-64", named("p" * 64), False),
+    # 253 (the most a custom resource's name may have): refused as well.
+    ("owned-253", named("p" * 253), False),
+    # An adopted Deployment gets no label from the pool: any valid name will do.
+    ("adopted-253", named("p" * 253, template=None, scaleTargetRef={"name": "d"}), True),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "valid"), NAMES, ids=[n[0] for n in NAMES])
+def test_names_that_cannot_label_a_deployment_are_refused(
+    admit: Callable[[dict[str, Any]], list[str]], name: str, body: dict[str, Any], valid: bool
+) -> None:
+    errors = admit(body)
+    if valid:
+        assert errors == []
+        WorkerPool.from_body(body)
+    else:
+        assert errors == [NAME_MESSAGE]
+        with pytest.raises(ValidationError, match="at most 63 characters"):
+            WorkerPool.from_body(body)
+
+
+def test_defaults_that_follow_other_fields() -> None:
+    # staleAfterSeconds: three polls, never under 30 s, unless set.
+    assert WorkerPoolSpec.model_validate(with_spec()["spec"]).stale_after == 30
+    slow = WorkerPoolSpec.model_validate(with_spec(pollingInterval=60)["spec"])
+    assert slow.stale_after == 180
+    assert slow.to_policy_config().stale_after_seconds == 180
+    set_ = WorkerPoolSpec.model_validate(
+        with_spec(pollingInterval=60, staleAfterSeconds=90)["spec"]
+    )
+    assert set_.stale_after == 90
+    # maxWaitSeconds: 0 turns the age target off; null is the default, as the API server
+    # fills a null with the schema's default.
+    assert (
+        WorkerPoolSpec.model_validate(with_spec(maxWaitSeconds=0)["spec"])
+        .to_policy_config()
+        .max_wait_seconds
+        is None
+    )
+    spec = {**with_spec()["spec"], "maxWaitSeconds": None}
+    assert WorkerPoolSpec.model_validate(spec).to_policy_config().max_wait_seconds == 60
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
