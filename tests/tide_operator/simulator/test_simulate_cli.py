@@ -18,7 +18,7 @@ def test_plots_without_matplotlib_name_the_extra_before_running(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = CliRunner().invoke(simulate, ["--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "tide[plots]" in result.output
+    assert "tide-platform[plots]" in result.output
     assert "--no-plot" in result.output
     assert list(tmp_path.iterdir()) == []
 
