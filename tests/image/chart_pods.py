@@ -71,10 +71,17 @@ class Namespace:
     secrets: Mapping[str, Mapping[str, str]]
     services: Sequence[Mapping[str, Any]]
     service_account: Path | None = None
+    #: Where KUBERNETES_SERVICE_HOST/PORT point (the default/kubernetes Service).
+    api_server: tuple[str, int] = ("10.96.0.1", 443)
 
     @classmethod
     def from_objects(
-        cls, name: str, objects: Sequence[Mapping[str, Any]], *, service_account: Path | None = None
+        cls,
+        name: str,
+        objects: Sequence[Mapping[str, Any]],
+        *,
+        service_account: Path | None = None,
+        api_server: tuple[str, int] = ("10.96.0.1", 443),
     ) -> Namespace:
         config_maps = {
             o["metadata"]["name"]: o.get("data") or {} for o in objects if o["kind"] == "ConfigMap"
@@ -94,6 +101,7 @@ class Namespace:
             secrets=secrets,
             services=services,
             service_account=service_account,
+            api_server=api_server,
         )
 
     def service_links(self) -> dict[str, str]:
@@ -104,11 +112,12 @@ class Namespace:
         such name) meets them as it would in a pod.
         """
         # Every pod also gets the API server's Service (default/kubernetes), links or not.
+        host, port = self.api_server
         env: dict[str, str] = {
-            "KUBERNETES_SERVICE_HOST": "10.96.0.1",
-            "KUBERNETES_SERVICE_PORT": "443",
-            "KUBERNETES_SERVICE_PORT_HTTPS": "443",
-            "KUBERNETES_PORT": "tcp://10.96.0.1:443",
+            "KUBERNETES_SERVICE_HOST": host,
+            "KUBERNETES_SERVICE_PORT": str(port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+            "KUBERNETES_PORT": f"tcp://{host}:{port}",
         }
         for index, service in enumerate(self.services):
             ip = f"10.96.0.{10 + index}"

@@ -31,7 +31,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests" / "charts"))
 
-from chart_pods import HOST_LOOPBACK, RUN, Built, Namespace, Pods  # noqa: E402
+from chart_pods import HOST_LOOPBACK, RUN, Built, Namespace, Pods, free_port  # noqa: E402
 from chart_render import NAMESPACE, Render, template  # noqa: E402
 
 DATABASE = f"tide_image_{RUN}"
@@ -123,7 +123,13 @@ def pods(
     pods = Pods(
         built=built,
         chart=chart,
-        namespace=Namespace.from_objects(NAMESPACE, chart.objects, service_account=account),
+        # The API server's address in every pod: a host port where nothing listens.
+        namespace=Namespace.from_objects(
+            NAMESPACE,
+            chart.objects,
+            service_account=account,
+            api_server=(HOST_LOOPBACK, free_port()),
+        ),
         root=root,
         wait=wait,
     )

@@ -150,7 +150,7 @@ def test_operator_without_credentials_says_so_in_one_line(pods: Pods) -> None:
     log = operator.logs()
     assert operator.exit_code() == 1
     assert "Traceback" not in log, log
-    assert "no Kubernetes credentials" in log, log
+    assert "no usable Kubernetes credentials" in log, log
 
 
 def test_no_role_imported_the_module_planted_in_tmp(pods: Pods) -> None:
