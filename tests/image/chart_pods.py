@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -414,6 +415,27 @@ def start(
         ports=ports,
         started=started,
     )
+
+
+class SilentApiServer:
+    """Where KUBERNETES_SERVICE_HOST/PORT point: it accepts connections, counts them and
+    closes them unanswered (no cluster here). A count above zero means a pod got as far as
+    calling the API server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
 
 
 @dataclass

@@ -31,7 +31,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests" / "charts"))
 
-from chart_pods import HOST_LOOPBACK, RUN, Built, Namespace, Pods, free_port  # noqa: E402
+from chart_pods import HOST_LOOPBACK, RUN, Built, Namespace, Pods, SilentApiServer  # noqa: E402
 from chart_render import NAMESPACE, Render, template  # noqa: E402
 
 DATABASE = f"tide_image_{RUN}"
@@ -101,10 +101,18 @@ def chart(database: str) -> Render:
 
 
 @pytest.fixture(scope="session")
+def api_server() -> Iterator[SilentApiServer]:
+    server = SilentApiServer()
+    yield server
+    server.sock.close()
+
+
+@pytest.fixture(scope="session")
 def pods(
     built: Built,
     chart: Render,
     broker: redis.Redis,
+    api_server: SilentApiServer,
     wait: Callable[..., Any],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pods]:
@@ -123,12 +131,11 @@ def pods(
     pods = Pods(
         built=built,
         chart=chart,
-        # The API server's address in every pod: a host port where nothing listens.
         namespace=Namespace.from_objects(
             NAMESPACE,
             chart.objects,
             service_account=account,
-            api_server=(HOST_LOOPBACK, free_port()),
+            api_server=(HOST_LOOPBACK, api_server.port),
         ),
         root=root,
         wait=wait,

@@ -90,6 +90,8 @@ INVALID_SPEC_RETRY = 30.0
 EXISTENCE_CHECK_SECONDS: Final = 300.0
 STOP_TIMEOUT: Final = 10.0
 LEGACY_FINALIZER: Final = "tide.dev/operator"
+# Seconds between start-up attempts while the API server does not answer.
+STARTUP_RETRY: Final = 10.0
 CRD_MISSING: Final = (
     f"the WorkerPool resource ({PLURAL}.{GROUP}/{VERSION}) is not served by this cluster: "
     "install its CRD (kubectl apply -f manifests/crds/, or the chart with crds.enabled=true), "
@@ -458,6 +460,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             discovery = await api.get(f"/apis/{GROUP}/{VERSION}")
         except NotFound:
             discovery = {}
+        except Unreachable as exc:
+            # The API server may be restarting: kopf retries, with one line per attempt
+            # (a temporary error carries no traceback).
+            raise kopf.TemporaryError(f"{exc}; retrying", delay=STARTUP_RETRY) from exc
         if not any(r.get("name") == PLURAL for r in discovery.get("resources") or []):
             raise kopf.PermanentError(CRD_MISSING)
 
