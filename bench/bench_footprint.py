@@ -194,7 +194,9 @@ def main() -> None:
         run([str(python), "-m", "pip", "install", "--quiet", str(ROOT / "integration")])
         after = freeze(python)
         changed = sorted(
-            f"{name}: {before.get(name, '(absent)')} -> {after.get(name, '(removed)')}"
+            f"{name}: {before.get(name, '(absent)')} -> {after.get(name, '(removed)')}".replace(
+                ROOT.as_uri(), "file://<checkout>"
+            )
             for name in set(before) | set(after)
             if before.get(name) != after.get(name)
         )
