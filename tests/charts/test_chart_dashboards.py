@@ -155,10 +155,12 @@ def test_alerts_query_exported_series(rendered: dict[str, Render]) -> None:
 def test_autoscaler_dashboard_shows_what_the_issue_asks() -> None:
     dashboard = json.loads((CHART / "files" / "dashboards" / "tide-autoscaler.json").read_text())
     names = set().union(*(metric_names(q) for q in dashboard_queries(dashboard)))
-    # Desired vs current, the observations acted on, scale events, fallback and paused.
+    # Desired vs current and ready, the observations acted on, scale events, fallback and
+    # paused.
     assert {
         "tide_workerpool_desired_replicas",
         "tide_workerpool_current_replicas",
+        "tide_workerpool_ready_replicas",
         "tide_workerpool_observed_waiting",
         "tide_workerpool_observed_oldest_age_seconds",
         "tide_workerpool_scale_events_total",

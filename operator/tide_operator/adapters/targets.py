@@ -36,6 +36,7 @@ from tide_operator.resources.deployments import (
     PodLoad,
     build_worker_deployment,
     deployment_name,
+    deployment_replicas,
     is_owned_by,
     plan_deletion_costs,
     template_hash,
@@ -43,13 +44,14 @@ from tide_operator.resources.deployments import (
 )
 from tide_operator.resources.safety import WorkerFacts, WorkerReport, report_from_inspect
 from tide_operator.resources.spec import WorkerPool
+from tide_operator.resources.status import Replicas
 
 __all__ = [
     "BusyProbe",
     "CeleryInspectProbe",
     "DeploymentTarget",
     "ReportsBusy",
-    "ReportsReadiness",
+    "ReportsReplicaStatus",
     "ReportsWorkers",
     "ScaleTarget",
     "TargetUnavailable",
@@ -94,10 +96,15 @@ class ReportsBusy(Protocol):
 
 
 @runtime_checkable
-class ReportsReadiness(Protocol):
-    """Optional: a target that can also say how many of its replicas are ready."""
+class ReportsReplicaStatus(Protocol):
+    """Optional: a target that can say what exists, as opposed to what it was set to.
 
-    async def ready(self) -> int | None: ...
+    ``current()`` is the size the target converges to (what the policy moves from);
+    ``replica_status()`` is what its controllers report exists and is ready, and why not, which
+    is what the status and the operator's metrics report.
+    """
+
+    async def replica_status(self) -> Replicas | None: ...
 
 
 class BusyProbe(Protocol):
@@ -359,10 +366,9 @@ class DeploymentTarget:
         # The API server defaults an omitted spec.replicas to 1.
         return 1 if replicas is None else int(replicas)
 
-    async def ready(self) -> int | None:
-        if self.last is None:
-            return None
-        return int(self.last.get("status", {}).get("readyReplicas") or 0)
+    async def replica_status(self) -> Replicas | None:
+        """From the Deployment as last read (this tick): its status, not its spec."""
+        return None if self.last is None else deployment_replicas(self.last)
 
     async def scale(self, replicas: int, *, reason: str) -> None:
         path = _deployment_path(self.namespace, self.name) + "/scale"

@@ -45,7 +45,14 @@ class OperatorMetrics:
         )
         self.current = Gauge(
             "tide_workerpool_current_replicas",
-            "Replicas of the target, not counting terminating pods.",
+            "Worker pods that exist (the Deployment's status.replicas), terminating ones "
+            "excluded; not the spec.replicas the operator set.",
+            _POOL,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "tide_workerpool_ready_replicas",
+            "Worker pods that are ready (the Deployment's status.readyReplicas).",
             _POOL,
             registry=r,
         )
@@ -100,7 +107,12 @@ class OperatorMetrics:
         """Update the per-pool series from one step."""
         labels = (namespace, pool)
         self.paused.labels(*labels).set(1 if paused else 0)
-        if result.current is not None:
+        if result.replicas is not None:
+            # What exists: a pool whose pods cannot be created reads 0 here while desired
+            # says 2, which is what TideWorkerPoolBelowDesired is for.
+            self.current.labels(*labels).set(result.replicas.existing)
+            self.ready.labels(*labels).set(result.replicas.ready)
+        elif result.current is not None:
             self.current.labels(*labels).set(
                 result.decision.replicas if result.scaled and result.decision else result.current
             )
@@ -123,6 +135,7 @@ class OperatorMetrics:
         for metric in (
             self.desired,
             self.current,
+            self.ready,
             self.waiting,
             self.inflight,
             self.oldest_age,

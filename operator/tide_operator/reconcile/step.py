@@ -40,7 +40,7 @@ from tide_operator.adapters.kube import Unreachable
 from tide_operator.adapters.sources import MetricSource, MetricsUnavailable
 from tide_operator.adapters.targets import (
     ReportsBusy,
-    ReportsReadiness,
+    ReportsReplicaStatus,
     ReportsWorkers,
     ScaleTarget,
     TargetUnavailable,
@@ -59,6 +59,9 @@ from tide_operator.resources.status import (
     INVALID_SPEC,
     READY,
     SAFE_SCALE_IN,
+    WORKERS_AVAILABLE,
+    WORKERS_NOT_READY,
+    Replicas,
     build_status,
     condition_of,
 )
@@ -90,6 +93,8 @@ class StepResult:
     scaled: bool = False
     metric_error: str | None = None
     error: tuple[str, str] | None = None
+    # What exists (the target's controllers' count), when the target can tell.
+    replicas: Replicas | None = None
 
     @property
     def direction(self) -> Literal["up", "down"] | None:
@@ -101,12 +106,19 @@ class StepResult:
 def _transition_events(
     previous: Mapping[str, Any] | None, status: Mapping[str, Any]
 ) -> list[PoolEvent]:
-    """Warnings when Ready or SafeScaleIn turn False (once, not on every poll)."""
+    """Warnings when Ready, WorkersAvailable or SafeScaleIn turn False (once, not every poll).
+
+    ``WorkersAvailable`` warns only with a controller's reason (``FailedCreate``, ...):
+    workers still starting after a scale-up are ``WorkersNotReady`` for a few seconds every
+    time, which is no news.
+    """
     events = []
-    for type_ in (READY, SAFE_SCALE_IN):
+    for type_ in (READY, WORKERS_AVAILABLE, SAFE_SCALE_IN):
         before = condition_of(previous, type_)
         after = condition_of(status, type_)
         if after is None or after["status"] != "False":
+            continue
+        if type_ == WORKERS_AVAILABLE and after["reason"] == WORKERS_NOT_READY:
             continue
         if (
             before is None
@@ -247,7 +259,8 @@ async def reconcile_step(
         except TargetUnavailable as exc:
             error = (exc.reason, exc.message)
 
-    ready = await target.ready() if isinstance(target, ReportsReadiness) else None
+    # What exists, for the status and the metrics; the policy moved from ``current``.
+    counts = await target.replica_status() if isinstance(target, ReportsReplicaStatus) else None
     facts: WorkerFacts | None = None
     pod_template = None
     if isinstance(target, ReportsWorkers):
@@ -261,7 +274,8 @@ async def reconcile_step(
         generation=generation,
         now=wall,
         current=decision.replicas if scaled else current,
-        ready=ready,
+        ready=None,
+        replicas=counts,
         decision=decision,
         observation=observation,
         scaled=scaled,
@@ -288,4 +302,5 @@ async def reconcile_step(
         scaled=scaled,
         metric_error=metric_error,
         error=error,
+        replicas=counts,
     )

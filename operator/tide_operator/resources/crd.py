@@ -177,6 +177,13 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Queues", "type": "string", "jsonPath": ".spec.queues"},
         {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
         {"name": "Current", "type": "integer", "jsonPath": ".status.replicas"},
+        {"name": "Ready-Workers", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {
+            # The controller's reason when workers are missing (FailedCreate, ...).
+            "name": "Workers",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="WorkersAvailable")].reason',
+        },
         {"name": "Waiting", "type": "integer", "jsonPath": ".status.lastObservation.waiting"},
         {
             "name": "Oldest",

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tide_operator.resources.spec import API_VERSION, KIND, WorkerPool, WorkerTemplate
+from tide_operator.resources.status import Replicas
 
 __all__ = [
     "DELETION_COST_ANNOTATION",
@@ -52,6 +53,7 @@ __all__ = [
     "PodLoad",
     "build_worker_deployment",
     "deployment_name",
+    "deployment_replicas",
     "plan_deletion_costs",
     "pod_labels",
     "probe_app",
@@ -376,3 +378,30 @@ def plan_deletion_costs(pods: Sequence[PodLoad], *, remove: int) -> DeletionPlan
         if cost != current:
             costs[load.name] = cost
     return DeletionPlan(costs=costs, idle=idle, removable_idle=min(idle, max(0, remove)))
+
+
+def deployment_replicas(deployment: Mapping[str, Any]) -> Replicas:
+    """What exists of a Deployment's pods, from the status its controllers wrote.
+
+    ``status.replicas`` counts the pods of its ReplicaSets that exist and are not
+    terminating (the ReplicaSet controller leaves those out), ``readyReplicas`` the ready
+    ones; the API server omits both at zero. A ReplicaSet that cannot create pods raises
+    ``ReplicaFailure`` (reason ``FailedCreate``, the admission error as message), which
+    the Deployment controller copies onto the Deployment; a rollout stuck past its
+    deadline turns ``Progressing`` False (``ProgressDeadlineExceeded``).
+    """
+    status: Mapping[str, Any] = deployment.get("status") or {}
+    failure: tuple[str, str] | None = None
+    for item in status.get("conditions") or []:
+        kind, value = item.get("type"), item.get("status")
+        reason, message = str(item.get("reason") or kind), str(item.get("message") or "")
+        if kind == "ReplicaFailure" and value == "True":
+            failure = (reason, message)
+            break
+        if kind == "Progressing" and value == "False" and failure is None:
+            failure = (reason, message)
+    return Replicas(
+        existing=int(status.get("replicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+        failure=failure,
+    )

@@ -11,7 +11,16 @@ Condition types and reasons are named constants, as in the Kubernetes sample-con
 * ``Ready``: the spec is valid, the target exists and the metrics were read;
   otherwise ``False`` with the reason (``InvalidSpec``, ``TargetNotFound``,
   ``DeploymentNotOwned``, ``MetricsUnavailable``, ``ScaleFailed``, ``ApiError``);
-* ``Active``: the pool runs workers (KEDA's word); ``False`` when scaled to zero;
+* ``Active``: the pool wants workers (KEDA's word); ``False`` when scaled to zero;
+* ``WorkersAvailable``: the workers the pool wants exist and are ready. ``False`` with the
+  controller's own reason and message when pods are not being created or not progressing
+  (``FailedCreate``: quota, PodSecurity, a missing service account;
+  ``ProgressDeadlineExceeded``), else ``WorkersNotReady`` while they start or when they
+  cannot (Pending: no node fits; an image that will not pull; a crash loop). It is read
+  from what exists — the Deployment's ``status`` as its controllers wrote it — never from
+  the ``spec.replicas`` the operator set itself, and so are ``replicas`` (pods that exist,
+  terminating ones excluded, as the ReplicaSet controller counts them) and
+  ``readyReplicas``;
 * ``Fallback``: the policy runs ``fallback.replicas`` because metrics stayed unreadable;
 * ``Paused``: ``spec.paused`` is set and the operator keeps its hands off;
 * ``SafeScaleIn``: ``False`` when the pool cannot shrink without risking tasks (a grace
@@ -23,7 +32,8 @@ Condition types and reasons are named constants, as in the Kubernetes sample-con
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -41,6 +51,8 @@ __all__ = [
     "PAUSED_CONDITION",
     "READY",
     "SAFE_SCALE_IN",
+    "WORKERS_AVAILABLE",
+    "Replicas",
     "build_status",
     "condition",
     "format_time",
@@ -49,17 +61,27 @@ __all__ = [
 
 READY: Final = "Ready"
 ACTIVE: Final = "Active"
+WORKERS_AVAILABLE: Final = "WorkersAvailable"
 FALLBACK_CONDITION: Final = "Fallback"
 PAUSED_CONDITION: Final = "Paused"
 SAFE_SCALE_IN: Final = "SafeScaleIn"
-CONDITION_TYPES: Final = (READY, ACTIVE, FALLBACK_CONDITION, PAUSED_CONDITION, SAFE_SCALE_IN)
+CONDITION_TYPES: Final = (
+    READY,
+    ACTIVE,
+    WORKERS_AVAILABLE,
+    FALLBACK_CONDITION,
+    PAUSED_CONDITION,
+    SAFE_SCALE_IN,
+)
 
 # Reasons (CamelCase, stable: alerts and tests match on them).
 RECONCILED: Final = "Reconciled"
 INVALID_SPEC: Final = "InvalidSpec"
 # The pool's API requests fail (the API server is unreachable or refuses them).
 API_ERROR: Final = "ApiError"
-WORKERS_RUNNING: Final = "WorkersRunning"
+WORKERS_WANTED: Final = "WorkersWanted"
+ALL_WORKERS_READY: Final = "AllWorkersReady"
+WORKERS_NOT_READY: Final = "WorkersNotReady"
 SCALED_TO_ZERO: Final = "ScaledToZero"
 FALLBACK_ACTIVE: Final = "FallbackActive"
 METRICS_HEALTHY: Final = "MetricsHealthy"
@@ -67,6 +89,20 @@ PAUSED_BY_SPEC: Final = "PausedBySpec"
 SCALING: Final = "Scaling"
 SAFE: Final = "Safe"
 UNSAFE_CONFIGURATION: Final = "UnsafeConfiguration"
+
+
+@dataclass(frozen=True, slots=True)
+class Replicas:
+    """What exists of a pool's workers, as the target's own controllers report it.
+
+    ``existing``: pods that exist and are not terminating; ``ready``: those ready;
+    ``failure``: (reason, message) a controller gives for pods it cannot create or bring
+    up, such as a ReplicaSet's ``FailedCreate``.
+    """
+
+    existing: int
+    ready: int
+    failure: tuple[str, str] | None = None
 
 
 def format_time(moment: datetime) -> str:
@@ -140,6 +176,7 @@ def build_status(
     hazards: Sequence[str],
     selector: str | None = None,
     workers: Mapping[str, Any] | None = None,
+    replicas: Replicas | None = None,
 ) -> dict[str, Any]:
     """The whole status to have on the object after a step.
 
@@ -147,6 +184,8 @@ def build_status(
     ``decision`` is None when the step stopped before the policy (invalid spec, no target).
     ``workers`` is what the workers said they run (``safety.workers_status``); without a
     new answer the last one stays, as a pool scaled to zero still ran what it ran.
+    ``replicas`` is what exists (``Replicas``); ``current`` (the size the target was set
+    to) stands in for it only for a target that cannot tell (local mode's processes).
     """
     stamp = format_time(now)
     before: Mapping[str, Any] = previous or {}
@@ -154,12 +193,18 @@ def build_status(
     status: dict[str, Any] = {}
     if generation is not None:
         status["observedGeneration"] = generation
-    if current is not None:
-        status["replicas"] = current
-    elif "replicas" in before:
-        status["replicas"] = before["replicas"]
-    if ready is not None:
-        status["readyReplicas"] = ready
+    if replicas is not None:
+        status["replicas"] = replicas.existing
+        status["readyReplicas"] = replicas.ready
+    else:
+        if current is not None:
+            status["replicas"] = current
+        elif "replicas" in before:
+            status["replicas"] = before["replicas"]
+        if ready is not None:
+            status["readyReplicas"] = ready
+        elif "readyReplicas" in before:
+            status["readyReplicas"] = before["readyReplicas"]
     if selector:
         status["selector"] = selector
     if decision is not None:
@@ -198,13 +243,21 @@ def build_status(
         ready_condition = cond(READY, True, RECONCILED, "metrics read and target reconciled")
     conditions = [ready_condition]
 
-    replicas = decision.replicas if decision is not None else current
-    if replicas is None:
+    desired = decision.replicas if decision is not None else current
+    if desired is None:
         conditions.append(cond(ACTIVE, None, "Unknown", "the target could not be read"))
-    elif replicas > 0:
-        conditions.append(cond(ACTIVE, True, WORKERS_RUNNING, f"{replicas} workers"))
+    elif desired > 0:
+        conditions.append(cond(ACTIVE, True, WORKERS_WANTED, f"{desired} workers wanted"))
     else:
         conditions.append(cond(ACTIVE, False, SCALED_TO_ZERO, "no workers: scaled to zero"))
+
+    if replicas is not None and desired is not None:
+        conditions.append(_workers_available(cond, replicas, desired=desired))
+    else:
+        # Not read this time (the step stopped early): what was last known stands.
+        kept = condition_of(before, WORKERS_AVAILABLE)
+        if kept is not None:
+            conditions.append(dict(kept))
 
     if decision is not None and decision.reason_code == FALLBACK:
         conditions.append(cond(FALLBACK_CONDITION, True, FALLBACK_ACTIVE, decision.reason))
@@ -228,6 +281,32 @@ def build_status(
         )
     status["conditions"] = conditions
     return status
+
+
+def _workers_available(
+    cond: Callable[[str, bool | None, str, str], dict[str, Any]],
+    replicas: Replicas,
+    *,
+    desired: int,
+) -> dict[str, Any]:
+    """``WorkersAvailable`` from what exists against what the pool wants."""
+    if replicas.failure is not None:
+        # The controller's reason and words: they name the quota, the missing service
+        # account or the PodSecurity rule, which is what the reader has to fix.
+        reason, message = replicas.failure
+        return cond(WORKERS_AVAILABLE, False, reason, message)
+    if desired == 0:
+        return cond(WORKERS_AVAILABLE, True, SCALED_TO_ZERO, "no workers wanted")
+    if replicas.ready >= desired:
+        return cond(
+            WORKERS_AVAILABLE, True, ALL_WORKERS_READY, f"{replicas.ready} of {desired} ready"
+        )
+    return cond(
+        WORKERS_AVAILABLE,
+        False,
+        WORKERS_NOT_READY,
+        f"{replicas.ready} of {desired} ready, {replicas.existing} exist",
+    )
 
 
 def status_changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

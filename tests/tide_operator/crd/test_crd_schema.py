@@ -288,4 +288,15 @@ def test_crd_shape() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["wp"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Queues", "Desired", "Current", "Waiting", "Oldest", "Ready", "Age"]
+    # Current and Ready-Workers are what exists; Workers is WorkersAvailable's reason.
+    assert columns == [
+        "Queues",
+        "Desired",
+        "Current",
+        "Ready-Workers",
+        "Workers",
+        "Waiting",
+        "Oldest",
+        "Ready",
+        "Age",
+    ]
