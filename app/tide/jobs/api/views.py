@@ -40,9 +40,16 @@ def _when(text: str) -> datetime | None:
         when = parse_datetime(text)
     except ValueError:  # well formed but impossible, like month 13
         return None
-    if when is not None and timezone.is_naive(when):
-        when = when.replace(tzinfo=UTC)
-    return when
+    if when is None:
+        return None
+    if timezone.is_naive(when):
+        return when.replace(tzinfo=UTC)
+    # Python takes offsets up to ±23:59, PostgreSQL only up to ±15:59: the query gets the
+    # same instant in UTC, so any offset Python parsed is one the database reads.
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # year 1 moved back or year 9999 moved forward past the range
+        return None
 
 
 class InvalidCursor(ValidationError):
