@@ -36,6 +36,12 @@ QUEUE_RUNNING: Final = "celery_queue_running"
 QUEUE_SOURCE: Final = "tide_exporter_queue_source"
 #: 1 when the exporter's last broker read failed and its figures are old.
 EXPORTER_STALE: Final = "tide_exporter_stale"
+#: 1 when the exporter's last broker read succeeded. Only Tide's exporters publish it, so
+#: ``… and on (job, instance) tide_exporter_up`` keeps their series apart from another
+#: exporter's of the same names (celery-exporter).
+EXPORTER_UP: Final = "tide_exporter_up"
+#: The PromQL clause that keeps only the series of Tide's exporters.
+TIDE_TARGETS: Final = f"and on (job, instance) {EXPORTER_UP}"
 
 #: Series name -> the figure it carries, as readers name it.
 FIGURES: Final[Mapping[str, str]] = {

@@ -38,6 +38,8 @@ def test_rules_pass_promtool_check(rendered: dict[str, Render], tmp_path: Path) 
             [promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        # promtool 2.42 reports duplicate rules (same name, same labels) and still exits 0.
+        assert "duplicate rule" not in result.stdout + result.stderr, result.stdout
 
 
 def test_alerts_fire_as_specified(rendered: dict[str, Render], tmp_path: Path) -> None:

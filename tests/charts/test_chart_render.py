@@ -484,6 +484,16 @@ def test_monitors_for_every_metrics_endpoint(rendered: dict[str, Render]) -> Non
     rabbit = rendered["rabbitmq"]
     assert {m["metadata"]["name"] for m in rabbit.kind("PodMonitor")} == expected
     assert rabbit.kind("ServiceMonitor") == []
+    # The operator's series carry each pool's namespace: only its scrape honours labels
+    # (elsewhere a target's own labels must not override Prometheus' target labels).
+    for monitors, endpoints in (
+        (prod.kind("ServiceMonitor"), "endpoints"),
+        (rabbit.kind("PodMonitor"), "podMetricsEndpoints"),
+    ):
+        honoured = {
+            m["metadata"]["name"] for m in monitors if m["spec"][endpoints][0].get("honorLabels")
+        }
+        assert honoured == {"tide-operator"}
     dashboards = prod.kind("ConfigMap")
     labelled = [c for c in dashboards if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert sorted(next(iter(c["data"])) for c in labelled) == [

@@ -33,7 +33,9 @@ HTTP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 JOBS_SUBMITTED = Counter("tide_jobs_submitted_total", "Jobs accepted by the API.", ["kind"])
-JOBS_REJECTED = Counter("tide_jobs_rejected_total", "Submissions refused by the API.", ["reason"])
+JOBS_REJECTED = Counter(
+    "tide_jobs_rejected_total", "Requests the API refused, by reason (the error code).", ["reason"]
+)
 
 
 class JobsByStateCollector(Collector):

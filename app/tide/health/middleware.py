@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from tide.health.metrics import HTTP_DURATION, HTTP_REQUESTS
+from tide.health.metrics import HTTP_DURATION, HTTP_REQUESTS, JOBS_REJECTED
 
 
 class PrometheusMiddleware:
@@ -48,6 +48,7 @@ class BodySizeLimitMiddleware:
         except ValueError:
             length = 0
         if length > self.limit:
+            JOBS_REJECTED.labels("payload_too_large").inc()
             return JsonResponse(
                 {
                     "error": "payload_too_large",

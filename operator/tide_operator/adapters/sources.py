@@ -52,6 +52,7 @@ from tide_contract.series import (
     QUEUE_LENGTH,
     QUEUE_OLDEST_AGE,
     QUEUE_SCHEDULED,
+    TIDE_TARGETS,
     parse_queue_series,
 )
 from tide_operator.core.policy import Observation
@@ -71,7 +72,10 @@ __all__ = [
 
 
 def _sum_by_queue(series: str, *, how: str = "sum") -> str:
-    return f'{how} by ({QUEUE_LABEL}) ({series}{{{QUEUE_LABEL}=~"$queues"}})'
+    # Tide's exporter and celery-exporter publish the same names; a Prometheus scraping
+    # both holds two copies of every queue (a plain sum reads 200 for 100). Only Tide's
+    # exporters also publish tide_exporter_up, whatever their job is named: keep theirs.
+    return f'{how} by ({QUEUE_LABEL}) ({series}{{{QUEUE_LABEL}=~"$queues"}} {TIDE_TARGETS})'
 
 
 DEFAULT_QUERIES: Final[Mapping[str, str]] = {

@@ -256,22 +256,30 @@ class PrometheusQueries(_Model):
     waiting: str | None = Field(
         default=None,
         description="Tasks waiting. Default: "
-        'sum by (queue_name) (celery_queue_length{queue_name=~"$queues"}).',
+        'sum by (queue_name) (celery_queue_length{queue_name=~"$queues"}'
+        " and on (job, instance) tide_exporter_up): Tide's exporters only, not another"
+        " exporter of the same names.",
     )
     inflight: str | None = Field(
         default=None,
         description="Tasks delivered and not acknowledged. Default: "
-        'sum by (queue_name) (celery_queue_inflight{queue_name=~"$queues"}).',
+        'sum by (queue_name) (celery_queue_inflight{queue_name=~"$queues"}'
+        " and on (job, instance) tide_exporter_up): Tide's exporters only, not another"
+        " exporter of the same names.",
     )
     scheduled: str | None = Field(
         default=None,
         description="ETA/countdown tasks held by workers. Default: "
-        'sum by (queue_name) (celery_queue_scheduled{queue_name=~"$queues"}).',
+        'sum by (queue_name) (celery_queue_scheduled{queue_name=~"$queues"}'
+        " and on (job, instance) tide_exporter_up): Tide's exporters only, not another"
+        " exporter of the same names.",
     )
     oldest_age: str | None = Field(
         default=None,
         description="Age in seconds of the oldest waiting task. Default: "
-        'max by (queue_name) (celery_queue_oldest_age_seconds{queue_name=~"$queues"}).',
+        'max by (queue_name) (celery_queue_oldest_age_seconds{queue_name=~"$queues"}'
+        " and on (job, instance) tide_exporter_up): Tide's exporters only, not another"
+        " exporter of the same names.",
     )
 
 

@@ -52,3 +52,50 @@ def test_probes_answer_a_pod_ip_host(path: str) -> None:
 
 def test_other_paths_still_check_the_host() -> None:
     assert Client().get("/api/tasks/", HTTP_HOST="10.1.2.3:8000").status_code == 400
+
+
+def rejected(client: Client) -> dict[str, float]:
+    text = client.get("/metrics").content.decode()
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "tide_jobs_rejected"
+        for sample in family.samples
+        if sample.name == "tide_jobs_rejected_total"
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_refusal_is_counted_with_its_reason() -> None:
+    from rest_framework.test import APIClient
+
+    from tide.jobs.accounts import ensure_token
+
+    client = APIClient()
+    before = rejected(Client())
+    # No token, then a wrong one.
+    client.post("/api/jobs/", {"task": "tide.samples.add"}, format="json")
+    client.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    client.get("/api/jobs/")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ensure_token('counted')}")
+    cases = {
+        # A field the serializer refuses.
+        "invalid": lambda: client.post(
+            "/api/jobs/", {"task": "tide.samples.add", "priority": 99}, format="json"
+        ),
+        "parse_error": lambda: client.post(
+            "/api/jobs/", data="{nope", content_type="application/json"
+        ),
+        "unknown_task": lambda: client.post("/api/jobs/", {"task": "no.such"}, format="json"),
+        "invalid_cursor": lambda: client.get("/api/jobs/", {"cursor": "//4="}),
+        "not_found": lambda: client.get("/api/jobs/00000000-0000-0000-0000-000000000000/"),
+        # Refused by the middleware before any view runs.
+        "payload_too_large": lambda: client.post(
+            "/api/jobs/", {"task": "tide.samples.total", "args": [[1.0] * 100_000]}, format="json"
+        ),
+    }
+    for reason, send in cases.items():
+        assert send().status_code >= 400, reason
+    after = rejected(Client())
+    for reason in [*cases, "not_authenticated", "authentication_failed"]:
+        assert after.get(reason, 0) - before.get(reason, 0) == 1, reason

@@ -35,10 +35,7 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def exposition() -> Iterator[Exposition]:
-    state = Exposition()
-
+def _serve(state: Exposition) -> Iterator[Exposition]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             body = state.text.encode()
@@ -60,19 +57,35 @@ def exposition() -> Iterator[Exposition]:
 
 
 @pytest.fixture(scope="session")
-def prometheus(exposition: Exposition) -> Iterator[str]:
+def exposition() -> Iterator[Exposition]:
+    """Tide's exporter, as Prometheus scrapes it (job ``exporter``)."""
+    yield from _serve(Exposition())
+
+
+@pytest.fixture(scope="session")
+def other_exporter() -> Iterator[Exposition]:
+    """A second exporter scraped by the same Prometheus (job ``celery-exporter``), empty
+    unless a test gives it text: celery-exporter publishes the same series names."""
+    yield from _serve(Exposition())
+
+
+@pytest.fixture(scope="session")
+def prometheus(exposition: Exposition, other_exporter: Exposition) -> Iterator[str]:
     binary = shutil.which("prometheus")
     if binary is None:
         # A missing install, not a reason to pass quietly: make install-dev puts it there.
         pytest.fail("prometheus is not installed: run make install-dev (Debian's prometheus)")
     workdir = Path(tempfile.mkdtemp(prefix="tide-prom-"))
     target = exposition.url.removeprefix("http://").removesuffix("/metrics")
+    other = other_exporter.url.removeprefix("http://").removesuffix("/metrics")
     config = workdir / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         "  - job_name: exporter\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n"
+        "  - job_name: celery-exporter\n"
+        f"    static_configs: [{{targets: ['{other}']}}]\n"
     )
     port = _free_port()
     process = subprocess.Popen(

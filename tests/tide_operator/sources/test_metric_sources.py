@@ -43,7 +43,10 @@ def text(
         lines += [
             f'celery_queue_completed_total{{queue_name="{q}"}} {n}' for q, n in completed.items()
         ]
-    lines += ["# TYPE tide_exporter_stale gauge", f"tide_exporter_stale {stale}", ""]
+    lines += ["# TYPE tide_exporter_stale gauge", f"tide_exporter_stale {stale}"]
+    # Tide's exporter always publishes its health: the default queries keep only the
+    # targets that do (celery-exporter publishes the queue names too).
+    lines += ["# TYPE tide_exporter_up gauge", f"tide_exporter_up {1 - stale}", ""]
     return "\n".join(lines)
 
 
@@ -66,6 +69,40 @@ async def observe_until(
             if seen == expected or time.monotonic() > deadline:
                 return seen
         await asyncio.sleep(0.2)
+
+
+@pytest.mark.asyncio
+async def test_a_second_exporter_of_the_same_series_is_not_added(
+    prometheus: str, exposition: Exposition, other_exporter: Exposition
+) -> None:
+    # celery-exporter scraped by the same Prometheus publishes celery_queue_length for the
+    # same queues: the default queries read Tide's figures, not their sum.
+    exposition.text = text(a=(100, 4, 0, 12.0))
+    other_exporter.text = "\n".join(
+        [
+            "# TYPE celery_queue_length gauge",
+            'celery_queue_length{queue_name="a"} 100',
+            "# TYPE celery_workers gauge",
+            "celery_workers 3",
+            "",
+        ]
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            source = PrometheusSource(prometheus, client=client, timeout=5)
+            want = Observation(at=1.0, waiting=100, inflight=4, scheduled=0, oldest_age=12.0)
+            both = f"{prometheus}/api/v1/query"
+            # Wait until Prometheus holds both exporters' copies, then read through Tide.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                result = httpx.get(both, params={"query": 'celery_queue_length{queue_name="a"}'})
+                if len(result.json()["data"]["result"]) == 2:
+                    break
+                await asyncio.sleep(0.2)
+            assert len(result.json()["data"]["result"]) == 2
+            assert await observe_until(source, ["a"], want) == want
+    finally:
+        other_exporter.text = ""
 
 
 @pytest.mark.asyncio

@@ -72,4 +72,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         else response.data
     )
     response.data = {"error": code, "detail": detail}
+    # Every refusal is counted with its reason, not only the domain's own three: a client
+    # sending bad fields or a stale token shows on the dashboard as what it is.
+    JOBS_REJECTED.labels(code).inc()
     return response
