@@ -9,6 +9,7 @@ simulate`` and ``tide --help`` start fast and need no database.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -128,11 +129,53 @@ def beat(schedule: str | None) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", type=int, default=5555, show_default=True)
+@click.option(
+    "--app",
+    "app_name",
+    default=None,
+    envvar="TIDE_FLOWER_APP",
+    help="Load this Celery app (celery -A APP flower). Default: none, the broker alone.",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, flower_args: tuple[str, ...]) -> None:
-    """Run Flower, the Celery introspection UI (its /metrics too)."""
+def flower(port: int, app_name: str | None, flower_args: tuple[str, ...]) -> None:
+    """Run Flower, the Celery introspection UI (its /metrics too), for any app's workers.
+
+    Flower needs the broker, not an app's code: everything it shows comes from the workers'
+    events and remote control. So by default it runs on a bare Celery app with the broker
+    URL and the transport options of Tide's settings (``CELERY_BROKER_URL``,
+    ``TIDE_BROKER_TRANSPORT_OPTIONS``, ``CELERY_BROKER_KEYPREFIX``): the workers' own key
+    prefix and layout, whichever app they run. It runs in a fresh interpreter that imports
+    Celery alone: in this one, Tide's app would answer the bare app's module import and
+    hand it Tide's tasks.
+    """
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
-    _exec(["celery", "-A", "tide", "flower", f"--port={port}", *flower_args])
+    argv = ["flower", f"--port={port}", *flower_args]
+    if app_name:
+        _exec(["celery", "-A", app_name, *argv])
+    from django.conf import settings
+
+    url = settings.CELERY_BROKER_URL
+    conf = {
+        "broker_url": url,
+        # Read before a CELERY_BROKER_URL variable would be, so the URL is exactly this one.
+        "broker_read_url": url,
+        "broker_write_url": url,
+        "broker_transport_options": dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS),
+    }
+    # Nor Django: with DJANGO_SETTINGS_MODULE set, Celery's Django fix-up would set Tide's
+    # project up in Flower's process (``fixups=[]`` below says the same to Celery).
+    os.environ.pop("DJANGO_SETTINGS_MODULE", None)
+    _exec([sys.executable, "-c", FLOWER_ON_THE_BROKER, json.dumps(conf), *argv])
+
+
+#: ``python -c``: Flower on a bare Celery app configured from argv[1] (JSON), nothing else.
+FLOWER_ON_THE_BROKER = """\
+import json, sys
+from celery import Celery
+app = Celery("tide-flower", fixups=[])
+app.conf.update(json.loads(sys.argv[1]))
+sys.exit(app.start(sys.argv[2:]))
+"""
 
 
 @main.command()

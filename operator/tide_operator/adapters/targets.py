@@ -148,7 +148,8 @@ class CeleryInspectProbe:
         from celery import Celery
 
         # A bare app: the operator needs the broker, not the Django project's tasks.
-        self._app = Celery("tide-operator", broker=broker_url, set_as_current=False)
+        # No fix-ups: a DJANGO_SETTINGS_MODULE in the environment must not set a project up.
+        self._app = Celery("tide-operator", broker=broker_url, set_as_current=False, fixups=[])
         # Celery lets a CELERY_BROKER_URL variable win over ``broker``; the read and write
         # URLs come first, so the broker asked for is the one used.
         self._app.conf.broker_read_url = self._app.conf.broker_write_url = broker_url

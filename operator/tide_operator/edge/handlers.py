@@ -502,9 +502,9 @@ def busy_probe_from_env(environ: Mapping[str, str] | None = None) -> CeleryInspe
 
     The workers' transport options come from ``TIDE_BROKER_TRANSPORT_OPTIONS`` (a JSON
     object, the same variable the exporter and Flower read; one parser,
-    ``tide_celery.layout``), plus ``CELERY_BROKER_KEYPREFIX`` (Tide's own settings' prefix)
-    when the JSON names no prefix. Nothing else is added: kombu's defaults are what a
-    stock app runs, and a layout of Tide's own would break remote control with it.
+    ``tide_celery.layout``), and ``CELERY_BROKER_KEYPREFIX`` over them, as Tide's settings
+    take it. Nothing else is added: kombu's defaults are what a stock app runs, and a
+    layout of Tide's own would break remote control with it.
     """
     from tide_celery.layout import transport_options_from_env
 
@@ -515,6 +515,6 @@ def busy_probe_from_env(environ: Mapping[str, str] | None = None) -> CeleryInspe
     options = transport_options_from_env(environ=env) or {}
     # The same variable Tide's settings read for a shared Redis (see docs/configuration.md).
     prefix = env.get("CELERY_BROKER_KEYPREFIX")
-    if prefix and "global_keyprefix" not in options:
+    if prefix:
         options["global_keyprefix"] = prefix
     return CeleryInspectProbe(url, transport_options=options)

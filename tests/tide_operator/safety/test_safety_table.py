@@ -174,13 +174,13 @@ PROBE_ENV = [
     ),
     # Tide's own key prefix variable (the chart's config.brokerKeyPrefix) alone.
     ({"CELERY_BROKER_KEYPREFIX": "tide:"}, {"global_keyprefix": "tide:"}),
-    # Both: the app's JSON names the prefix, and it wins.
+    # Both: the prefix variable wins, as in Tide's settings (docs/configuration.md).
     (
         {
             "TIDE_BROKER_TRANSPORT_OPTIONS": '{"global_keyprefix": "a:"}',
             "CELERY_BROKER_KEYPREFIX": "t:",
         },
-        {"global_keyprefix": "a:"},
+        {"global_keyprefix": "t:"},
     ),
     # Neither: kombu's defaults, which a stock app runs.
     ({}, {}),
