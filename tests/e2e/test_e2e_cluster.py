@@ -626,30 +626,36 @@ def test_metrics_outage_fallback_and_hold(
         timeout=3 * bound,
     )
     emails = cluster.pool(namespace, "emails")
+    # Metrics trouble is MetricsAvailable=False; Ready stays True (helm --wait waits on it).
     ready = condition(emails, "Ready") or {}
+    metrics = condition(emails, "MetricsAvailable") or {}
     emails_held = cluster.replicas(namespace, OWNED["emails"]) == held["emails"]
     default_during = cluster.replicas(namespace, OWNED["default"])
     fell_ok = report.record(
         "exporter down → reports falls back to 2; emails holds",
-        ok=bool(fell) and seconds <= bound and emails_held and ready.get("status") == "False",
+        ok=bool(fell)
+        and seconds <= bound
+        and emails_held
+        and metrics.get("status") == "False"
+        and ready.get("status") == "True",
         seconds=seconds,
         bound=f"{bound:g} (4 failed reads x {POLL:g} + marking {MARK:g} + 1)",
         detail=f"reports {held['reports']}→{cluster.replicas(namespace, ADOPTED)}; emails "
         f"{'held' if emails_held else 'moved'} at {cluster.replicas(namespace, OWNED['emails'])}, "
-        f"Ready={ready.get('status')}/{ready.get('reason')}; "
-        f"default (Prometheus) at {default_during}",
+        f"MetricsAvailable={metrics.get('status')}/{metrics.get('reason')}, "
+        f"Ready={ready.get('status')}; default (Prometheus) at {default_during}",
     )
     exporter.start()
     back, recovered = measure(
         lambda: (
             not is_true(cluster.pool(namespace, "reports"), "Fallback")
-            and is_true(cluster.pool(namespace, "emails"), "Ready")
+            and is_true(cluster.pool(namespace, "emails"), "MetricsAvailable")
             and cluster.replicas(namespace, ADOPTED) == 3
         ),
         timeout=6 * REACT,
     )
     ok = report.record(
-        "exporter back → Fallback=False, Ready=True, reports 2→3",
+        "exporter back → Fallback=False, MetricsAvailable=True, reports 2→3",
         ok=bool(back) and recovered <= REACT,
         seconds=recovered,
         bound=f"{REACT:g}",

@@ -230,7 +230,9 @@ def _status_path(namespace: str, name: str) -> str:
 
 
 def _post(body: Any, event: PoolEvent) -> None:
-    kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+    # An Event is read on its own (kubectl describe, an events exporter): never empty.
+    message = event.message.strip() or f"{event.reason} (no details given)"
+    kopf.event(body, type=event.type, reason=event.reason, message=message[:1000])
 
 
 @dataclass

@@ -47,7 +47,6 @@ from tide_operator.adapters.targets import (
 )
 from tide_operator.core.policy import (
     FALLBACK,
-    METRICS_UNAVAILABLE,
     Decision,
     Observation,
     PolicyState,
@@ -57,6 +56,7 @@ from tide_operator.resources.safety import WorkerFacts, scale_in_hazards, worker
 from tide_operator.resources.spec import WorkerPoolSpec
 from tide_operator.resources.status import (
     INVALID_SPEC,
+    METRICS_AVAILABLE,
     READY,
     SAFE_SCALE_IN,
     WORKERS_AVAILABLE,
@@ -106,14 +106,15 @@ class StepResult:
 def _transition_events(
     previous: Mapping[str, Any] | None, status: Mapping[str, Any]
 ) -> list[PoolEvent]:
-    """Warnings when Ready, WorkersAvailable or SafeScaleIn turn False (once, not every poll).
+    """Warnings when Ready, MetricsAvailable, WorkersAvailable or SafeScaleIn turn False
+    (once, not every poll).
 
     ``WorkersAvailable`` warns only with a controller's reason (``FailedCreate``, ...):
     workers still starting after a scale-up are ``WorkersNotReady`` for a few seconds every
     time, which is no news.
     """
     events = []
-    for type_ in (READY, WORKERS_AVAILABLE, SAFE_SCALE_IN):
+    for type_ in (READY, METRICS_AVAILABLE, WORKERS_AVAILABLE, SAFE_SCALE_IN):
         before = condition_of(previous, type_)
         after = condition_of(status, type_)
         if after is None or after["status"] != "False":
@@ -125,7 +126,9 @@ def _transition_events(
             or before.get("status") != "False"
             or before.get("reason") != after["reason"]
         ):
-            events.append(PoolEvent("Warning", str(after["reason"]), str(after["message"])))
+            # Never an empty message: an Event is read on its own, in kubectl describe.
+            message = str(after.get("message") or f"{type_} is False: {after['reason']}")
+            events.append(PoolEvent("Warning", str(after["reason"]), message))
     return events
 
 
@@ -242,9 +245,9 @@ async def reconcile_step(
                 now=now,
             )
     scaled = False
+    # Metrics trouble is MetricsAvailable=False, not Ready=False: the pool is configured and
+    # its workers exist; it holds (or falls back) until the figures return.
     error: tuple[str, str] | None = None
-    if metric_error is not None:
-        error = (METRICS_UNAVAILABLE, metric_error)
     if decision.replicas != current:
         try:
             if decision.replicas < current:
@@ -284,6 +287,7 @@ async def reconcile_step(
         hazards=scale_in_hazards(spec, pod_template=pod_template, facts=facts),
         selector=selector,
         workers=workers_status(facts),
+        metrics_error=metric_error,
     )
     events = []
     if scaled:

@@ -8,9 +8,15 @@ therefore costs no writes at all, however often it is polled.
 
 Condition types and reasons are named constants, as in the Kubernetes sample-controller:
 
-* ``Ready``: the spec is valid, the target exists and the metrics were read;
-  otherwise ``False`` with the reason (``InvalidSpec``, ``TargetNotFound``,
-  ``DeploymentNotOwned``, ``MetricsUnavailable``, ``ScaleFailed``, ``ApiError``);
+* ``Ready``: the pool's configuration is accepted and its workload is in place: the spec
+  is valid, the target exists (created, or found and not someone else's), and the
+  operator's writes to it succeed; otherwise ``False`` with the reason (``InvalidSpec``,
+  ``TargetNotFound``, ``DeploymentNotOwned``, ``ScaleFailed``, ``TargetUnreadable``,
+  ``ApiError``). Metrics do not decide it: a pool whose queue figures are briefly
+  unreadable still has its workers and holds (or falls back), and Helm 4's ``--wait``
+  (kstatus) waits on ``Ready``, so an exporter restart must not fail an upgrade;
+* ``MetricsAvailable``: the last read of the queues succeeded (``MetricsRead``), or not
+  (``MetricsUnavailable`` with the source's message); ``Unknown`` before the first read;
 * ``Active``: the pool wants workers (KEDA's word); ``False`` when scaled to zero;
 * ``WorkersAvailable``: the workers the pool wants exist and are ready. ``False`` with the
   controller's own reason and message when pods are not being created or not progressing
@@ -39,6 +45,7 @@ from typing import Any, Final
 
 from tide_operator.core.policy import (
     FALLBACK,
+    METRICS_UNAVAILABLE,
     PAUSED,
     Decision,
     Observation,
@@ -48,6 +55,7 @@ __all__ = [
     "ACTIVE",
     "CONDITION_TYPES",
     "FALLBACK_CONDITION",
+    "METRICS_AVAILABLE",
     "PAUSED_CONDITION",
     "READY",
     "SAFE_SCALE_IN",
@@ -60,6 +68,7 @@ __all__ = [
 ]
 
 READY: Final = "Ready"
+METRICS_AVAILABLE: Final = "MetricsAvailable"
 ACTIVE: Final = "Active"
 WORKERS_AVAILABLE: Final = "WorkersAvailable"
 FALLBACK_CONDITION: Final = "Fallback"
@@ -67,6 +76,7 @@ PAUSED_CONDITION: Final = "Paused"
 SAFE_SCALE_IN: Final = "SafeScaleIn"
 CONDITION_TYPES: Final = (
     READY,
+    METRICS_AVAILABLE,
     ACTIVE,
     WORKERS_AVAILABLE,
     FALLBACK_CONDITION,
@@ -76,6 +86,8 @@ CONDITION_TYPES: Final = (
 
 # Reasons (CamelCase, stable: alerts and tests match on them).
 RECONCILED: Final = "Reconciled"
+METRICS_READ: Final = "MetricsRead"
+NOT_READ: Final = "NotRead"
 INVALID_SPEC: Final = "InvalidSpec"
 # The pool's API requests fail (the API server is unreachable or refuses them).
 API_ERROR: Final = "ApiError"
@@ -177,10 +189,12 @@ def build_status(
     selector: str | None = None,
     workers: Mapping[str, Any] | None = None,
     replicas: Replicas | None = None,
+    metrics_error: str | None = None,
 ) -> dict[str, Any]:
     """The whole status to have on the object after a step.
 
     ``error`` is (reason, message) for the ``Ready`` condition when something failed;
+    ``metrics_error`` is why the queues could not be read (``MetricsAvailable=False``);
     ``decision`` is None when the step stopped before the policy (invalid spec, no target).
     ``workers`` is what the workers said they run (``safety.workers_status``); without a
     new answer the last one stays, as a pool scaled to zero still ran what it ran.
@@ -240,8 +254,23 @@ def build_status(
     if error is not None:
         ready_condition = cond(READY, False, error[0], error[1])
     else:
-        ready_condition = cond(READY, True, RECONCILED, "metrics read and target reconciled")
+        ready_condition = cond(READY, True, RECONCILED, "spec accepted and target reconciled")
     conditions = [ready_condition]
+
+    if decision is not None:  # the queues were read (or tried) this step
+        if metrics_error is None:
+            conditions.append(cond(METRICS_AVAILABLE, True, METRICS_READ, "queues read"))
+        else:
+            message = metrics_error or "the metrics source gave no figures"
+            conditions.append(cond(METRICS_AVAILABLE, False, METRICS_UNAVAILABLE, message))
+    else:
+        # The step stopped before reading: what was last known stays, as it was.
+        known = next((c for c in conditions_before if c.get("type") == METRICS_AVAILABLE), None)
+        conditions.append(
+            dict(known)
+            if known is not None
+            else cond(METRICS_AVAILABLE, None, NOT_READ, "the queues have not been read yet")
+        )
 
     desired = decision.replicas if decision is not None else current
     if desired is None:

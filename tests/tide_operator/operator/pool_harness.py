@@ -169,6 +169,13 @@ async def emulator(request: pytest.FixtureRequest) -> AsyncIterator[TideEmulator
         yield k8s
     # Whatever the test asserted, a request a real server would refuse fails it.
     assert k8s.violations == [], "requests a real API server refuses:\n" + "\n".join(k8s.violations)
+    # Every Event the operator posted says something (kubectl describe shows it alone).
+    silent = [
+        f"{e.get('reason')} on {e.get('involvedObject', {}).get('name')}"
+        for e in events(k8s)
+        if not str(e.get("message") or "").strip()
+    ]
+    assert silent == [], f"Events without a message: {silent}"
     assert k8s.forbidden == [], "requests the chart's RBAC does not grant:\n" + "\n".join(
         k8s.forbidden
     )

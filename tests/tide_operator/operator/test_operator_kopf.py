@@ -208,17 +208,26 @@ async def test_metrics_unavailable_hold_then_fallback(
     )
     await eventually(lambda: replicas(emulator, "blind-workers") == 2)
     exporter.down = True
-    ready = await eventually(
-        lambda: (c := condition(emulator, "blind", "Ready")) and c["status"] == "False" and c
+    metrics = await eventually(
+        lambda: (
+            (c := condition(emulator, "blind", "MetricsAvailable")) and c["status"] == "False" and c
+        )
     )
-    assert ready["reason"] == "MetricsUnavailable"
+    assert metrics["reason"] == "MetricsUnavailable"
+    assert "503" in metrics["message"]
+    # The pool is still configured and its workers exist: Ready stays True, so Helm 4's
+    # --wait (which waits on Ready) does not fail an upgrade over an exporter restart.
+    assert (condition(emulator, "blind", "Ready") or {})["status"] == "True"
     # Held while below the threshold: a broken metric is not an empty queue.
     assert replicas(emulator, "blind-workers") == 2
     await eventually(lambda: replicas(emulator, "blind-workers") == 4)
     fallback = condition(emulator, "blind", "Fallback")
     assert fallback is not None
     assert fallback["status"] == "True"
-    assert events(emulator, "MetricsUnavailable")
+    (warning,) = events(emulator, "MetricsUnavailable")  # once, not per poll
+    assert warning["type"] == "Warning"
+    assert warning["message"] == metrics["message"]
+    assert (condition(emulator, "blind", "Ready") or {})["status"] == "True"
     assert (
         operator.metrics.registry.get_sample_value(
             "tide_workerpool_fallback_active", {"namespace": NS, "workerpool": "blind"}
@@ -227,7 +236,9 @@ async def test_metrics_unavailable_hold_then_fallback(
     )
 
     exporter.down = False
-    await eventually(lambda: (c := condition(emulator, "blind", "Ready")) and c["status"] == "True")
+    await eventually(
+        lambda: (c := condition(emulator, "blind", "MetricsAvailable")) and c["status"] == "True"
+    )
 
 
 async def test_paused_pool_is_left_alone(
@@ -278,17 +289,17 @@ async def test_invalid_and_broken_pools_report_and_others_carry_on(
     await api.create(POOLS, pool_body("good", exporter_url=exporter.url))
 
     expected = {
-        "bad": "InvalidSpec",
-        "lost": "TargetNotFound",
-        "deaf": "MetricsUnavailable",
-        "squat": "DeploymentNotOwned",
+        ("bad", "Ready"): "InvalidSpec",
+        ("lost", "Ready"): "TargetNotFound",
+        ("deaf", "MetricsAvailable"): "MetricsUnavailable",
+        ("squat", "Ready"): "DeploymentNotOwned",
     }
-    for pool, reason in expected.items():
+    for (pool, type_), reason in expected.items():
         found = await eventually(
-            lambda pool=pool: (
-                (c := condition(emulator, pool, "Ready")) and c["status"] == "False" and c
+            lambda pool=pool, type_=type_: (
+                (c := condition(emulator, pool, type_)) and c["status"] == "False" and c
             ),
-            what=f"{pool} Ready=False",
+            what=f"{pool} {type_}=False",
         )
         assert found["reason"] == reason, (pool, found)
     await eventually(lambda: replicas(emulator, "good-workers") == 2)

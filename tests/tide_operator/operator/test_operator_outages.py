@@ -98,7 +98,8 @@ async def test_metrics_outage_writes_status_once_not_every_tick(
     for name in ("hold", "fall"):
         await eventually(
             lambda name=name: (
-                (c := condition(emulator, name, "Ready")) and c["reason"] == "MetricsUnavailable"
+                (c := condition(emulator, name, "MetricsAvailable"))
+                and c["reason"] == "MetricsUnavailable"
             )
         )
     await eventually(lambda: replicas(emulator, "fall-workers") == 4)
