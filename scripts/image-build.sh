@@ -131,8 +131,11 @@ id=${id#sha256:}
 for extra in "$@"; do podman tag "$id" "$extra"; done
 size=$(podman image inspect --format '{{.Size}}' "$id")
 # Earlier builds of Tide's image that no tag and no container holds any more (each is a
-# few hundred MB); tagged images, the base and the dependency layers' cache stay.
+# few hundred MB), and build-stage leftovers older than two hours (every checkout on the
+# machine builds here; a dependency layer still under a recent build stays, as do tagged
+# images and the base).
 podman image prune --force --filter label=org.opencontainers.image.title=tide >/dev/null 2>&1 || true
+podman image prune --force --filter until=2h >/dev/null 2>&1 || true
 cat >"$STATE/build.env" <<ENV
 state=$STATE
 containers_conf=$CONTAINERS_CONF
