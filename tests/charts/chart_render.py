@@ -29,6 +29,8 @@ BIN = Path(sys.executable).parent
 NAMESPACE = "tide"
 RELEASE = "tide"
 WORKERPOOL_API = "tide.dev/v1alpha1/WorkerPool"
+# The Prometheus Operator's API, as on a cluster that has its CRDs.
+MONITORING_API = "monitoring.coreos.com/v1"
 SCENARIOS = sorted(
     p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")
 )
@@ -53,8 +55,14 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def template(*args: str, api_versions: bool = True) -> list[dict[str, Any]]:
-    """``helm template`` of the chart as release ``tide`` in namespace ``tide``, parsed."""
-    extra = ["--api-versions", WORKERPOOL_API] if api_versions else []
+    """``helm template`` of the chart as release ``tide`` in namespace ``tide``, parsed.
+
+    ``api_versions``: as on a cluster after the first install, which serves WorkerPools and
+    has the Prometheus Operator's CRDs; without, as Helm's defaults (neither).
+    """
+    extra = (
+        ["--api-versions", WORKERPOOL_API, "--api-versions", MONITORING_API] if api_versions else []
+    )
     out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra, *args)
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 

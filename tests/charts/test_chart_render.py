@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 from chart_render import (
     CHART,
     NAMESPACE,
@@ -209,6 +210,55 @@ def test_migrations_hook_or_plain_job(rendered: dict[str, Render]) -> None:
     (init,) = api["initContainers"]
     assert init["name"] == "wait-for-migrations"
     assert "migrate --check" in init["args"][0]
+
+
+def test_workers_of_tides_app_wait_for_migrations(rendered: dict[str, Render]) -> None:
+    # The values promise it for worker pods too: the chart puts the same init container in
+    # the pools' template, and the operator's Deployment carries it (with the /tmp it uses).
+    api = rendered["default"].named("Deployment", "api")["spec"]["template"]["spec"]
+    (deployment,) = worker_deployments(rendered["default"])
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init == api["initContainers"][0]
+    volumes = {v["name"] for v in pod["volumes"]}
+    assert {m["name"] for m in init["volumeMounts"]} <= volumes
+    # Off with the migrations, or with waitForMigrations.
+    for off in ("migrations.enabled=false", "migrations.waitForMigrations=false"):
+        pools = [o for o in template("--set", off) if o["kind"] == "WorkerPool"]
+        assert pools
+        assert all("initContainers" not in p["spec"]["template"] for p in pools), off
+    # A team's own app pool gets nothing of Tide's: no wait for Tide's migrations.
+    for pool in rendered["platform-only"].kind("WorkerPool"):
+        assert "initContainers" not in pool["spec"].get("template", {}), pool["metadata"]["name"]
+
+
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def test_monitoring_objects_only_where_their_crds_are() -> None:
+    values = ("--values", str(CHART / "ci" / "production-values.yaml"))
+    only_pools = ("--api-versions", "tide.dev/v1alpha1/WorkerPool")
+
+    def kinds(*args: str) -> set[str]:
+        out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+        return {o["kind"] for o in yaml.safe_load_all(out.stdout) if o} & MONITORING_KINDS
+
+    # With the Prometheus Operator's API: rendered as asked.
+    assert kinds(*values, *only_pools, "--api-versions", "monitoring.coreos.com/v1") == {
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
+    # Without it, they would fail the whole install: left out, and the notes say why.
+    assert kinds(*values, *only_pools) == set()
+    notes = helm(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *values
+    ).stdout
+    assert "monitoring.coreos.com/v1" in notes
+    # Forced, for renderers that know better than the (absent) cluster.
+    assert kinds(*values, *only_pools, "--set", "monitoring.assumeCrds=true") == {
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
 
 
 def operator_roles(render: Render, kind: str) -> list[dict]:

@@ -307,6 +307,17 @@ code against an older schema. `migrate --check` exits non-zero while any is unap
 {{- end }}
 {{- end -}}
 
+{{/*
+Whether the Prometheus Operator's API is there for ServiceMonitor, PodMonitor and
+PrometheusRule objects: applying them where their CRDs are absent fails the whole install
+("no matches for kind"), so they render only where the cluster serves
+monitoring.coreos.com/v1, or when monitoring.assumeCrds says it will (a GitOps renderer that
+runs `helm template` without --api-versions). Renders "true" or nothing.
+*/}}
+{{- define "tide.monitoringApi" -}}
+{{- if or .Values.monitoring.assumeCrds (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}true{{- end -}}
+{{- end -}}
+
 {{/* A WorkerPool's spec.template as the chart fills it. Call with (dict "root" $ "pool" $pool). */}}
 {{- define "tide.workerTemplate" -}}
 {{- $root := .root -}}
@@ -342,6 +353,12 @@ affinity:
 {{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- /* Workers of Tide's app run its code against its database: they wait for the
+migrations like the API and beat (the operator mounts the /tmp it uses). */}}
+{{- with include "tide.waitForMigrations" $root }}
+initContainers:
+  {{- . | nindent 2 }}
 {{- end }}
 {{- end -}}
 
