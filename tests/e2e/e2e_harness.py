@@ -327,6 +327,16 @@ def namespace(cluster: Cluster, standin_kubelet: bool) -> Iterator[str]:
     if os.environ.get("TIDE_E2E_KEEP") != "1":
         cluster.core.delete_namespace(name)
 
+        def deleted() -> bool:
+            try:
+                cluster.core.read_namespace(name)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        # Wait while the stand-in kubelet (torn down after this) still removes the pods.
+        measure(deleted, timeout=120)
+
 
 # -- metric sources --------------------------------------------------------------------------
 
@@ -482,7 +492,13 @@ def prometheus(exporter: Exporter, workdir: Path) -> Iterator[Prometheus]:
         return False
 
     value, _ = measure(has_series, timeout=60)
-    assert value, (workdir / "prometheus.log").read_text()[-3000:]
+    if not value:
+        process.terminate()
+        process.wait(timeout=30)
+        pytest.fail(
+            "Prometheus never served the exporter's series:\n"
+            + (workdir / "prometheus.log").read_text()[-3000:]
+        )
     yield instance
     process.terminate()
     process.wait(timeout=30)
