@@ -6,10 +6,12 @@ unchecked."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import kubernetes_validate
 import pytest
 import yaml
@@ -17,6 +19,7 @@ from chart_render import template
 from guide_blocks import Block, blocks
 from kubernetes_validate.utils import latest_version
 
+from tide.cli import main
 from tide_operator.resources.deployments import build_worker_deployment
 from tide_operator.resources.spec import WorkerPool
 
@@ -78,6 +81,25 @@ def test_chart_values_render_the_platform_alone(block: Block, tmp_path: Path) ->
         if parsed.spec.template is not None:
             built = build_worker_deployment(parsed, replicas=1)
             kubernetes_validate.validate(built, latest_version(), strict=True)
+
+
+def tide_command_lines() -> list[list[str]]:
+    lines = []
+    for block in blocks(GUIDE, "console"):
+        for line in block.text.splitlines():
+            if line.startswith("$ tide "):
+                lines.append(shlex.split(line[2:].split("#")[0])[1:])
+    return lines
+
+
+@pytest.mark.parametrize("argv", tide_command_lines(), ids=" ".join)
+def test_tide_command_lines_name_real_options(argv: list[str]) -> None:
+    command = main.get_command(click.Context(main), argv[0])
+    assert command is not None, argv
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    for word in argv[1:]:
+        if word.startswith("-"):
+            assert word.split("=")[0] in known, f"{word} is not an option of tide {argv[0]}"
 
 
 def test_python_blocks_compile() -> None:

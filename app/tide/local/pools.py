@@ -3,10 +3,14 @@ reads in a cluster, validated by the same model
 (``tide_operator.resources.spec.WorkerPoolSpec``), so a pool tried locally is the pool
 deployed.
 
-Local mode honours the queues, the concurrency, the shutdown grace and every scaling field
-(mapped to the policy by ``to_policy_config``, as the operator maps them). The pod
-template and the metric source are cluster matters: locally the workers are processes and
-the metrics come from the local exporter.
+Local mode honours the queues, the concurrency, the prefetch multiplier, the shutdown grace
+and every scaling field (mapped to the policy by ``to_policy_config``, as the operator maps
+them). From the pod template it takes what says which program the workers are: ``app``
+(``celery -A <app> worker``), or ``command`` and ``args`` run as they are written (with
+Tide's flags after them, as on the cluster); without them, the app ``tide up --app`` names,
+else Tide's. The image, the rest of the pod and the metric source are cluster matters:
+locally the workers are processes and the metrics come from the local exporter, so a pool
+written for local mode may leave ``metrics`` and the template's ``image`` out.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ spec:
 
 # Where local mode's own exporter answers; the autoscaler reads it whatever a pool says.
 LOCAL_METRICS_URL = "http://127.0.0.1:9808/metrics"
+# The image a pool written for local mode leaves out (the cluster requires a real one).
+LOCAL_IMAGE = "local"
 
 
 class PoolFileError(ValueError):
@@ -73,6 +79,32 @@ class LocalPool:
     def policy(self) -> PolicyConfig:
         return self.spec.to_policy_config()
 
+    def worker_program(self, default_app: str) -> tuple[list[str], str]:
+        """(the worker's command line up to and including ``worker``, the app it runs).
+
+        The template's ``command`` + ``args`` as written, else ``celery -A <app> worker``
+        with the template's ``app`` or ``default_app``. The app is what the pool's tasks are
+        checked against: the template's ``app``, else the ``-A`` its command line gives,
+        else ``default_app``.
+        """
+        template = self.spec.template
+        argv = [*template.command, *template.args] if template is not None else []
+        named = template.app if template is not None else None
+        if argv:
+            return argv, named or _app_in(argv) or default_app
+        app = named or default_app
+        return ["celery", "-A", app, "worker"], app
+
+
+def _app_in(argv: list[str]) -> str | None:
+    """The ``-A``/``--app`` a celery command line names, if any."""
+    for index, word in enumerate(argv):
+        if word in ("-A", "--app") and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith("--app="):
+            return word.split("=", 1)[1]
+    return None
+
 
 def _pool(document: dict[str, Any], *, source: str) -> LocalPool:
     if document.get("kind") != "WorkerPool":
@@ -84,6 +116,10 @@ def _pool(document: dict[str, Any], *, source: str) -> LocalPool:
     # Locally the metrics come from the local exporter whatever the file says, so a pool
     # written for local mode may leave ``metrics`` out (the cluster still requires it).
     spec.setdefault("metrics", {"exporter": {"url": LOCAL_METRICS_URL}})
+    # Nor the template's image: the workers are processes of this machine's Python. (A
+    # template or a scaleTargetRef is still required, as in the cluster.)
+    if isinstance(spec.get("template"), dict):
+        spec["template"] = {"image": LOCAL_IMAGE, **spec["template"]}
     try:
         validated = WorkerPoolSpec.model_validate(spec)
     except ValidationError as exc:

@@ -28,11 +28,19 @@ class Supervisor:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], *, log: str | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
+        """Start ``argv`` in its own process group, in ``env`` (default: the supervisor's)."""
         stdout = open(log, "ab") if log else None  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
             list(argv),
-            env=dict(self.env),
+            env=dict(self.env if env is None else env),
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout else None,
             # Own process group: the terminal's SIGINT goes to us, not straight to it.

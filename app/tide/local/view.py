@@ -48,6 +48,9 @@ def render(
                 reason.append(f"\n{condition['reason']}: {condition['message']}", style="yellow")
         if status.error:
             reason = Text(f"metrics unavailable: {status.error}", style="yellow")
+        # Tasks the pool's app does not register, waiting in its queues (refused or not).
+        if scaler.workers.warning:
+            reason.append(f"\n{scaler.workers.warning}", style="bold red")
         pools.add_row(
             scaler.pool.name,
             ",".join(scaler.pool.queues),

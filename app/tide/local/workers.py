@@ -1,30 +1,50 @@
 """Local worker processes as a scale target: what a Deployment is in the cluster.
 
-Each replica is a ``celery worker`` process consuming the pool's queues, named
-``<pool>-<n>@<host>``. Scaling down sends SIGTERM, Celery's warm shutdown: the worker
-takes nothing new and exits when its running tasks are done, so nothing is lost. Workers
-told to stop no longer count as capacity (as terminating pods do not), and the idle ones
-are chosen first, found by asking the pool's own workers what they run (``inspect
-active``/``reserved``, addressed to those hostnames only).
+Each replica is a worker process of the pool's app consuming the pool's queues, named
+``<pool>-<n>@<host>``: the pool's program (``celery -A <app> worker``, or the command its
+template gives) with Tide's flags after it, as the operator builds a pod's command line
+(queues, slots, node name, prefetch multiplier). The processes run in the environment they
+are given, which for a team's app is the team's own, not Tide's settings.
+
+Scaling down sends SIGTERM, Celery's warm shutdown: the worker takes nothing new and exits
+when its running tasks are done, so nothing is lost. Workers told to stop no longer count
+as capacity (as terminating pods do not), and the idle ones are chosen first, found by
+asking the pool's own workers what they run (``inspect active``/``reserved``, addressed to
+those hostnames only), through the operator's probe built with the app's broker and
+transport options. The same probe says what the workers run (``inspect conf``/``stats``),
+so ``SafeScaleIn`` is decided locally as in the cluster.
+
+Scaling up first asks the pool's ``TaskGuard`` (``tide.local.guard``) whether the queues
+hold tasks the app would discard; a refusal leaves the pool as it is and is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tide.local.guard import UNKNOWN_TASKS, TaskGuard
 from tide.local.pools import LocalPool
-from tide_operator.adapters.targets import BusyProbe, CeleryInspectProbe
+from tide_operator.adapters.targets import (
+    CeleryInspectProbe,
+    TargetUnavailable,
+    WorkerFactsCache,
+)
+from tide_operator.resources.safety import WorkerFacts
+
+log = logging.getLogger("tide.local.workers")
 
 
-def _local_probe() -> BusyProbe:
+def _tide_probe() -> CeleryInspectProbe:
     from tide.celery import app
 
     return CeleryInspectProbe(
@@ -32,6 +52,14 @@ def _local_probe() -> BusyProbe:
         timeout=1.0,
         transport_options=app.conf.broker_transport_options,
     )
+
+
+def resolve(program: str) -> str:
+    """A program named by the pool: on PATH, else beside this Python (the virtualenv)."""
+    beside = Path(sys.executable).with_name(program)
+    if "/" not in program and beside.exists():
+        return str(beside)
+    return shutil.which(program) or program
 
 
 @dataclass
@@ -45,10 +73,17 @@ class LocalWorkers:
     pool: LocalPool
     env: Mapping[str, str]
     log_dir: Path
+    #: The worker's command line up to and including ``worker`` (Tide's app by default).
+    program: Sequence[str] = ("celery", "-A", "tide", "worker")
     running: dict[str, Replica] = field(default_factory=dict)
     stopping: dict[str, Replica] = field(default_factory=dict)
-    # The operator's probe (inspect active/reserved addressed to these workers only).
-    probe: BusyProbe = field(default_factory=lambda: _local_probe())
+    # The operator's probe (inspect addressed to these workers only), on their broker.
+    probe: CeleryInspectProbe = field(default_factory=_tide_probe)
+    #: Checks the queues before workers start; None: no check.
+    guard: TaskGuard | None = None
+    #: What the guard said last (a report, or why the pool waits), for the view.
+    warning: str = ""
+    facts: WorkerFactsCache = field(default_factory=WorkerFactsCache)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def _reap(self) -> None:
@@ -64,6 +99,8 @@ class LocalWorkers:
     async def scale(self, replicas: int, *, reason: str) -> None:
         self._reap()
         missing = replicas - len(self.running)
+        if missing > 0:
+            await self._check_queues()
         for _ in range(missing):
             self._start()
         if missing < 0:
@@ -72,32 +109,64 @@ class LocalWorkers:
                 replica.process.send_signal(signal.SIGTERM)  # warm shutdown
                 self.stopping[hostname] = replica
 
+    async def _check_queues(self) -> None:
+        if self.guard is None:
+            return
+        finding = await asyncio.to_thread(self.guard.check, self.pool.queues)
+        if finding is None:
+            self.warning = ""
+            return
+        self.warning = finding.message()
+        log.error(self.warning)
+        if finding.mode == "refuse":
+            raise TargetUnavailable(UNKNOWN_TASKS, self.warning)
+
     async def mark_idle_first(self, count: int) -> None:
         """Nothing to mark locally: ``scale`` itself picks idle workers."""
 
+    def adopted_template(self) -> None:
+        """Local workers are built from the pool: there is no adopted pod template."""
+        return None
+
+    async def worker_facts(self, *, now: float) -> WorkerFacts | None:
+        """What the pool's workers run, each asked once (``WorkerFactsCache``)."""
+        self._reap()
+        hosts = sorted(self.running)
+        signature = tuple(hosts)
+        if self.facts.due(signature, now):
+            await self.facts.refresh(self.probe, hosts, signature=signature, now=now)
+        # Local workers carry the names Tide gave them: one that has not answered yet is
+        # starting, not unaddressable, so only the answers count.
+        return WorkerFacts(answered=self.facts.facts().answered)
+
+    def command(self, hostname: str) -> list[str]:
+        """The worker's whole command line: the pool's program, then Tide's flags."""
+        spec = self.pool.spec
+        program = list(self.program)
+        return [
+            resolve(program[0]),
+            *program[1:],
+            "--loglevel",
+            "INFO",
+            "-Q",
+            ",".join(self.pool.queues),
+            "--concurrency",
+            str(self.pool.concurrency),
+            "--hostname",
+            hostname,
+            f"--prefetch-multiplier={spec.worker.prefetch_multiplier}",
+            "--without-gossip",
+            "--without-mingle",
+            *(spec.template.extra_args if spec.template is not None else ()),
+        ]
+
     def _start(self) -> None:
         hostname = f"{self.pool.name}-{next(self._numbers)}@{socket.gethostname()}"
-        celery = str(Path(sys.executable).with_name("celery"))
-        log = (self.log_dir / f"worker-{hostname.split('@')[0]}.log").open("ab")
+        log_file = (self.log_dir / f"worker-{hostname.split('@')[0]}.log").open("ab")
         process = subprocess.Popen(
-            [
-                celery,
-                "-A",
-                "tide",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "-Q",
-                ",".join(self.pool.queues),
-                "--concurrency",
-                str(self.pool.concurrency),
-                "--hostname",
-                hostname,
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            self.command(hostname),
             env=dict(self.env),
-            stdout=log,
+            stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # the terminal's Ctrl-C is ours to relay, not theirs
         )

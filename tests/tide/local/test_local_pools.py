@@ -91,3 +91,27 @@ def test_errors_read_as_sentences_naming_the_field(tmp_path: Path) -> None:
     assert "validation error" not in message
     assert "type=" not in message
     assert "errors.pydantic.dev" not in message
+
+
+PROGRAMS = [
+    # No template app or command: the app tide up runs (--app, or Tide's).
+    ("{}", ["celery", "-A", "proj", "worker"], "proj"),
+    # The pool names its app: that one, whatever --app says.
+    ("{app: other.celery}", ["celery", "-A", "other.celery", "worker"], "other.celery"),
+    # A command line of its own: run as written; its -A is the app checked.
+    (
+        "{command: [celery], args: [-A, mine, worker, --pool, solo]}",
+        ["celery", "-A", "mine", "worker", "--pool", "solo"],
+        "mine",
+    ),
+    # A wrapper with the app named beside it.
+    ("{command: [./run-worker.sh], app: mine}", ["./run-worker.sh"], "mine"),
+]
+
+
+@pytest.mark.parametrize(("template", "argv", "app"), PROGRAMS)
+def test_a_pools_worker_program(tmp_path: Path, template: str, argv: list[str], app: str) -> None:
+    path = tmp_path / "pools.yaml"
+    path.write_text(GOOD + f"spec: {{queues: [a], template: {template}}}\n")
+    (pool,) = load_pools(path)
+    assert pool.worker_program("proj") == (argv, app)
