@@ -65,6 +65,12 @@ class Job(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     retries = models.PositiveIntegerField(default=0)
 
+    # The client's ``Idempotency-Key`` for this submission and a digest of the request it
+    # came with: the same key with the same request returns this job instead of a second
+    # one; with another request it is refused (see ``api.idempotency``).
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    request_digest = models.CharField(max_length=64, blank=True)
+
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -76,6 +82,14 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"]),
             models.Index(fields=["parent", "position"]),
             models.Index(fields=["state", "finished_at"]),
+        ]
+        constraints = [
+            # One job per key and owner: two retries racing each other cannot both insert.
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="job_owner_idempotency_key",
+            ),
         ]
 
     def __str__(self) -> str:

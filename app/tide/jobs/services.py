@@ -186,10 +186,25 @@ def _publish_after_commit(job: Job, publish: Any) -> None:
     transaction.on_commit(run, robust=False)
 
 
-def submit_task(*, step: Step, options: Options, owner: Any = None) -> Job:
-    """Record and publish one task. Raises UnknownTask, ArgumentsError, BrokerUnavailable."""
+@dataclass(frozen=True)
+class Idempotency:
+    """A client's ``Idempotency-Key`` and the digest of the request it came with."""
+
+    key: str
+    digest: str
+
+    def fields(self) -> dict[str, str]:
+        return {"idempotency_key": self.key, "request_digest": self.digest}
+
+
+def submit_task(
+    *, step: Step, options: Options, owner: Any = None, idempotency: Idempotency | None = None
+) -> Job:
+    """Record and publish one task. Raises UnknownTask, ArgumentsError, BrokerUnavailable,
+    and IntegrityError when another request with the same idempotency key won the race."""
     _validate(step, receives_result=False)
-    job = _new_row(step, options, owner=owner, now=timezone.now())
+    extra = idempotency.fields() if idempotency else {}
+    job = _new_row(step, options, owner=owner, now=timezone.now(), **extra)
     # One INSERT needs no transaction block of its own (that would add BEGIN and COMMIT
     # round trips): in autocommit it is committed when it returns, and on_commit then
     # publishes at once. Inside a caller's transaction, on_commit waits for its commit.
@@ -206,6 +221,7 @@ def submit_workflow(
     options: Options,
     callback: Step | None = None,
     owner: Any = None,
+    idempotency: Idempotency | None = None,
 ) -> Job:
     """Record and publish a chain, group or chord of registered tasks.
 
@@ -232,6 +248,7 @@ def submit_workflow(
             priority=options.priority,
             eta=options.eta_at(now),
             expires=options.expires,
+            **(idempotency.fields() if idempotency else {}),
         )
         parent.save(force_insert=True)
         rows = [

@@ -389,3 +389,101 @@ def test_fast_job_rendering_matches_drf(api: APIClient) -> None:
     fast = JobSerializer(job, context=context).data
     drf = serializers.ModelSerializer.to_representation(JobSerializer(context=context), job)
     assert fast == dict(drf)
+
+
+def keyed(api: APIClient, body: dict[str, Any], key: str, path: str = "/api/jobs/") -> Any:
+    return api.post(path, body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "changed"),
+    [
+        # One task.
+        (
+            "/api/jobs/",
+            {"task": "tide.samples.add", "args": [1, 2]},
+            {"task": "tide.samples.add", "args": [1, 3]},
+        ),
+        # A workflow: the replay shows the same steps.
+        (
+            "/api/workflows/",
+            {"type": "group", "steps": [{"task": "tide.samples.add", "args": [1, 2]}]},
+            {"type": "chain", "steps": [{"task": "tide.samples.add", "args": [1, 2]}]},
+        ),
+    ],
+)
+def test_idempotency_key_makes_a_retry_safe(
+    api: APIClient, other_api: APIClient, path: str, body: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    first = keyed(api, body, "order-42", path)
+    assert first.status_code == 201, first.content
+    # The client retries (a timeout, a 503): the same job, 200, nothing new.
+    again = keyed(api, body, "order-42", path)
+    assert again.status_code == 200, again.content
+    assert again.json()["id"] == first.json()["id"]
+    assert again["Location"] == first["Location"]
+    assert Job.objects.filter(parent__isnull=True).count() == 1
+    # The same key with another request is a client bug: refused, nothing made.
+    clash = keyed(api, changed, "order-42", path)
+    assert clash.status_code == 422, clash.content
+    assert clash.json()["error"] == "idempotency_key_reused"
+    assert Job.objects.filter(parent__isnull=True).count() == 1
+    # Keys are per user: another user's same key is their own submission.
+    assert keyed(other_api, body, "order-42", path).status_code == 201
+    # Without a key every request is a new job.
+    assert api.post(path, body, format="json").status_code == 201
+    assert Job.objects.filter(parent__isnull=True).count() == 3
+
+
+@pytest.mark.parametrize("key", ["", "   ", "k" * 256])
+def test_a_malformed_idempotency_key_is_400(api: APIClient, key: str) -> None:
+    response = keyed(api, {"task": "tide.samples.add", "args": [1, 2]}, key)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["detail"]
+    assert Job.objects.count() == 0
+
+
+def test_a_refused_publish_can_be_retried_with_its_key(api: APIClient, broker_down: Any) -> None:
+    body = {"task": "tide.samples.add", "args": [1, 2]}
+    assert keyed(api, body, "retry-me").status_code == 503
+    # Nothing was kept, so the key is free: once the broker is back the retry submits.
+    assert Job.objects.count() == 0
+
+
+def test_the_schema_documents_the_idempotency_key() -> None:
+    from django.test import Client
+
+    schema = Client().get("/api/schema/?format=json").json()
+    for path in ("/api/jobs/", "/api/workflows/"):
+        post = schema["paths"][path]["post"]
+        assert any(p["name"] == "Idempotency-Key" for p in post["parameters"]), path
+        assert {"200", "201", "422"} <= set(post["responses"]), path
+
+
+def test_racing_retries_with_one_key_make_one_job(user_token: str) -> None:
+    # Four copies of one request at once: the database's unique (owner, key) lets one
+    # insert; the others answer 200 with that job.
+    import threading
+
+    from django.db import connection
+
+    body = {"task": "tide.samples.add", "args": [1, 2]}
+    start = threading.Barrier(4)
+    answers: list[tuple[int, str]] = []
+
+    def send() -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {user_token}")
+        start.wait()
+        response = client.post("/api/jobs/", body, format="json", HTTP_IDEMPOTENCY_KEY="race")
+        answers.append((response.status_code, response.json()["id"]))
+        connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(code for code, _ in answers) == [200, 200, 200, 201]
+    assert len({job_id for _, job_id in answers}) == 1
+    assert Job.objects.count() == 1

@@ -171,3 +171,19 @@ def test_killed_worker_process_task_is_redelivered(
     job = job_done(job_id, timeout=60)
     assert job.state == JobState.SUCCEEDED
     assert job.attempts == 2
+
+
+def test_a_retried_submission_runs_once(api: APIClient, job_done: Any) -> None:
+    # The client's first answer was lost (a timeout): it sends the same request again, with
+    # the same Idempotency-Key, before and after the task ran. One job, run once.
+    body = {"task": "tide.samples.add", "args": [20, 22]}
+    headers = {"HTTP_IDEMPOTENCY_KEY": "invoice-7"}
+    first = api.post("/api/jobs/", body, format="json", **headers)
+    second = api.post("/api/jobs/", body, format="json", **headers)
+    assert (first.status_code, second.status_code) == (201, 200)
+    job = job_done(first.json()["id"])
+    third = api.post("/api/jobs/", body, format="json", **headers)
+    assert third.status_code == 200
+    assert third.json()["state"] == "succeeded"
+    assert (job.result, job.attempts) == (42, 1)
+    assert Job.objects.count() == 1

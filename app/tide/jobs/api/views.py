@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db import IntegrityError
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -20,6 +21,7 @@ from rest_framework.views import APIView
 
 from tide.health.metrics import JOBS_SUBMITTED
 from tide.jobs import services
+from tide.jobs.api import idempotency
 from tide.jobs.api.serializers import (
     CancelSerializer,
     JobDetailSerializer,
@@ -94,6 +96,11 @@ FILTERS = [
     ),
 ]
 
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    location=OpenApiParameter.HEADER, type=OpenApiTypes.STR, **idempotency.describe_header()
+)
+
+
 # Query parameters with a fixed set of values, checked before the query runs.
 CHOICES = {"state": JobState.values, "kind": JobKind.values}
 # Date-range filters: parameter -> lookup on ``created_at``.
@@ -165,17 +172,44 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         """Your jobs, newest first; filter by state, kind, task, queue and creation time."""
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=SubmitTaskSerializer, responses={201: JobSerializer})
+    @extend_schema(
+        request=SubmitTaskSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={
+            201: JobSerializer,
+            200: OpenApiResponse(
+                JobSerializer, description="Idempotent replay: the job the key made."
+            ),
+            422: OpenApiResponse(description="The Idempotency-Key was used with another request."),
+        },
+    )
     def create(self, request: Request) -> Response:
-        """Submit one registered task."""
+        """Submit one registered task (``Idempotency-Key`` makes a retry safe)."""
+        key = idempotency.from_request(request)
+        if key is not None and (job := idempotency.earlier(request, key)) is not None:
+            return _answer(
+                JobSerializer(job, context={"request": request}).data, status.HTTP_200_OK
+            )
         submission = SubmitTaskSerializer(data=request.data)
         submission.is_valid(raise_exception=True)
-        job = services.submit_task(
-            step=submission.step(), options=submission.options(), owner=request.user
-        )
+        try:
+            job = services.submit_task(
+                step=submission.step(),
+                options=submission.options(),
+                owner=request.user,
+                idempotency=key,
+            )
+        except IntegrityError:
+            # A retry with the same key committed first: answer with its job.
+            if key is None or (job := idempotency.earlier(request, key)) is None:
+                raise
+            return _answer(
+                JobSerializer(job, context={"request": request}).data, status.HTTP_200_OK
+            )
         JOBS_SUBMITTED.labels(JobKind.TASK).inc()
-        body = JobSerializer(job, context={"request": request}).data
-        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+        return _answer(
+            JobSerializer(job, context={"request": request}).data, status.HTTP_201_CREATED
+        )
 
     @extend_schema(request=CancelSerializer, responses={200: JobDetailSerializer})
     @action(detail=True, methods=["post"])
@@ -187,6 +221,11 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return Response(JobDetailSerializer(job, context={"request": request}).data)
 
 
+def _answer(body: Any, code: int) -> Response:
+    """A submission's answer: the job, with its URL in ``Location``."""
+    return Response(body, status=code, headers={"Location": body["url"]})
+
+
 def with_steps(job: Job) -> Job:
     """The job with its steps in workflow order and its progress history, for rendering."""
     return Job.objects.prefetch_related(
@@ -195,23 +234,45 @@ def with_steps(job: Job) -> Job:
 
 
 class WorkflowView(APIView):
-    @extend_schema(request=SubmitWorkflowSerializer, responses={201: JobDetailSerializer})
+    @extend_schema(
+        request=SubmitWorkflowSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={
+            201: JobDetailSerializer,
+            200: OpenApiResponse(
+                JobDetailSerializer, description="Idempotent replay: the job the key made."
+            ),
+            422: OpenApiResponse(description="The Idempotency-Key was used with another request."),
+        },
+    )
     def post(self, request: Request) -> Response:
-        """Submit a chain, group or chord of registered tasks."""
+        """Submit a chain, group or chord of registered tasks (``Idempotency-Key`` makes a
+        retry safe)."""
+        key = idempotency.from_request(request)
+        if key is not None and (job := idempotency.earlier(request, key)) is not None:
+            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
+            return _answer(body, status.HTTP_200_OK)
         submission = SubmitWorkflowSerializer(data=request.data)
         submission.is_valid(raise_exception=True)
         steps, callback = submission.steps_and_callback()
         kind = JobKind(submission.validated_data["type"])
-        job = services.submit_workflow(
-            kind=kind,
-            steps=steps,
-            callback=callback,
-            options=submission.options(),
-            owner=request.user,
-        )
+        try:
+            job = services.submit_workflow(
+                kind=kind,
+                steps=steps,
+                callback=callback,
+                options=submission.options(),
+                owner=request.user,
+                idempotency=key,
+            )
+        except IntegrityError:
+            if key is None or (job := idempotency.earlier(request, key)) is None:
+                raise
+            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
+            return _answer(body, status.HTTP_200_OK)
         JOBS_SUBMITTED.labels(kind).inc()
         body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+        return _answer(body, status.HTTP_201_CREATED)
 
 
 class TaskListView(APIView):

@@ -1,0 +1,74 @@
+"""``Idempotency-Key`` on submissions: a client that retries after a timeout or a 503
+gets the job it already has, never a second one.
+
+The key is the client's (1 to 255 characters, unique per user). With it, the request's
+digest (path and JSON body, keys sorted) is stored on the job row. A later request with
+the same key and the same digest answers ``200`` with that job; with a different digest
+it is refused with ``422`` (the key was used for something else). The uniqueness of
+(owner, key) is a database constraint, so two retries racing each other cannot both
+insert: the loser reads the winner's row. A submission the broker refused leaves no row
+(see ``services``), so retrying it with the same key submits it for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.request import Request
+
+from tide.jobs.models import Job
+from tide.jobs.services import Idempotency
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+
+
+class KeyReused(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_code = "idempotency_key_reused"
+    default_detail = (
+        f"This {HEADER} was sent before with a different request; "
+        "use a new key for a new submission."
+    )
+
+
+def from_request(request: Request) -> Idempotency | None:
+    """The request's key and digest, or None without the header (400 when malformed)."""
+    raw = request.headers.get(HEADER)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ValidationError({HEADER: f"Give 1 to {MAX_KEY_LENGTH} characters."})
+    canonical = json.dumps(
+        {"path": request.path, "body": request.data},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return Idempotency(key=key, digest=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def earlier(request: Request, idempotency: Idempotency) -> Job | None:
+    """The job this key already made for this user, if the request matches it."""
+    job = Job.objects.filter(owner=request.user, idempotency_key=idempotency.key).first()
+    if job is not None and job.request_digest != idempotency.digest:
+        raise KeyReused()
+    return job
+
+
+def describe_header() -> dict[str, Any]:
+    """The header's description for the OpenAPI schema."""
+    return {
+        "name": HEADER,
+        "required": False,
+        "description": (
+            "Makes the submission safe to retry: the same key with the same body returns "
+            "the job already made (200), the same key with another body is refused (422). "
+            f"1 to {MAX_KEY_LENGTH} characters, unique per user."
+        ),
+    }
