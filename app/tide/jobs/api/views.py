@@ -120,6 +120,10 @@ def list_filters(params: Any) -> dict[str, Any]:
         value = params.get(param)
         if not value:
             continue
+        if "\x00" in value:
+            # No name holds a NUL, and PostgreSQL refuses one in a query (a 500 otherwise).
+            errors[param] = f"{param} must not contain a NUL character."
+            continue
         if param in CHOICES and value not in CHOICES[param]:
             errors[param] = f"Unknown {param} {value!r}; one of {', '.join(CHOICES[param])}."
             continue
