@@ -342,6 +342,15 @@ def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
     return float(after[key]) - float(before[key])
 
 
+def _api_factory(client: str) -> Any:
+    if client == "official":
+        # Imported only here: the official client's APIs and models are part of its cost.
+        from official_client import OfficialClientApi
+
+        return OfficialClientApi
+    return KubeApi
+
+
 async def run(
     pools: int,
     *,
@@ -350,8 +359,9 @@ async def run(
     samples: int,
     converge_timeout: float,
     profile: Path | None,
+    client: str = "adapter",
 ) -> dict[str, Any]:
-    result: dict[str, Any] = {"pools": pools, "polling_interval_s": polling}
+    result: dict[str, Any] = {"pools": pools, "polling_interval_s": polling, "client": client}
     exporter = Child("exporter", queues=pools)
     emulator = Child(
         "emulator",
@@ -363,6 +373,7 @@ async def run(
     runtime = Runtime(
         metrics=metrics,
         login=lambda: Credentials(emulator.url),
+        api_factory=_api_factory(client),
         settings=make_settings(),
     )
     stop, ready = asyncio.Event(), asyncio.Event()
@@ -521,6 +532,13 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--profile-emulator", type=Path, help="write cProfile files here")
+    parser.add_argument(
+        "--client",
+        choices=["adapter", "official"],
+        default="adapter",
+        help="the operator's API calls: its own KubeApi (aiohttp), or the official "
+        "kubernetes client's typed calls in a thread pool (bench/official_client.py)",
+    )
     parser.add_argument("--serve", choices=["emulator", "exporter"], help=argparse.SUPPRESS)
     parser.add_argument("--queues", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--profile-file", type=Path, help=argparse.SUPPRESS)
@@ -528,6 +546,9 @@ def main() -> None:
     if args.serve:
         serve(args.serve, queues=args.queues, profile=args.profile_file)
         return
+
+    # What `tide operator` loads to log in, whichever client then makes the calls.
+    import kubernetes.config  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("kopf", "httpx", "aiohttp", "tide_operator"):
@@ -549,6 +570,7 @@ def main() -> None:
                 samples=args.samples,
                 converge_timeout=args.converge_timeout,
                 profile=args.profile_emulator,
+                client=args.client,
             )
         )
         results.append(result)
@@ -562,6 +584,7 @@ def main() -> None:
             "every pool scrapes"
         ),
         "polling_interval_s": args.polling,
+        "client": args.client,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,19 @@
 """A small asynchronous Kubernetes API client for the operator's own reads and writes.
 
-kopf watches WorkerPools and the operator runs one loop per pool, but its API client is private
-(``kopf._cogs``) and the kubernetes Python client is a large synchronous dependency for the
-handful of calls the operator makes: get/create/patch a Deployment, patch its ``scale``
-subresource, list and annotate pods, patch a WorkerPool's ``status``. This module makes
-exactly those calls with ``httpx`` (already the project's HTTP client), with the TLS context
-and ``Authorization`` header of ``credentials.Credentials`` (resolved by the ``kubernetes``
-package; kopf's own session is built from the same object in ``edge/handlers.py``).
+kopf watches WorkerPools and the operator runs one loop per pool, but kopf's API client is
+private (``kopf._cogs``), and the handful of calls the operator makes — get/create/patch a
+Deployment, patch its ``scale`` subresource, list and annotate pods, patch a WorkerPool's
+``status`` — are made here, as JSON over HTTP on ``aiohttp`` (kopf's own transport, already
+in the process), with the TLS context and ``Authorization`` header of
+``credentials.Credentials`` (resolved by the ``kubernetes`` package; kopf's session is
+built from the same object in ``edge/handlers.py``).
+
+Why not the official client for the calls too, or httpx: measured at 1,000 pools
+(``bench/bench_operator.py --client``, figures in docs/operator.md, "Design"), one GET of a
+Deployment costs ~0.3 ms of CPU here, ~1.3 ms through the official client's typed methods
+(synchronous: urllib3 in a thread pool, models built and turned back into dicts) and
+~4.5 ms through httpx, whose connection pool rescans every queued request against every
+connection. The official client stays what it is best at: logging in.
 
 Decisions worth knowing:
 
@@ -21,20 +28,19 @@ Decisions worth knowing:
   ``Unreachable``, which is not an ``ApiError``: the server said nothing about the object,
   so callers must not report it as if it had (see the pool loop's outage handling);
 * requests are counted by verb (``counts``) for the benchmark's requests-per-minute;
-* at most ``MAX_CONNECTIONS`` requests are in flight, the rest wait on a semaphore: httpcore
-  rescans every queued request against every connection whenever one frees, so a thousand
-  pools' requests queued inside its pool cost O(queued x connections) each (cProfile of the
-  1,000-pool benchmark: most of the operator's CPU), where a semaphore wakes one waiter.
+* at most ``MAX_CONNECTIONS`` connections; aiohttp's connector parks the other requests
+  and wakes one per freed connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
-import httpx
+import aiohttp
 
 from tide_operator.adapters.credentials import Credentials
 
@@ -84,28 +90,6 @@ class Unreachable(Exception):
     """No answer from the API server: refused, reset, timed out. Says nothing of objects."""
 
 
-class _Auth(httpx.Auth):
-    """The credentials' current header on every request; one fresh try after a 401."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        self.credentials = credentials
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        header = await self.credentials.authorization()
-        if header:
-            request.headers["Authorization"] = header
-        response = yield request
-        if response.status_code == 401:
-            # A rotated or expired token: ask the loader again (it re-reads the file or
-            # re-runs the exec plugin) and retry once.
-            fresh = await self.credentials.authorization(force=True)
-            if fresh and fresh != header:
-                request.headers["Authorization"] = fresh
-                yield request
-
-
 class KubeApi:
     """Thin JSON-over-HTTP calls; paths are API paths such as ``/apis/apps/v1/...``."""
 
@@ -113,23 +97,28 @@ class KubeApi:
         self.credentials = credentials
         self.timeout = timeout
         self.counts: Counter[str] = Counter()
-        self._client = httpx.AsyncClient(
-            base_url=credentials.server,
-            # A plain-HTTP server (the tests' emulator) needs no context; an https one with
-            # no CA given in the kubeconfig is checked against the system's CAs.
-            verify=credentials.ssl_context or True,
-            proxy=credentials.proxy,
-            auth=_Auth(credentials),
-            headers={"Accept": "application/json"},
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
-            ),
-        )
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running loop (aiohttp binds a session to it).
+        if self._session is None or self._session.closed:
+            context = self.credentials.ssl_context
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS,
+                    # A plain-HTTP server (the tests' emulator) needs no context; an https
+                    # one with no CA in the kubeconfig is checked against the system's.
+                    ssl=context if context is not None else True,
+                ),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"Accept": "application/json"},
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _send(
         self,
@@ -141,32 +130,50 @@ class KubeApi:
         content_type: str = "application/json",
     ) -> Any:
         self.counts[method] += 1
-        try:
-            async with self._slots:
-                response = await self._client.request(
-                    method,
-                    path,
-                    params=params,
-                    json=body,
-                    headers={"Content-Type": content_type} if body is not None else None,
-                )
-        except httpx.TransportError as exc:
-            raise Unreachable(
-                f"{self.credentials.server} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
-        if response.status_code >= 400:
+        headers = {"Content-Type": content_type} if body is not None else {}
+        data = json.dumps(body).encode() if body is not None else None
+        header = await self.credentials.authorization()
+        for attempt in (1, 2):
+            if header:
+                headers["Authorization"] = header
             try:
-                payload = response.json()
+                async with self._client().request(
+                    method,
+                    self.credentials.server + path,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    proxy=self.credentials.proxy,
+                ) as response:
+                    status, reason_phrase = response.status, response.reason or ""
+                    content = await response.read()
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                raise Unreachable(
+                    f"{self.credentials.server} unreachable: {type(exc).__name__}: {exc}"
+                ) from exc
+            if status == 401 and attempt == 1:
+                # A rotated or expired token: ask the loader again (it re-reads the file or
+                # re-runs the exec plugin) and retry once with what it gives.
+                fresh = await self.credentials.authorization(force=True)
+                if fresh and fresh != header:
+                    header = fresh
+                    continue
+            break
+        if status >= 400:
+            try:
+                payload = json.loads(content)
             except ValueError:
                 payload = {}
-            reason = str(payload.get("reason") or response.reason_phrase)
-            message = str(payload.get("message") or response.text[:200])
-            if response.status_code == 404:
+            if not isinstance(payload, dict):
+                payload = {}
+            reason = str(payload.get("reason") or reason_phrase)
+            message = str(payload.get("message") or content[:200].decode(errors="replace"))
+            if status == 404:
                 raise NotFound(404, reason, message)
-            if response.status_code == 409:
+            if status == 409:
                 raise Conflict(409, reason, message)
-            raise ApiError(response.status_code, reason, message)
-        return response.json() if response.content else {}
+            raise ApiError(status, reason, message)
+        return json.loads(content) if content else {}
 
     async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
         return await self._send("GET", path, params=params)

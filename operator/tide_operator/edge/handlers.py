@@ -177,6 +177,9 @@ class Runtime:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # One exporter scrape serves every pool reading the same URL within half a second.
     scrapes: SharedScrapes = field(default_factory=SharedScrapes)
+    #: Builds the API client from the credentials (the benchmark swaps in the official
+    #: client's transport to compare the two; see docs/operator.md, "Design").
+    api_factory: Callable[[Credentials], KubeApi] = KubeApi
     _credentials: Credentials | None = None
     _api: KubeApi | None = None
     _http: httpx.AsyncClient | None = None
@@ -201,7 +204,7 @@ class Runtime:
     async def api(self) -> KubeApi:
         credentials = await self.credentials()
         if self._api is None:
-            self._api = KubeApi(credentials)
+            self._api = self.api_factory(credentials)
         return self._api
 
     def http(self) -> httpx.AsyncClient:
