@@ -22,3 +22,5 @@ app = Celery("tide")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 tide_celery.install(app)
+# Runs cut by a lost broker connection go back to their queues when it returns (Redis).
+app.steps["consumer"].add("tide.jobs.tracking:RequeueCut")

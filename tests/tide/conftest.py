@@ -36,6 +36,20 @@ def broker_down() -> Iterator[None]:
     app.conf.broker_url = original
 
 
+@pytest.fixture
+def broker_at() -> Iterator[Any]:
+    """``broker_at(url)``: point this process's Celery app at ``url`` until the test ends."""
+    original = app.conf.broker_url
+
+    def point(url: str) -> None:
+        _reset_connections()
+        app.conf.broker_url = url
+
+    yield point
+    _reset_connections()
+    app.conf.broker_url = original
+
+
 @pytest.fixture(scope="session")
 def test_db_name(django_db_setup: Any, django_db_blocker: Any) -> str:
     with django_db_blocker.unblock():

@@ -4,22 +4,92 @@ Celery calls these hooks inside the worker around each execution; each one hands
 ``services``, where every job state change lives. Hooks (rather than only signals) run for
 the task's own class, so tasks that are not Tide jobs pay nothing. Revocation and expiry
 happen in the worker's main process without running the task; ``signals`` covers them.
+
+A running job cut by the worker itself is not a revoked one. When the broker connection
+drops, Celery cancels every running late-ack task (its ack would be lost with the
+connection) and relies on the broker to deliver the message again. Celery's cancel first
+records a retry in the result backend, which on Redis is the broker that just went away:
+that write fails, the cancel is left half done, and the terminated task is then announced
+as *revoked* (acknowledged, its job final, the redelivered message ignored). ``JobRequest``
+cancels without the backend write, records the job as waiting again in PostgreSQL, and
+leaves the message unacknowledged. RabbitMQ requeues it when the connection closes; the
+Redis transport keeps it in its ``unacked`` hash (its restore at channel close failed while
+Redis was down), so ``RequeueCut``, a consumer step that runs after every reconnection,
+puts those messages back at the head of their queues. The job then runs again from the
+start, once: the first run was cut, not finished.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Task
+from celery import Task, bootsteps
 from celery.exceptions import Ignore
+from celery.worker.request import Request
 
 from tide.jobs import services
+
+logger = logging.getLogger(__name__)
+
+#: Delivery tags of messages whose runs the worker cut, to requeue after reconnecting.
+_cut_tags: set[str] = set()
+
+#: The job's state while its cut message waits for redelivery.
+CUT_REASON = "cut by a lost broker connection; delivered again"
+
+
+class JobRequest(Request):
+    """A job's request in the worker: a cancel by the worker is a retry, not a revoke."""
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        # Only the worker cancels (connection loss, cold shutdown); a client's cancel is a
+        # revoke, which goes through ``terminate``. No retry in the result backend: on
+        # Redis it is the broker that is away, and a failed write there turns the cancel
+        # into a revocation. The job row, in PostgreSQL, says what happened.
+        super().cancel(pool, signal, emit_retry=False)
+        tag = getattr(self._message, "delivery_tag", None)
+        if tag is not None:
+            _cut_tags.add(str(tag))
+        try:
+            services.mark_retrying(self.id, error=CUT_REASON)
+        except Exception:  # the database may be away too; the redelivery restarts it
+            logger.warning("could not record job %s as cut", self.id, exc_info=True)
+
+
+class RequeueCut(bootsteps.StartStopStep):
+    """After each (re)connection, put the messages of cut runs back in their queues.
+
+    Redis only (RabbitMQ requeued them when the old connection closed). A tag no longer
+    in the ``unacked`` hash was restored already (the connection dropped while Redis was
+    up) and is left alone, so nothing is delivered twice.
+    """
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, consumer: Any) -> None:
+        if not _cut_tags:
+            return
+        qos = getattr(consumer.connection.default_channel, "qos", None)
+        restore = getattr(qos, "restore_by_tag", None)
+        if restore is None:
+            _cut_tags.clear()
+            return
+        for tag in sorted(_cut_tags):
+            try:
+                restore(tag, leftmost=True)
+            except Exception:  # keep the rest; the next reconnection tries again
+                logger.warning("could not requeue cut message %s", tag, exc_info=True)
+                continue
+            _cut_tags.discard(tag)
+            logger.info("requeued the message of a run cut by the connection loss: %s", tag)
 
 
 class JobTask(Task):
     """Base class for tasks declared with ``@job_task``; keeps their job rows current."""
 
     abstract = True
+    Request = "tide.jobs.tracking:JobRequest"
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         # A job cancelled while its message waited must not run, even on a worker that

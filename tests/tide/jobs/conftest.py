@@ -116,6 +116,20 @@ def celery_worker(
 
 
 @pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Any]:
+    """``start_worker(env)``: a worker of two slots in ``env``, stopped after the test."""
+    started: list[Worker] = []
+
+    def start(env: dict[str, str]) -> Worker:
+        started.append(Worker(env=env, concurrency=2, log=tmp_path / f"worker{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
 def job_done(wait: Any) -> Any:
     """``job_done(id)``: wait until the job is final, then return the fresh row."""
 
