@@ -25,11 +25,13 @@ makes reading cheap; it holds no Prometheus or HTTP state, so the poller, the AP
   (``messages_ready``, ``messages_unacknowledged``, ``head_message_timestamp``, and
   ``message_stats.ack``, the broker's own cumulative count of acknowledged messages, as
   ``completed``); those figures are RabbitMQ's statistics, refreshed every
-  ``collect_statistics_interval`` (5 s by default). The ack count lives in the management
-  database: a node restart or a re-created queue starts it again from 0, which consumers
-  treat as a counter reset. Without a management URL the reader falls back to AMQP passive
-  declares, which see only ready messages: in-flight and completions are then unknown
-  (``None``) rather than a false 0.
+  ``collect_statistics_interval`` (5 s by default). The head timestamp covers the
+  unacknowledged messages too, so the oldest age is given only while none is (else it is
+  absent: the oldest *waiting* message's stamp cannot be read without taking it). The
+  ack count lives in the management database: a node restart or a re-created queue
+  starts it again from 0, which consumers treat as a counter reset. Without a management
+  URL the reader falls back to AMQP passive declares, which see only ready messages:
+  in-flight and completions are then unknown (``None``) rather than a false 0.
 * ``KombuQueueReader`` serves any other kombu transport the same way (waiting only).
 
 A queue nobody declared reads 0 on every broker: kombu's 404 ``ChannelError`` and
@@ -475,19 +477,26 @@ class RabbitMQReader:
         for name in names:
             queue = known.get(name, {})
             waiting = int(queue.get("messages_ready") or 0)
+            inflight = int(queue.get("messages_unacknowledged") or 0)
             head = queue.get("head_message_timestamp")
+            # RabbitMQ's head_message_timestamp is the oldest stamp of the ready head *and*
+            # of the messages delivered but unacknowledged (running, prefetched, held by a
+            # worker for their ETA): with any of those, the oldest waiting message's own
+            # stamp is hidden behind theirs (an hour-long countdown would read an hour).
+            # Its age is then unknown, so absent, never the held message's age.
+            stamps = (
+                [float(head)]
+                if isinstance(head, int | float) and not isinstance(head, bool) and inflight == 0
+                else []
+            )
             stats.append(
                 QueueStats(
                     name=name,
                     waiting=waiting,
-                    inflight=int(queue.get("messages_unacknowledged") or 0),
+                    inflight=inflight,
                     # The broker cannot tell an ETA-held message from a running one.
                     scheduled=None,
-                    oldest_age=oldest_age(
-                        [float(head)] if isinstance(head, int | float) else [],
-                        waiting=waiting,
-                        now=now,
-                    ),
+                    oldest_age=oldest_age(stamps, waiting=waiting, now=now),
                     source=self.source,
                     completed=acked(queue),
                 )

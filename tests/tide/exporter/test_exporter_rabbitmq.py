@@ -95,3 +95,44 @@ def test_prefetched_and_running_tasks_are_inflight(
     wait(lambda: figures(exporter, queue) == (5, 4, None), timeout=30, what="management figures")
     rabbit_broker.release(100)
     wait(lambda: figures(exporter, queue) == (0, 0, None), timeout=40, what="all done")
+
+
+def test_oldest_age_counts_waiting_messages_only(
+    rabbit_broker: Any,
+    start_worker: Callable[..., Any],
+    exporter_factory: Callable[..., Any],
+    wait: Callable[..., Any],
+) -> None:
+    # A worker holds two ETA tasks ten minutes out (delivered, unacknowledged, not running)
+    # and runs a third; a fourth waits. RabbitMQ's head timestamp is the held tasks': the
+    # exporter must give the waiting message's age or none, never the held ones'.
+    queue = rabbit_broker.queue("eta")
+    app = rabbit_broker.make_app()
+    held_since = time.time()
+    for _ in range(2):
+        app.tasks[HOLD].apply_async(args=[rabbit_broker.run], queue=queue, countdown=600)
+    exporter = exporter_factory(
+        broker_url=rabbit_broker.url,
+        management_url=rabbit_broker.management_url,
+        queues=(queue,),
+    )
+    worker = start_worker(
+        broker_url=rabbit_broker.url, queues=[queue], release=rabbit_broker.release
+    )
+    wait(lambda: figures(exporter, queue) == (0, 2, None), timeout=60, what=worker.tail)
+    app.tasks[HOLD].apply_async(args=[rabbit_broker.run], queue=queue)
+    wait(lambda: rabbit_broker.running() == 1, timeout=60, what=worker.tail)
+    waiting_since = time.time()
+    app.tasks[HOLD].apply_async(args=[rabbit_broker.run], queue=queue)
+    # One slot, busy: the fourth waits (prefetch 1, plus one per ETA task held).
+    wait(lambda: figures(exporter, queue) == (1, 3, None), timeout=30, what="one waiting")
+    # The statistics refresh in parts: read the age a few times over two refreshes.
+    ages = []
+    deadline = time.monotonic() + 11
+    while time.monotonic() < deadline:
+        ages.append((scrape(exporter.url)[queue].oldest_age, time.time()))
+        time.sleep(0.5)
+    # The held tasks are older than the waiting one by more than the stamps' whole seconds.
+    assert waiting_since - held_since > 2
+    for age, at in ages:
+        assert age is None or age <= at - waiting_since + 1.0, (age, at - held_since)
