@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
 from tide_operator.adapters.kube import JSON_PATCH, ApiError, Conflict, KubeApi, NotFound
+from tide_operator.adapters.workloads import Workloads
 from tide_operator.resources.deployments import (
     DELETION_COST_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
@@ -318,8 +319,11 @@ class DeploymentTarget:
         worker_probe: WorkerProbe | None = None,
         facts_cache: WorkerFactsCache | None = None,
         adopted: bool = False,
+        workloads: Workloads | None = None,
     ) -> None:
         self.api = api
+        # The watches' view of Deployments and pods; None or not watching: read the API.
+        self.workloads = workloads if workloads is not None and workloads.watching else None
         self.namespace = namespace
         self.name = name
         self.busy_probe = busy_probe
@@ -332,6 +336,14 @@ class DeploymentTarget:
         self.last_idle: int | None = None
 
     async def fetch(self) -> dict[str, Any]:
+        if self.workloads is not None:
+            found = self.workloads.deployment(self.namespace, self.name)
+            if found is None:
+                raise TargetUnavailable(
+                    "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
+                )
+            self.last = found
+            return found
         try:
             body: dict[str, Any] = await self.api.get(_deployment_path(self.namespace, self.name))
         except NotFound as exc:
@@ -374,8 +386,10 @@ class DeploymentTarget:
     async def scale(self, replicas: int, *, reason: str) -> None:
         path = _deployment_path(self.namespace, self.name) + "/scale"
         try:
-            await self.api.patch(path, {"spec": {"replicas": replicas}})
+            answer = await self.api.patch(path, {"spec": {"replicas": replicas}})
         except NotFound as exc:
+            if self.workloads is not None:
+                self.workloads.vanished(self.namespace, self.name)
             raise TargetUnavailable(
                 "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
             ) from exc
@@ -383,6 +397,15 @@ class DeploymentTarget:
             if exc.transient:
                 raise
             raise TargetUnavailable("ScaleFailed", str(exc)) from exc
+        if self.workloads is not None:
+            # Until the watch reports it, the next tick must see the size just set.
+            version = (answer.get("metadata") or {}).get("resourceVersion")
+            self.workloads.scaled(
+                self.namespace,
+                self.name,
+                replicas,
+                version=None if version is None else str(version),
+            )
         log.info("scaled %s/%s to %d: %s", self.namespace, self.name, replicas, reason)
 
     async def worker_pods(self) -> list[dict[str, Any]]:
@@ -391,10 +414,12 @@ class DeploymentTarget:
         selector = _selector(deployment)
         if not selector:
             return []
-        label_selector = self.selector_string()
-        pods = await self.api.list(
-            f"/api/v1/namespaces/{self.namespace}/pods", label_selector=label_selector
-        )
+        if self.workloads is not None:
+            pods = self.workloads.pods(self.namespace, selector)
+        else:
+            pods = await self.api.list(
+                f"/api/v1/namespaces/{self.namespace}/pods", label_selector=self.selector_string()
+            )
         labels_match = [
             p
             for p in pods
@@ -476,21 +501,38 @@ class DeploymentTarget:
 
 
 async def ensure_owned_deployment(
-    api: KubeApi, pool: WorkerPool, *, initial_replicas: int
+    api: KubeApi, pool: WorkerPool, *, initial_replicas: int, workloads: Workloads | None = None
 ) -> tuple[dict[str, Any], bool]:
-    """Create or roll the Deployment of a ``template`` pool: (live object, whether written)."""
+    """Create or roll the Deployment of a ``template`` pool: (live object, whether written).
+
+    With ``workloads`` watching, the Deployment is read from the watch (no request unless
+    something must be written), and every write is remembered there until the watch
+    reports it.
+    """
     name = deployment_name(pool)
     path = _deployment_path(pool.namespace, name)
     desired = build_worker_deployment(pool, replicas=initial_replicas)
-    try:
-        live: dict[str, Any] = await api.get(path)
-    except NotFound:
+    watched = workloads if workloads is not None and workloads.watching else None
+    found: dict[str, Any] | None
+    if watched is not None:
+        found = watched.deployment(pool.namespace, name)
+    else:
+        try:
+            found = await api.get(path)
+        except NotFound:
+            found = None
+    if found is None:
         try:
             created: dict[str, Any] = await api.create(_deployment_path(pool.namespace), desired)
+            if watched is not None:
+                watched.wrote(created)
             return created, True
         except Conflict:
             # Created by someone else between our read and our write: read it again.
-            live = await api.get(path)
+            found = await api.get(path)
+            if watched is not None:
+                watched.wrote(found)
+    live: dict[str, Any] = found
     if not is_owned_by(live, pool):
         raise TargetUnavailable(
             "DeploymentNotOwned",
@@ -503,21 +545,28 @@ async def ensure_owned_deployment(
         return live, False
     # The spec changed: replace the pod template whole (a merge would keep removed keys),
     # which rolls the pods; then record the hash, so a failure in between is redone.
-    await api.patch(
-        path,
-        [
-            {"op": "replace", "path": "/spec/template", "value": desired["spec"]["template"]},
-            {"op": "replace", "path": "/spec/strategy", "value": desired["spec"]["strategy"]},
-        ],
-        content_type=JSON_PATCH,
-    )
-    patched: dict[str, Any] = await api.patch(
-        path,
-        {
-            "metadata": {
-                "labels": desired["metadata"]["labels"],
-                "annotations": {TEMPLATE_HASH_ANNOTATION: wanted},
-            }
-        },
-    )
+    try:
+        await api.patch(
+            path,
+            [
+                {"op": "replace", "path": "/spec/template", "value": desired["spec"]["template"]},
+                {"op": "replace", "path": "/spec/strategy", "value": desired["spec"]["strategy"]},
+            ],
+            content_type=JSON_PATCH,
+        )
+        patched: dict[str, Any] = await api.patch(
+            path,
+            {
+                "metadata": {
+                    "labels": desired["metadata"]["labels"],
+                    "annotations": {TEMPLATE_HASH_ANNOTATION: wanted},
+                }
+            },
+        )
+    except NotFound:
+        if watched is not None:
+            watched.vanished(pool.namespace, name)  # the next tick creates it
+        raise
+    if watched is not None:
+        watched.wrote(patched)
     return patched, True

@@ -60,6 +60,7 @@ from tide_operator.adapters.targets import (
     WorkerProbe,
     ensure_owned_deployment,
 )
+from tide_operator.adapters.workloads import SharedLists, Workloads, trim_deployment, trim_pod
 from tide_operator.core.policy import PolicyState
 from tide_operator.edge.metrics import OperatorMetrics
 from tide_operator.edge.pools import PoolHandle, PoolLoops
@@ -85,8 +86,9 @@ LoginFn = Callable[[], Credentials]
 
 # Seconds between ticks of a pool whose spec cannot be parsed (no pollingInterval to obey).
 INVALID_SPEC_RETRY = 30.0
-# How often a pool's loop checks that its pool still exists (a re-listed watch does not
-# report deletions it missed), and how long loops get to finish a tick at the exit.
+# How often a pool's loop checks that its pool and its Deployment still exist (a re-listed
+# watch does not report deletions it missed), and how long loops get to finish a tick at the
+# exit. The check reads one LIST per namespace and resource, shared by every pool in it.
 EXISTENCE_CHECK_SECONDS: Final = 300.0
 STOP_TIMEOUT: Final = 10.0
 LEGACY_FINALIZER: Final = "tide.dev/operator"
@@ -177,6 +179,12 @@ class Runtime:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # One exporter scrape serves every pool reading the same URL within half a second.
     scrapes: SharedScrapes = field(default_factory=SharedScrapes)
+    #: Deployments and pods as the watches (kopf's indexes) know them, plus our own writes.
+    workloads: Workloads = field(default_factory=Workloads)
+    #: The LISTs behind the pools' periodic existence checks, one per namespace and resource.
+    listings: SharedLists = field(
+        default_factory=lambda: SharedLists(max_age=EXISTENCE_CHECK_SECONDS / 2)
+    )
     #: Builds the API client from the credentials (the benchmark swaps in the official
     #: client's transport to compare the two; see docs/operator.md, "Design").
     api_factory: Callable[[Credentials], KubeApi] = KubeApi
@@ -318,10 +326,13 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
         worker_probe=runtime.worker_probe,
         facts_cache=pool_memory.workers,
         adopted=not spec.owned,
+        workloads=runtime.workloads,
     )
     try:
         if spec.owned:
-            live, _ = await ensure_owned_deployment(api, pool, initial_replicas=spec.min_replicas)
+            live, _ = await ensure_owned_deployment(
+                api, pool, initial_replicas=spec.min_replicas, workloads=runtime.workloads
+            )
             target.prime(live)
         result = await reconcile_step(
             spec=spec,
@@ -390,14 +401,41 @@ async def _persistent_api_error(
 
 
 async def _exists(runtime: Runtime, handle: PoolHandle) -> bool:
-    """Whether the pool of this loop is still there (the same object: same uid)."""
+    """Whether the pool of this loop is still there (the same object: same uid).
+
+    The watches report deletions, except those made while a watch was down long enough to
+    be re-listed (kopf does not report what the new listing lacks). So now and then each
+    loop looks for its pool, and for its Deployment if the index still holds it, in a LIST
+    of its namespace that every pool there shares; only something the LIST lacks is
+    confirmed with a GET (it may have been created after the LIST was served).
+    """
     namespace, name = handle.key
     api = await runtime.api()
-    try:
-        found = await api.get(_pool_path(namespace, name))
-    except NotFound:
-        return False
-    return bool(found.get("metadata", {}).get("uid") == handle.uid)
+    pools_path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    pools = await runtime.listings.names(pools_path, fetch=lambda: api.list(pools_path))
+    if pools.get(name) != handle.uid:
+        try:
+            found = await api.get(_pool_path(namespace, name))
+        except NotFound:
+            return False
+        if found.get("metadata", {}).get("uid") != handle.uid:
+            return False
+    workloads = runtime.workloads
+    if workloads.watching:
+        try:
+            pool = WorkerPool.from_body(handle.body)
+        except ValidationError:
+            return True
+        target = deployment_name(pool)
+        if workloads.deployment(namespace, target) is not None:
+            path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+            listed = await runtime.listings.names(path, fetch=lambda: api.list(path))
+            if target not in listed:
+                try:
+                    await api.get(f"{path}/{target}")
+                except NotFound:
+                    workloads.vanished(namespace, target)
+    return True
 
 
 async def _run_pool(runtime: Runtime, handle: PoolHandle) -> None:
@@ -477,8 +515,24 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         await loops.stop_all(timeout=STOP_TIMEOUT)
         await runtime.close()
 
+    # The pools read their Deployments and pods from these indexes, which kopf fills from
+    # its watches before any other handler runs (adapters/workloads.py says more).
+    @kopf.index("apps", "v1", "deployments", id="tide_deployments", registry=registry)
+    def tide_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+        trimmed = trim_deployment(body)
+        meta = trimmed["metadata"]
+        return {(meta.get("namespace"), meta.get("name")): trimmed}
+
+    @kopf.index("", "v1", "pods", id="tide_pods", registry=registry)
+    def tide_pods(body: kopf.Body, **_: Any) -> dict[str, Any]:
+        trimmed = trim_pod(body)
+        return {trimmed["metadata"]["namespace"]: trimmed}
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def workerpool(event: kopf.RawEvent, **_: Any) -> None:
+    async def workerpool(event: kopf.RawEvent, **kwargs: Any) -> None:
+        if not runtime.workloads.watching:
+            # kopf hands its indexes to every handler by name.
+            runtime.workloads.bind(deployments=kwargs["tide_deployments"], pods=kwargs["tide_pods"])
         # Only bookkeeping here: the pool's loop (started by the first event) does the work.
         loops.observe(event.get("type"), event["object"])
 

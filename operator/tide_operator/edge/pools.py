@@ -18,7 +18,8 @@ object, and ``PoolLoops`` runs one asyncio task per pool:
   earlier incarnation arriving late is ignored;
 * a watch that had to re-list after a long disconnection never reports what was deleted in
   between, so the loop itself also checks now and then that its pool still exists
-  (``handlers.py``, one GET per pool every ``EXISTENCE_CHECK_SECONDS``);
+  (``handlers.py``, every ``EXISTENCE_CHECK_SECONDS``, in one LIST per namespace that all
+  its pools share);
 * at the operator's exit every loop is told to stop and awaited, then cancelled if it
   overstays.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from kube_emulator import WORKERPOOLS, TideEmulator
+from kube_emulator import ADMIN, WORKERPOOLS, TideEmulator
 from pool_harness import (
     DEPLOYMENTS,
     NS,
@@ -28,7 +28,7 @@ from pool_harness import (
 )
 
 from tide_operator.adapters.kube import KubeApi
-from tide_operator.edge.handlers import Runtime
+from tide_operator.edge.handlers import EXISTENCE_CHECK_SECONDS, Runtime
 from tide_operator.resources.deployments import DELETION_COST_ANNOTATION, TEMPLATE_HASH_ANNOTATION
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.timeout(60)]
@@ -323,20 +323,78 @@ async def test_conflicts_are_retried(
     assert emulator.faults[("PATCH", "race-workers/scale")] == 0
 
 
-async def test_steady_state_makes_no_writes(
+async def test_steady_state_makes_no_requests_beyond_the_watches(
     operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
 ) -> None:
     exporter.set("default", waiting=2)
+    exporter.set("reports", waiting=1)
+    labels = {"app": "reports"}
+    await api.create(DEPLOYMENTS_PATH, deployment_body("reports-worker", replicas=1, labels=labels))
     await api.create(POOLS, pool_body("calm", exporter_url=exporter.url))
+    await api.create(
+        POOLS,
+        pool_body(
+            "adopted",
+            exporter_url=exporter.url,
+            queues=["reports"],
+            scaleTargetRef={
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": "reports-worker",
+            },
+        ),
+    )
     await eventually(lambda: replicas(emulator, "calm-workers") == 2)
     await eventually(lambda: condition(emulator, "calm", "Ready"))
+    await eventually(lambda: condition(emulator, "adopted", "Ready"))
     loop = asyncio.get_running_loop()
     settle = loop.time() + 10
     await eventually(lambda: loop.time() >= settle)
-    before = len(emulator.writes)
+    before_writes, before_log = len(emulator.writes), len(emulator.log)
+    # Twelve ticks of each pool: the Deployments come from the watch, nothing is written.
     until = loop.time() + 60
     await eventually(lambda: loop.time() >= until)
-    assert emulator.writes[before:] == []
+    assert emulator.writes[before_writes:] == []
+    made = [
+        f"{e.method} {e.path}"
+        for e in emulator.log[before_log:]
+        if e.user != ADMIN and (e.address is None or e.address.verb != "watch")
+    ]
+    assert made == []
+    # A change is still seen at once, and written once (the next tick reads the size it set).
+    exporter.set("default", waiting=4)
+    await eventually(lambda: replicas(emulator, "calm-workers") == 4)
+    until = loop.time() + 30
+    await eventually(lambda: loop.time() >= until)
+    scales = [p for m, p in emulator.writes[before_writes:] if p.endswith("/scale")]
+    assert scales == [f"{DEPLOYMENTS_PATH}/calm-workers/scale"]
+    assert len(events(emulator, "Activated")) == 1  # 0 -> 2 at the start
+    assert len(events(emulator, "ScaledUp")) == 1  # 2 -> 4 now, once
+
+
+async def test_a_deletion_the_watch_missed_is_found_and_repaired(
+    operator: Runtime, emulator: TideEmulator, exporter: FakeExporter, api: KubeApi
+) -> None:
+    """kopf re-lists after a long watch outage and never reports what was deleted in
+    between; the pools' periodic check (one LIST per namespace) finds it."""
+    exporter.set("default", waiting=2)
+    await api.create(POOLS, pool_body("lost", exporter_url=exporter.url))
+    await eventually(lambda: replicas(emulator, "lost-workers") == 2)
+    await eventually(lambda: condition(emulator, "lost", "Ready"))
+    first = obj(emulator, DEPLOYMENTS, "lost-workers")
+    assert first is not None
+    # Gone from the server with no watch event: as if deleted while the watch was down.
+    emulator.objects[DEPLOYMENTS, NS, "lost-workers"].delete()
+    assert obj(emulator, DEPLOYMENTS, "lost-workers") is None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    again = await eventually(
+        lambda: obj(emulator, DEPLOYMENTS, "lost-workers"),
+        timeout=EXISTENCE_CHECK_SECONDS + 60,
+    )
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    assert loop.time() - started <= EXISTENCE_CHECK_SECONDS + 2 * 5
+    await eventually(lambda: replicas(emulator, "lost-workers") == 2)
 
 
 async def test_unsafe_configuration_is_warned_on_status(

@@ -146,8 +146,10 @@ async def test_api_outage_is_one_warning_and_one_recovery_line_per_pool(
         )
     caplog.clear()
 
-    # The API server goes away (connections refused) for a minute: twelve ticks per pool.
+    # The API server goes away (connections refused) for a minute: twelve ticks per pool,
+    # each of which must scale (at steady state a tick makes no request: watches).
     await gateway.refuse()
+    exporter.set("default", waiting=3)
     await wait(60)
     failures = runtime.metrics.registry.get_sample_value(
         "tide_operator_api_failures_total", {"cause": "unreachable"}
@@ -155,8 +157,7 @@ async def test_api_outage_is_one_warning_and_one_recovery_line_per_pool(
     assert failures is not None
     assert failures >= 10 * len(names)
     await gateway.accept()
-    # Work resumes: a change in the queues reaches every pool's Deployment.
-    exporter.set("default", waiting=3)
+    # Work resumes: the change in the queues reaches every pool's Deployment.
     for name in names:
         await eventually(lambda name=name: replicas(emulator, f"{name}-workers") == 3)
 
@@ -192,11 +193,16 @@ async def test_transient_403_does_not_flip_ready(
     await wait(10)  # the tick after the first scale rewrites the decision; let it
     ready = condition(emulator, "calm", "Ready")
     writes_before = len(emulator.writes)
-    # Right after a restart, RBAC denies the operator's reads for three ticks (15 s).
-    gateway.deny(3, path="/deployments/")
+    # Right after a restart, RBAC denies the operator's requests for three ticks (15 s),
+    # while the pool needs to grow (at steady state it makes none: it reads from watches).
+    gateway.deny(3, path="/scale")
+    exporter.set("default", waiting=3)
     await eventually(lambda: gateway.denied == 3)
-    await wait(20)
-    assert status_writes(emulator, writes_before) == []
+    await eventually(lambda: replicas(emulator, "calm-workers") == 3)
+    written = emulator.writes[writes_before:]
+    scaled_at = next(i for i, (_, path) in enumerate(written) if path.endswith("/scale"))
+    # Nothing said about the pool while denied; Ready never flipped.
+    assert [path for _, path in written[:scaled_at] if path.endswith("/status")] == []
     assert condition(emulator, "calm", "Ready") == ready
     assert (
         runtime.metrics.registry.get_sample_value(
@@ -219,8 +225,9 @@ async def test_lasting_403_is_reported_after_the_grace(
         lambda: (c := condition(emulator, "denied", "Ready")) and c["status"] == "True"
     )
     loop = asyncio.get_running_loop()
-    # A Role that lost its deployments rule: denied until someone fixes it.
-    gateway.deny(10_000, path="/deployments/")
+    # A Role that lost its deployments/scale rule: denied until someone fixes it.
+    gateway.deny(10_000, path="/scale")
+    exporter.set("default", waiting=3)
     denied_at = loop.time()
     failed = await eventually(
         lambda: (c := condition(emulator, "denied", "Ready")) and c["status"] == "False" and c

@@ -1,0 +1,1 @@
+"""Tests of the watches' view of Deployments and pods (``adapters/workloads.py``)."""
