@@ -40,6 +40,19 @@ EXPORTER_STALE: Final = "tide_exporter_stale"
 #: ``… and on (job, instance) tide_exporter_up`` keeps their series apart from another
 #: exporter's of the same names (celery-exporter).
 EXPORTER_UP: Final = "tide_exporter_up"
+#: Per queue and task, from the integration's workers (Redis brokers; see
+#: ``tide_celery.outcomes``): runs by end state, failures by exception class, and the
+#: runtime and wait histograms. Only Tide's exporters publish these names.
+TASK_RUNS: Final = "tide_task_runs_total"
+TASK_FAILURES: Final = "tide_task_failures_total"
+TASK_RUNTIME: Final = "tide_task_runtime_seconds"
+TASK_WAIT: Final = "tide_task_wait_seconds"
+#: The label that names the task (as Flower's series name it).
+TASK_LABEL: Final = "task"
+#: The run's end state (Celery's: SUCCESS, FAILURE, RETRY, IGNORED, REJECTED).
+STATE_LABEL: Final = "state"
+#: The exception class a failed run raised.
+EXCEPTION_LABEL: Final = "exception"
 #: The PromQL clause that keeps only the series of Tide's exporters.
 TIDE_TARGETS: Final = f"and on (job, instance) {EXPORTER_UP}"
 

@@ -7,8 +7,10 @@ What it connects, and where each piece runs:
   (``worker@<host>``, which Tide's operator addresses, instead of Celery's
   ``celery@<host>``), and the registration heartbeat (``tide_celery.workers``);
 * pool processes: per task, one round trip when it starts (``task:<id>`` into the worker's
-  running set) and one when it ends (out of it, and ``+1`` on the queue's completion
-  counter in the same round trip; ``tide_celery.completions`` says which outcomes count).
+  running set) and one when it ends (out of it, ``+1`` on the queue's completion counter
+  and the run's end state, runtime and wait in the same round trip;
+  ``tide_celery.completions`` says which outcomes count, ``tide_celery.outcomes`` what
+  else is counted).
 
 Nothing happens on import: the signal handlers are connected by the first ``install``
 and look up the task's app in a registry of installed apps, so a process holding several
@@ -24,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
-from typing import Any
+from typing import Any, Sequence
 
 from celery import signals
 
@@ -35,9 +38,13 @@ from tide_celery.layout import (
     COMPLETED_KEY,
     HEARTBEAT_INTERVAL,
     NODE_NAME,
+    PUBLISHED_AT_HEADER,
+    TASKS_KEY,
     task_field,
     worker_key,
 )
+from tide_celery.outcomes import Increment, started_waiting
+from tide_celery.outcomes import increments as outcome_increments
 from tide_celery.publish import stamp_published_at
 from tide_celery.workers import Heartbeat, consumed_queues
 
@@ -102,14 +109,27 @@ class Integration:
 
         self.broker.run(build)
 
-    def task_finished(self, *, node: str | None, task_id: str, queue: str, completed: bool) -> None:
+    def task_finished(
+        self,
+        *,
+        node: str | None,
+        task_id: str,
+        queue: str,
+        completed: bool,
+        outcome: Sequence[Increment] = (),
+    ) -> None:
         def build(pipe: Any, prefix: str) -> None:
             if node:
                 pipe.hdel(prefix + worker_key(node), task_field(task_id))
             if completed:
                 pipe.hincrby(prefix + COMPLETED_KEY, queue, 1)
+            for command, field, amount in outcome:
+                if command == "HINCRBYFLOAT":
+                    pipe.hincrbyfloat(prefix + TASKS_KEY, field, amount)
+                else:
+                    pipe.hincrby(prefix + TASKS_KEY, field, amount)
 
-        if node or completed:
+        if node or completed or outcome:
             self.broker.run(build)
 
 
@@ -155,6 +175,10 @@ def _on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, *
     if found is None:
         return
     integration, request, queue = found
+    # The run's start, for its runtime and wait (read back in task_postrun). The request
+    # context lives exactly as long as the run, so nothing is left behind by a run that
+    # never reaches task_postrun.
+    request.tide_started = (time.monotonic(), time.time())
     node = _node_of(integration, request)
     if not node:
         return
@@ -182,11 +206,29 @@ def _on_task_postrun(
             task_id=str(task_id or request.id),
             queue=queue,
             completed=leaves_queue(state, retval),
+            outcome=_outcome(task or sender, request, queue, state, retval),
         )
     except Exception:
         # The task's work is done and acknowledged regardless; a lost count only slows
         # the rate estimate for one window (the heartbeat clears the running field).
         log.warning("could not count task %s's end on %s", task_id, queue, exc_info=True)
+
+
+def _outcome(
+    task: Any, request: Any, queue: str, state: str | None, retval: Any
+) -> list[Increment]:
+    """What the run adds to the per-task counters: its end, runtime and wait."""
+    started = getattr(request, "tide_started", None)
+    runtime = wait = None
+    if started is not None:
+        runtime = time.monotonic() - started[0]
+        begin = started_waiting(getattr(request, PUBLISHED_AT_HEADER, None), request.eta)
+        if begin is not None:
+            wait = started[1] - begin
+    name = getattr(task, "name", None) or getattr(request, "task", None) or "unknown"
+    return outcome_increments(
+        queue=queue, task=str(name), state=state, retval=retval, runtime=runtime, wait=wait
+    )
 
 
 def _on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:

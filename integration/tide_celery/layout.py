@@ -12,7 +12,10 @@ never collide with a queue name:
 * ``_tide.workers`` (sorted set): worker node name -> the Unix time its registration
   expires, renewed by the worker's heartbeat (``tide_celery.running``);
 * ``_tide.worker.<node>`` (hash, with a TTL): the queues that worker consumes (field
-  ``queues``, a JSON list) and one field ``task:<task id>`` -> queue per task it runs now.
+  ``queues``, a JSON list) and one field ``task:<task id>`` -> queue per task it runs now;
+* ``_tide.tasks`` (hash): per queue and task name, how runs ended, how long they ran and
+  how long they waited, as counters (``tide_celery.outcomes``): fields are ``task_field``
+  tuples joined by ``FIELD_SEP``, values integers, or floats for the ``sum`` fields.
 
 Priority sub-queues, separators and the unacked keys are kombu's, not Tide's: readers ask
 kombu's Redis channel for them (``_q_for_pri``, ``priority_steps``, ``sep``), configured
@@ -30,6 +33,7 @@ from typing import Any, Iterable, Mapping
 PUBLISHED_AT_HEADER = "published_at"
 
 COMPLETED_KEY = "_tide.completed"
+TASKS_KEY = "_tide.tasks"
 WORKERS_KEY = "_tide.workers"
 WORKER_KEY_PREFIX = "_tide.worker."
 QUEUES_FIELD = "queues"
@@ -48,6 +52,50 @@ NODE_NAME = "worker"
 #: Environment variable holding the broker transport options (a JSON object) of the app
 #: whose broker Tide's processes read or talk to.
 TRANSPORT_OPTIONS_ENV = "TIDE_BROKER_TRANSPORT_OPTIONS"
+
+
+#: Separates the parts of a ``_tide.tasks`` field; a control character no queue, task or
+#: exception name holds.
+FIELD_SEP = "\x1f"
+
+#: Kinds of ``_tide.tasks`` fields: ``state`` (a run that ended in a Celery state:
+#: SUCCESS, FAILURE, RETRY, IGNORED, REJECTED), ``failure`` (a FAILURE, by exception
+#: class), ``runtime`` and ``wait`` (a histogram: one field per bucket the observation
+#: fell in, its upper bound's index in ``BUCKETS``, and one ``sum`` field in seconds).
+STATE, FAILURE, RUNTIME, WAIT = "state", "failure", "runtime", "wait"
+SUM = "sum"
+
+#: Upper bounds (seconds) of the runtime and wait histograms, ``+Inf`` implied. Celery
+#: tasks run from milliseconds to an hour, so prometheus-client's default buckets (which
+#: stop at 10 s) would put every long task in ``+Inf``; these keep the default's low end
+#: and add minutes. Fixed here, because workers write bucket indexes and the exporter
+#: reads them: both sides must agree.
+BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+
+
+def bucket_of(seconds: float) -> int:
+    """Index in ``BUCKETS`` of the first bound >= ``seconds``; ``len(BUCKETS)`` for +Inf."""
+    for index, bound in enumerate(BUCKETS):
+        if seconds <= bound:
+            return index
+    return len(BUCKETS)
+
+
+def tasks_field(kind: str, queue: str, task: str, part: str) -> str:
+    """A ``_tide.tasks`` field: what it counts, the queue, the task and the part
+    (the state, the exception class, a bucket index or ``sum``)."""
+    return FIELD_SEP.join((kind, queue, task, part))
+
+
+def parse_tasks_field(name: str) -> tuple[str, str, str, str] | None:
+    """``(kind, queue, task, part)`` of a ``_tide.tasks`` field, ``None`` if malformed."""
+    parts = name.split(FIELD_SEP)
+    if len(parts) != 4:
+        return None
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def worker_key(node: str) -> str:

@@ -66,6 +66,8 @@ def test_every_alert_explains_itself_and_links_a_dashboard(rendered: dict[str, R
     assert names == {
         "TideQueueWaitAboveTarget",
         "TideQueueWaitAboveDefault",
+        "TideQueueBacklog",
+        "TideQueueStalled",
         "TideWorkerPoolAtMaxWithGrowingBacklog",
         "TideWorkerPoolBelowDesired",
         "TideWorkerPoolFallbackActive",

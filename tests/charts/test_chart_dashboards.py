@@ -119,7 +119,8 @@ def dashboard_queries(dashboard: dict) -> list[str]:
     for variable in dashboard["templating"]["list"]:
         query = variable.get("query")
         if isinstance(query, dict):
-            found = re.search(r"label_values\(([^,]+),", query["query"])
+            # The series selector may hold commas inside its braces.
+            found = re.search(r"label_values\(((?:[^,{]|\{[^}]*\})+),", query["query"])
             if found:
                 queries.append(found.group(1))
     return queries

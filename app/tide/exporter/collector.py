@@ -24,15 +24,18 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
 from tide.exporter.stats import QueueStats
+from tide.exporter.tasks import TaskFigures, cumulative
 
 # The series' names have one home, shared with the operator.
 from tide_contract.series import (
+    EXCEPTION_LABEL,
     EXPORTER_STALE,
     QUEUE_COMPLETED,
     QUEUE_INFLIGHT,
@@ -42,6 +45,12 @@ from tide_contract.series import (
     QUEUE_RUNNING,
     QUEUE_SCHEDULED,
     QUEUE_SOURCE,
+    STATE_LABEL,
+    TASK_FAILURES,
+    TASK_LABEL,
+    TASK_RUNS,
+    TASK_RUNTIME,
+    TASK_WAIT,
 )
 
 UP = "tide_exporter_up"
@@ -57,6 +66,8 @@ class Snapshot:
     """What the exporter knows at one instant, for formatting."""
 
     stats: tuple[QueueStats, ...] = ()
+    #: The workers' per-task counters (Redis with the integration), else ``None``.
+    tasks: TaskFigures | None = None
     up: bool = False
     last_success: float | None = None
     last_duration: float | None = None
@@ -70,15 +81,24 @@ class ExporterState:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stats: tuple[QueueStats, ...] = ()
+        self._tasks: TaskFigures | None = None
         self._up = False
         self._last_success: float | None = None
         self._last_duration: float | None = None
         self._reads = 0
         self._errors: Counter[str] = Counter()
 
-    def record_success(self, stats: Iterable[QueueStats], *, duration: float, now: float) -> None:
+    def record_success(
+        self,
+        stats: Iterable[QueueStats],
+        *,
+        duration: float,
+        now: float,
+        tasks: TaskFigures | None = None,
+    ) -> None:
         with self._lock:
             self._stats = tuple(stats)
+            self._tasks = tasks
             self._up = True
             self._last_success = now
             self._last_duration = duration
@@ -95,6 +115,7 @@ class ExporterState:
         with self._lock:
             return Snapshot(
                 stats=self._stats,
+                tasks=self._tasks,
                 up=self._up,
                 last_success=self._last_success,
                 last_duration=self._last_duration,
@@ -203,7 +224,51 @@ def families(snapshot: Snapshot) -> list[Metric]:
     for kind, count in sorted(snapshot.errors.items()):
         errors.add_metric([kind], count)
     health.append(errors)
-    return [length, inflight, scheduled, age, completed, running, source, *health]
+    return [
+        length,
+        inflight,
+        scheduled,
+        age,
+        completed,
+        running,
+        source,
+        *task_families(snapshot.tasks),
+        *health,
+    ]
+
+
+def task_families(tasks: TaskFigures | None) -> list[Metric]:
+    """The per-task series; none at all where no worker keeps the counters."""
+    if tasks is None:
+        return []
+    runs = CounterMetricFamily(
+        TASK_RUNS,
+        "Task runs finished by workers with Tide's integration, by end state (Redis).",
+        labels=[QUEUE_LABEL, TASK_LABEL, STATE_LABEL],
+    )
+    for (queue, task, state), count in sorted(tasks.runs.items()):
+        runs.add_metric([queue, task, state], count)
+    failures = CounterMetricFamily(
+        TASK_FAILURES,
+        "Task runs that ended in FAILURE, by the exception's class (Redis).",
+        labels=[QUEUE_LABEL, TASK_LABEL, EXCEPTION_LABEL],
+    )
+    for (queue, task, exception), count in sorted(tasks.failures.items()):
+        failures.add_metric([queue, task, exception], count)
+    runtime = HistogramMetricFamily(
+        TASK_RUNTIME,
+        "Seconds a task run took, start to end, any outcome (Redis).",
+        labels=[QUEUE_LABEL, TASK_LABEL],
+    )
+    wait = HistogramMetricFamily(
+        TASK_WAIT,
+        "Seconds a task waited from its publish (or ETA) to its start (Redis).",
+        labels=[QUEUE_LABEL, TASK_LABEL],
+    )
+    for family, histograms in ((runtime, tasks.runtime), (wait, tasks.wait)):
+        for (queue, task), (counts, total) in sorted(histograms.items()):
+            family.add_metric([queue, task], cumulative(counts), total)
+    return [runs, failures, runtime, wait]
 
 
 class QueueCollector(Collector):

@@ -86,7 +86,13 @@ class QueuePoller:
             self.state.record_failure(error, duration=duration)
             self.reader.close()
             return
-        self.state.record_success(stats, duration=time.perf_counter() - started, now=self._clock())
+        self.state.record_success(
+            stats,
+            duration=time.perf_counter() - started,
+            now=self._clock(),
+            # Per-task counters: only readers of a broker the integration writes to have them.
+            tasks=getattr(self.reader, "last_tasks", None),
+        )
 
     def run(self) -> None:
         """Read at once, then every ``interval`` until stopped.

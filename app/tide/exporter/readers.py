@@ -61,10 +61,11 @@ from tide.exporter.stats import (
     oldest_age,
     published_at,
 )
+from tide.exporter.tasks import TaskFigures, parse_tasks
 from tide.exporter.unacked import UnackedTracker
 from tide.exporter.wire import RawBatch, execute
 from tide.exporter.workers import RegistryReader, RegistrySnapshot
-from tide_celery.layout import COMPLETED_KEY
+from tide_celery.layout import COMPLETED_KEY, TASKS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class RedisQueueReader:
         self.registry: RegistryReader | None = None
         #: What the integration's workers said at the last read.
         self.last_registry = RegistrySnapshot()
+        #: The workers' per-task counters at the last read (``None``: not read, as with
+        #: ``completions=False``).
+        self.last_tasks: TaskFigures | None = None
         #: (exchange, routing_key) -> queue, from the binding tables seen by ``discover``.
         self.routes: dict[tuple[str, str], str] = {}
         self._keys: dict[str, list[str]] = {}
@@ -218,7 +222,15 @@ class RedisQueueReader:
         tracked = RawBatch(self.tracker.commands(now=now))
         live = RawBatch(self.registry.commands(now=now))
         fetch = self.registry.fetch_batch
-        replies = execute(channel.pool, depth, tracked, live, fetch)
+        # The per-task counters ride in the same write (tide.exporter.tasks), last, so the
+        # positions of everything before them stay as they were.
+        tasks = RawBatch(
+            [("HGETALL", channel.global_keyprefix + TASKS_KEY)] if self.completions else []
+        )
+        replies = execute(channel.pool, depth, tracked, live, tasks, fetch)
+        if self.completions:
+            self.last_tasks = parse_tasks(replies[len(depth) + len(tracked) + len(live)])
+            del replies[len(depth) + len(tracked) + len(live)]
         end_of_tracked = len(depth) + len(tracked)
         self.tracker.apply(
             replies[len(depth) : end_of_tracked], pool=channel.pool, routes=self.routes, now=now

@@ -86,7 +86,10 @@ def make_app(
 
     @app.task(name="exporter_test.outcome", bind=True, shared=False)
     def outcome(self: Any, run: str, how: str) -> str:
-        """End as ``how`` says: ok, fail, retry (once, then ok), ignore, requeue (once)."""
+        """End as ``how`` says: ok, fail, retry (once, then ok), ignore, requeue (once),
+        slow (ok after at least 1.1 s)."""
+        if how == "slow":
+            time.sleep(1.1)  # a known least runtime, for the runtime histogram
         if how == "fail":
             raise ValueError("asked to fail")
         if how == "ignore":
