@@ -14,10 +14,15 @@ Cases: ``warm`` uses the machine's package caches as they are (a second ``make u
 the same machine, or a machine whose caches someone filled); ``cold`` gives pip and uv
 empty caches, so every wheel comes from PyPI, as on a fresh machine. Prints a table and
 saves ``bench/results/first_start.json``. The target: the start page within 60 s.
+
+``--source PATH`` clones another checkout (default: this one's repository), e.g. the main
+branch as a newcomer gets it; ``--ports N`` uses ports N, N+1, N+2 (API, exporter, Flower)
+instead of free ones, for a machine whose users each keep to a port range.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -54,12 +59,20 @@ def answers(url: str) -> bool:
         return False
 
 
-def run(case: str) -> dict[str, object]:
+def run(case: str, *, source: Path, ports: int | None) -> dict[str, object]:
     database = recreate(DB)
     work = Path(tempfile.mkdtemp(prefix=f"tide-first-start-{case}-"))
     clone = work / "tide"
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
-    port, exporter_port, flower_port = free_port(), free_port(), free_port()
+    # Nothing beside the clone: no ../shared, as on a newcomer's machine.
+    subprocess.run(["git", "clone", "--quiet", str(source), str(clone)], check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if ports:
+        port, exporter_port, flower_port = ports, ports + 1, ports + 2
+    else:
+        port, exporter_port, flower_port = free_port(), free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -111,6 +124,7 @@ def run(case: str) -> dict[str, object]:
     venv_mb = sum(f.stat().st_size for f in (clone / ".venv").rglob("*") if f.is_file()) / 2**20
     result: dict[str, object] = {
         "case": case,
+        "commit": commit,
         **{f"{k}_s": marks.get(k) for k in checks},
         "venv_mb": round(venv_mb),
         "within_target": marks.get("start_page", 1e9) <= TARGET_SECONDS,
@@ -120,9 +134,16 @@ def run(case: str) -> dict[str, object]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="*", help="cold and/or warm (default: both)")
+    parser.add_argument("--source", type=Path, default=ROOT, help="the repository to clone")
+    parser.add_argument("--ports", type=int, help="first of three ports (API, exporter, Flower)")
+    args = parser.parse_args()
     load = os.getloadavg()
-    cases = sys.argv[1:] or ["cold", "warm"]
-    results = [run(case) for case in cases]
+    cases = args.cases or ["cold", "warm"]
+    if set(cases) - {"cold", "warm"}:
+        parser.error(f"cases are cold and warm, not {sorted(set(cases) - {'cold', 'warm'})}")
+    results = [run(case, source=args.source, ports=args.ports) for case in cases]
     print(f"load average at start: {load[0]:.1f} (2 cores)")
     print(f"{'case':6} {'installed':>10} {'start page':>11} {'exporter':>9} {'venv MB':>8}")
     for r in results:

@@ -357,6 +357,11 @@ class KombuQueueReader:
                 transport_options=self._options,
                 connect_timeout=DEFAULT_SOCKET_TIMEOUT,
             )
+            try:
+                _refuse_fast(self._connection)
+            except ConnectionRefusedError:
+                self._connection = None
+                raise
         if self._chan is None:
             self._chan = self._connection.channel()
         return self._chan
@@ -403,23 +408,30 @@ class KombuQueueReader:
         self._connection = self._chan = None
 
 
+#: Ports a broker URL without one means, per kombu transport, for ``_refuse_fast``.
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "pyamqp": 5672, "amqps": 5671}
+
+
 def _refuse_fast(connection: Connection) -> None:
     """Raise at once when the broker's port refuses connections.
 
     redis-py retries a refused connect with backoff (about 2 s) and kombu retries that
-    (about 6 s in all): right for a producer, wrong for a reader that reads again in
-    ``interval`` anyway. A refusal takes one syscall to see, so it is checked first; a
-    broker that does not answer at all still meets the socket timeouts.
+    (about 6 s in all); py-amqp's connect takes about 2 s to give up. Right for a producer,
+    wrong for a reader that reads again in ``interval`` anyway. A refusal takes one syscall
+    to see, so it is checked first; a broker that does not answer at all still meets the
+    socket timeouts.
     """
-    if connection.transport_cls not in ("redis", "rediss") or not connection.hostname:
-        return  # a unix socket or Sentinel: kombu's own connect decides
+    default = DEFAULT_PORTS.get(str(connection.transport_cls))
+    if default is None or not connection.hostname:
+        return  # a unix socket, Sentinel, another transport: kombu's own connect decides
+    port = connection.port or default
     try:
         socket.create_connection(
-            (connection.hostname, connection.port or 6379), timeout=DEFAULT_SOCKET_TIMEOUT
+            (connection.hostname, port), timeout=DEFAULT_SOCKET_TIMEOUT
         ).close()
     except ConnectionRefusedError as error:
         raise ConnectionRefusedError(
-            error.errno, f"{connection.hostname}:{connection.port or 6379} refused the connection"
+            error.errno, f"{connection.hostname}:{port} refused the connection"
         ) from None
 
 
