@@ -30,7 +30,9 @@ Both use one ``httpx.AsyncClient`` supplied by the caller, so a thousand pools s
 connection pool, and both take the caller's clock (``now``) for the observation's time.
 The operator also hands every ``ExporterSource`` one ``SharedScrapes``: the pools all scrape
 the same exporter, and one scrape (fetched and parsed once) serves the pools that read it
-within half a second, instead of each pool parsing every queue's series.
+within half a second, instead of each pool parsing every queue's series. Likewise every
+``PrometheusSource`` gets one ``SharedQueries``: pools reading the same Prometheus send one
+query per series (``sum by (queue_name)`` over every queue in play) instead of one each.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ __all__ = [
     "MetricsUnavailable",
     "PrometheusSource",
     "QueueFigures",
+    "SharedQueries",
     "SharedScrapes",
     "queue_regex",
     "source_for",
@@ -86,6 +89,8 @@ DEFAULT_QUERIES: Final[Mapping[str, str]] = {
 }
 _STALE_QUERY: Final = f"max({EXPORTER_STALE})"
 COMPLETED_QUERY: Final = _sum_by_queue(QUEUE_COMPLETED)
+# The queries one answer of which serves every pool (grouped by queue, or naming none).
+_SHARED_TEMPLATES: Final = frozenset({*DEFAULT_QUERIES.values(), COMPLETED_QUERY, _STALE_QUERY})
 
 
 class MetricsUnavailable(Exception):
@@ -140,8 +145,140 @@ def _finite(value: float) -> float:
 # ------------------------------------------------------------------------------ Prometheus
 
 
+Samples = list[dict[str, Any]]
+# Above this many characters a query goes in a POST form rather than the URL (a union of a
+# thousand queues' names is tens of kilobytes; Prometheus takes both).
+LONG_QUERY: Final = 2000
+
+
+@dataclass
+class _Batch:
+    """One shared query: the queues it covers, gathered until it is sent, and its answer."""
+
+    at: float
+    queues: set[str] | None
+    future: asyncio.Future[Samples]
+    sent: bool = False
+    # The answer's samples by queue, made once for all readers (each keeps its own queues).
+    by_queue: dict[str, Samples] | None = None
+
+    def of(self, queues: frozenset[str]) -> Samples:
+        if self.by_queue is None:
+            self.by_queue = {}
+            for sample in self.future.result():
+                queue = sample.get("metric", {}).get(QUEUE_LABEL)
+                self.by_queue.setdefault(queue, []).append(sample)
+        return [s for q in queues for s in self.by_queue.get(q, ())]
+
+
+class SharedQueries:
+    """One PromQL query per series serves every pool reading the same Prometheus.
+
+    With a query per pool and series, 1,000 pools polling every 5 s send 1,200 queries a
+    second, each matching one queue. The default queries group ``by (queue_name)``, so one
+    query over every queue in play answers them all. A pool's read joins the query of the
+    same series started less than ``max_age`` seconds ago if it covers the pool's queues, or
+    a query not sent yet (its queues are added; it waits ``gather`` seconds for readers of
+    the same moment), and otherwise starts one over its queues and every queue asked for in
+    the last ``in_play`` seconds, so that later readers are covered. Each reader keeps the
+    samples of its own queues. ``max_age`` is SharedScrapes' half second: a shared answer
+    is hardly older than a fresh one, so change-to-patch stays within the pool's interval
+    plus the source's plus 1 s. A failure is shared like an answer, and not kept.
+
+    Only the default queries are shared: an override may not group by queue (a plain
+    ``sum``), and over other pools' queues it would add them in; overrides stay per pool.
+    """
+
+    def __init__(
+        self, *, max_age: float = 0.5, in_play: float = 600.0, gather: float = 0.01
+    ) -> None:
+        self.max_age = max_age
+        self.in_play = in_play
+        self.gather = gather
+        #: Queries sent, by Prometheus URL (for the benchmark and the tests).
+        self.sent: dict[str, int] = {}
+        self._asked: dict[tuple[str, float, str], dict[str, float]] = {}
+        self._last: dict[tuple[str, float, str], _Batch] = {}
+
+    async def query(
+        self,
+        url: str,
+        template: str,
+        queues: Sequence[str] | None,
+        *,
+        run: Callable[[str], Awaitable[Samples]],
+        timeout: float = 0.0,
+    ) -> Samples:
+        """The samples of ``template`` (``$queues`` filled), covering ``queues``.
+
+        ``queues`` None: the template names no queue (it is sent as it is). Readers with
+        another ``timeout`` have queries of their own.
+        """
+        now = asyncio.get_running_loop().time()
+        key = (url, timeout, template)
+        wanted = frozenset(queues) if queues is not None else None
+        if wanted is not None:
+            asked = self._asked.setdefault(key, {})
+            for queue in wanted:
+                asked[queue] = now
+        batch = self._last.get(key)
+        usable = (
+            batch is not None
+            and 0 <= now - batch.at <= self.max_age
+            and not (
+                batch.future.done()
+                and not batch.future.cancelled()
+                and batch.future.exception() is not None
+            )
+        )
+        if batch is not None and usable and wanted is not None and not batch.sent:
+            assert batch.queues is not None
+            batch.queues |= wanted  # not sent yet: it will cover these too
+        elif (
+            batch is None
+            or not usable
+            or (wanted is not None and (batch.queues is None or not wanted <= batch.queues))
+        ):
+            covered: set[str] | None = None
+            if wanted is not None:
+                asked = self._asked[key]
+                for queue in [q for q, at in asked.items() if now - at > self.in_play]:
+                    del asked[queue]
+                covered = set(asked)
+            future: asyncio.Future[Samples] = asyncio.get_running_loop().create_future()
+            batch = self._last[key] = _Batch(at=now, queues=covered, future=future)
+            task = asyncio.ensure_future(self._send(url, template, batch, run))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        samples = await asyncio.shield(batch.future)
+        if wanted is None:
+            return samples
+        return batch.of(wanted)
+
+    async def _send(
+        self, url: str, template: str, batch: _Batch, run: Callable[[str], Awaitable[Samples]]
+    ) -> None:
+        await asyncio.sleep(self.gather)  # the other readers of this moment join
+        batch.sent = True
+        promql = template
+        if batch.queues is not None:
+            promql = template.replace("$queues", queue_regex(sorted(batch.queues)))
+        self.sent[url] = self.sent.get(url, 0) + 1
+        try:
+            samples = await run(promql)
+        except BaseException as exc:
+            if not batch.future.done():
+                batch.future.set_exception(exc)
+                batch.future.exception()  # retrieved: no warning if every reader left
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if not batch.future.done():
+            batch.future.set_result(samples)
+
+
 class PrometheusSource:
-    """Instant queries against ``<url>/api/v1/query``; one HTTP request per figure."""
+    """Instant queries against ``<url>/api/v1/query``; one HTTP request per figure, or with
+    ``shared`` one per figure for every pool reading this Prometheus (``SharedQueries``)."""
 
     def __init__(
         self,
@@ -150,18 +287,26 @@ class PrometheusSource:
         client: httpx.AsyncClient,
         timeout: float = 5.0,
         queries: PrometheusQueries | None = None,
+        shared: SharedQueries | None = None,
     ) -> None:
-        self.url = url.rstrip("/") + "/api/v1/query"
+        self.base = url.rstrip("/")
+        self.url = self.base + "/api/v1/query"
         self.client = client
         self.timeout = timeout
+        self.shared = shared
         overrides = queries.model_dump(exclude_none=True) if queries is not None else {}
         self.queries: dict[str, str] = {**DEFAULT_QUERIES, **overrides}
 
     async def _query(self, promql: str) -> list[dict[str, Any]]:
         try:
-            response = await self.client.get(
-                self.url, params={"query": promql}, timeout=self.timeout
-            )
+            if len(promql) > LONG_QUERY:
+                response = await self.client.post(
+                    self.url, data={"query": promql}, timeout=self.timeout
+                )
+            else:
+                response = await self.client.get(
+                    self.url, params={"query": promql}, timeout=self.timeout
+                )
         except httpx.TimeoutException as exc:
             raise MetricsUnavailable(f"Prometheus timed out after {self.timeout}s") from exc
         except httpx.HTTPError as exc:
@@ -185,13 +330,25 @@ class PrometheusSource:
         result: list[dict[str, Any]] = data.get("result", [])
         return result
 
+    def _read(self, template: str, queues: Sequence[str]) -> Awaitable[Samples]:
+        """One figure's samples: shared with the other pools for a default query."""
+        shareable = template in _SHARED_TEMPLATES
+        if self.shared is not None and shareable:
+            return self.shared.query(
+                self.base,
+                template,
+                queues if "$queues" in template else None,
+                run=self._query,
+                timeout=self.timeout,
+            )
+        return self._query(template.replace("$queues", queue_regex(queues)))
+
     async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
-        regex = queue_regex(queues)
         queries = {**self.queries, "completed": COMPLETED_QUERY}
         names = list(queries)
         results = await asyncio.gather(
-            *(self._query(queries[n].replace("$queues", regex)) for n in names),
-            self._query(_STALE_QUERY),
+            *(self._read(queries[n], queues) for n in names),
+            self._read(_STALE_QUERY, queues),
         )
         stale = results[-1]
         if any(float(s["value"][1]) >= 1 for s in stale):
@@ -326,12 +483,19 @@ class ExporterSource:
 
 
 def source_for(
-    metrics: MetricsSpec, *, client: httpx.AsyncClient, shared: SharedScrapes | None = None
+    metrics: MetricsSpec,
+    *,
+    client: httpx.AsyncClient,
+    shared: SharedScrapes | None = None,
+    queries: SharedQueries | None = None,
 ) -> MetricSource:
-    """The source a pool's ``spec.metrics`` asks for (exporter scrapes shared via ``shared``)."""
+    """The source a pool's ``spec.metrics`` asks for (exporter scrapes shared via ``shared``,
+    Prometheus queries via ``queries``)."""
     if metrics.prometheus is not None:
         p = metrics.prometheus
-        return PrometheusSource(p.url, client=client, timeout=p.timeout_seconds, queries=p.queries)
+        return PrometheusSource(
+            p.url, client=client, timeout=p.timeout_seconds, queries=p.queries, shared=queries
+        )
     assert metrics.exporter is not None  # validated: exactly one
     e = metrics.exporter
     return ExporterSource(e.url, client=client, timeout=e.timeout_seconds, shared=shared)

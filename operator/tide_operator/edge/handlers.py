@@ -50,7 +50,7 @@ from pydantic import ValidationError
 from tide_operator.adapters.credentials import Credentials, LoginFailed
 from tide_operator.adapters.credentials import login as login_with_kubernetes_package
 from tide_operator.adapters.kube import ApiError, KubeApi, NotFound, Unreachable
-from tide_operator.adapters.sources import MetricSource, SharedScrapes, source_for
+from tide_operator.adapters.sources import MetricSource, SharedQueries, SharedScrapes, source_for
 from tide_operator.adapters.targets import (
     BusyProbe,
     CeleryInspectProbe,
@@ -179,6 +179,8 @@ class Runtime:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # One exporter scrape serves every pool reading the same URL within half a second.
     scrapes: SharedScrapes = field(default_factory=SharedScrapes)
+    # One PromQL query per series serves every pool reading the same Prometheus.
+    queries: SharedQueries = field(default_factory=SharedQueries)
     #: Deployments and pods as the watches (kopf's indexes) know them, plus our own writes.
     workloads: Workloads = field(default_factory=Workloads)
     #: The LISTs behind the pools' periodic existence checks, one per namespace and resource.
@@ -316,7 +318,9 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
     pool_memory.interval = spec.polling_interval
     api = await runtime.api()
     if pool_memory.source is None or pool_memory.source_spec != spec.metrics:
-        pool_memory.source = source_for(spec.metrics, client=runtime.http(), shared=runtime.scrapes)
+        pool_memory.source = source_for(
+            spec.metrics, client=runtime.http(), shared=runtime.scrapes, queries=runtime.queries
+        )
         pool_memory.source_spec = spec.metrics
     target = DeploymentTarget(
         api,
