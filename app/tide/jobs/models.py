@@ -64,6 +64,11 @@ class Job(models.Model):
     # Times the task began executing: above 1 means a retry or a redelivery.
     attempts = models.PositiveIntegerField(default=0)
     retries = models.PositiveIntegerField(default=0)
+    # The client's limits for this job (seconds; null: the task's own) and its retry
+    # policy (null: the task's own), within the bounds the platform's settings allow.
+    time_limit = models.FloatField(null=True, blank=True)
+    soft_time_limit = models.FloatField(null=True, blank=True)
+    retry_policy = models.JSONField(null=True, blank=True)
 
     # The client's ``Idempotency-Key`` for this submission and a digest of the request it
     # came with: the same key with the same request returns this job instead of a second

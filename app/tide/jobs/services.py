@@ -66,6 +66,29 @@ class Step:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How a job retries the errors its task retries (Celery's words and meaning).
+
+    ``max_retries`` replaces the task's own; ``backoff`` (seconds) waits ``backoff * 2**n``
+    before retry ``n + 1``, at most ``backoff_max``, a random part of it with ``jitter``.
+    The API checks them against the platform's bounds before anything is recorded.
+    """
+
+    max_retries: int | None = None
+    backoff: float | None = None
+    backoff_max: float | None = None
+    jitter: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_retries": self.max_retries,
+            "backoff": self.backoff,
+            "backoff_max": self.backoff_max,
+            "jitter": self.jitter,
+        }
+
+
+@dataclass(frozen=True)
 class Options:
     """Delivery options shared by every step of a submission."""
 
@@ -74,6 +97,10 @@ class Options:
     countdown: float | None = None
     eta: datetime | None = None
     expires: datetime | None = None
+    # Per-job limits (seconds) and retry policy; None keeps the task's own.
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    retry: RetryPolicy | None = None
 
     def eta_at(self, now: datetime) -> datetime | None:
         if self.eta is not None:
@@ -119,6 +146,9 @@ def _new_row(step: Step, options: Options, *, owner: Any, now: datetime, **extra
         priority=options.priority,
         eta=options.eta_at(now),
         expires=options.expires,
+        time_limit=options.time_limit,
+        soft_time_limit=options.soft_time_limit,
+        retry_policy=options.retry.as_dict() if options.retry else None,
         **extra,
     )
 
@@ -126,6 +156,9 @@ def _new_row(step: Step, options: Options, *, owner: Any, now: datetime, **extra
 # Message header naming a step's workflow row: the worker refreshes the workflow only for
 # messages that carry it, so a plain task pays no extra query.
 WORKFLOW_HEADER = "tide_workflow"
+# Message header carrying a job's own retry policy (``RetryPolicy.as_dict``); Celery copies
+# a message's headers onto its retries, so every attempt follows the same policy.
+RETRY_HEADER = "tide_retry"
 
 
 def _signature(job: Job, step: Step, options: Options, *, keep_result: bool) -> Signature:
@@ -136,8 +169,18 @@ def _signature(job: Job, step: Step, options: Options, *, keep_result: bool) -> 
         immutable=step.immutable,
     )
     delivery: dict[str, Any] = {"task_id": str(job.id), "queue": job.queue}
+    headers: dict[str, Any] = {}
     if job.parent_id:
-        delivery["headers"] = {WORKFLOW_HEADER: str(job.parent_id)}
+        headers[WORKFLOW_HEADER] = str(job.parent_id)
+    if options.retry is not None:
+        headers[RETRY_HEADER] = options.retry.as_dict()
+    if headers:
+        delivery["headers"] = headers
+    # The worker enforces these per message; a limit not given keeps the task's own.
+    if options.time_limit is not None:
+        delivery["time_limit"] = options.time_limit
+    if options.soft_time_limit is not None:
+        delivery["soft_time_limit"] = options.soft_time_limit
     if not keep_result:
         # Results live in the job row; the result backend is only needed by a chord,
         # which counts its header's results there. Skipping it saves a write per task.

@@ -22,6 +22,7 @@ start, once: the first run was cut, not finished.
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from celery import Task, bootsteps
@@ -112,6 +113,36 @@ class JobTask(Task):
         if self.request.id:
             services.record_progress(self.request.id, percent=percent, message=message)
 
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        # A job submitted with its own retry policy retries the task's retryable errors
+        # (autoretry_for, or the task's own self.retry) that many times, that far apart.
+        policy = getattr(self.request, services.RETRY_HEADER, None)
+        if isinstance(policy, dict):
+            if policy.get("max_retries") is not None:
+                max_retries = int(policy["max_retries"])
+            if policy.get("backoff") is not None and eta is None:
+                countdown = _backoff(policy, retries=self.request.retries or 0)
+        return super().retry(
+            args=args,
+            kwargs=kwargs,
+            exc=exc,
+            throw=throw,
+            eta=eta,
+            countdown=countdown,
+            max_retries=max_retries,
+            **options,
+        )
+
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         services.mark_succeeded(task_id, result=retval, workflow=self._workflow())
 
@@ -124,6 +155,17 @@ class JobTask(Task):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         services.mark_failed(task_id, error=_describe(exc), workflow=self._workflow())
+
+
+def _backoff(policy: dict[str, Any], *, retries: int) -> float:
+    """Seconds before the next attempt: ``backoff * 2**retries``, at most ``backoff_max``,
+    with ``jitter`` a random part of it (Celery's full jitter, in fractions of a second
+    too: Celery's own helper rounds to whole seconds)."""
+    factor = max(0.0, float(policy["backoff"]))
+    delay = factor * 2 ** min(retries, 32)
+    if policy.get("backoff_max") is not None:
+        delay = min(delay, float(policy["backoff_max"]))
+    return random.uniform(0, delay) if policy.get("jitter", True) else delay
 
 
 def _describe(exc: BaseException) -> str:

@@ -175,6 +175,15 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # runs twice. Hard time limits default to it so no task outlives the timeout.
 TIDE_LONGEST_TASK_SECONDS = env_int("TIDE_LONGEST_TASK_SECONDS", 3600)
 CELERY_TASK_TIME_LIMIT = TIDE_LONGEST_TASK_SECONDS
+# Bounds on what one submission may ask for (the API answers 400 beyond them). A job's
+# hard time limit may not pass the longest task, for the visibility timeout's sake above;
+# retries and their delays are capped so one job cannot occupy the queue for days.
+TIDE_JOB_MAX_TIME_LIMIT_SECONDS = min(
+    env_int("TIDE_JOB_MAX_TIME_LIMIT_SECONDS", TIDE_LONGEST_TASK_SECONDS),
+    TIDE_LONGEST_TASK_SECONDS,
+)
+TIDE_JOB_MAX_RETRIES = env_int("TIDE_JOB_MAX_RETRIES", 10)
+TIDE_JOB_MAX_RETRY_DELAY_SECONDS = env_int("TIDE_JOB_MAX_RETRY_DELAY_SECONDS", 3600)
 # kombu's default Redis key layout (priority lists ``queue``, ``queue\x06\x163``, ``…6``,
 # ``…9``; bindings joined by ``\x06\x16``): every process on a shared broker must agree on
 # it, or remote control between them breaks (a stock worker stops answering and

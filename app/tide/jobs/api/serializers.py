@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.urls import reverse
 from rest_framework import serializers
 
 from tide.jobs.models import Job, JobKind, JobProgress
-from tide.jobs.services import Options, Step
+from tide.jobs.services import Options, RetryPolicy, Step
 
 
 def known_queues() -> list[str]:
@@ -31,6 +32,50 @@ class QueueField(serializers.CharField):
         return value
 
 
+def _within(value: float, setting: str, what: str) -> float:
+    # The bounds are the platform operator's (settings), read per request so a deployment
+    # changes them without a new schema; the schema's text names the settings.
+    bound = getattr(settings, setting)
+    if value > bound:
+        raise serializers.ValidationError(
+            f"{what} {value:g} is above this platform's bound of {bound:g} ({setting})."
+        )
+    return value
+
+
+class RetrySerializer(serializers.Serializer):
+    """A job's own retry policy for the errors its task retries."""
+
+    max_retries = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="Retries after the first attempt (at most TIDE_JOB_MAX_RETRIES, default 10).",
+    )
+    backoff = serializers.FloatField(
+        required=False,
+        min_value=0,
+        help_text="Seconds before the first retry, doubled for each next one "
+        "(at most TIDE_JOB_MAX_RETRY_DELAY_SECONDS, default 3600).",
+    )
+    backoff_max = serializers.FloatField(
+        required=False,
+        min_value=0,
+        help_text="The longest wait between attempts (same bound as backoff).",
+    )
+    jitter = serializers.BooleanField(
+        required=False, default=True, help_text="Wait a random part of each delay."
+    )
+
+    def validate_max_retries(self, value: int) -> int:
+        return int(_within(value, "TIDE_JOB_MAX_RETRIES", "max_retries"))
+
+    def validate_backoff(self, value: float) -> float:
+        return _within(value, "TIDE_JOB_MAX_RETRY_DELAY_SECONDS", "backoff")
+
+    def validate_backoff_max(self, value: float) -> float:
+        return _within(value, "TIDE_JOB_MAX_RETRY_DELAY_SECONDS", "backoff_max")
+
+
 class DeliveryFields(serializers.Serializer):
     queue = QueueField(required=False, max_length=200)
     priority = serializers.IntegerField(
@@ -47,12 +92,35 @@ class DeliveryFields(serializers.Serializer):
         max_value=365 * 24 * 3600,
         help_text="Discard if not run within this many seconds.",
     )
+    time_limit = serializers.FloatField(
+        required=False,
+        min_value=0.001,
+        help_text="Hard time limit in seconds: the worker kills the task past it "
+        "(at most TIDE_JOB_MAX_TIME_LIMIT_SECONDS, default 3600).",
+    )
+    soft_time_limit = serializers.FloatField(
+        required=False,
+        min_value=0.001,
+        help_text="Soft time limit in seconds: SoftTimeLimitExceeded is raised in the task "
+        "(at most time_limit).",
+    )
+    retry = RetrySerializer(required=False, help_text="This job's retry policy.")
+
+    def validate_time_limit(self, value: float) -> float:
+        return _within(value, "TIDE_JOB_MAX_TIME_LIMIT_SECONDS", "time_limit")
+
+    def validate_soft_time_limit(self, value: float) -> float:
+        return _within(value, "TIDE_JOB_MAX_TIME_LIMIT_SECONDS", "soft_time_limit")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "eta" in attrs and "countdown" in attrs:
             raise serializers.ValidationError("Give eta or countdown, not both.")
         if "expires" in attrs and "expires_in" in attrs:
             raise serializers.ValidationError("Give expires or expires_in, not both.")
+        if attrs.get("soft_time_limit", 0) > attrs.get("time_limit", float("inf")):
+            raise serializers.ValidationError(
+                {"soft_time_limit": "The soft time limit must not pass the hard one."}
+            )
         return attrs
 
     def options(self) -> Options:
@@ -70,6 +138,9 @@ class DeliveryFields(serializers.Serializer):
             countdown=data.get("countdown"),
             eta=data.get("eta"),
             expires=expires,
+            time_limit=data.get("time_limit"),
+            soft_time_limit=data.get("soft_time_limit"),
+            retry=RetryPolicy(**data["retry"]) if "retry" in data else None,
         )
 
 
@@ -134,8 +205,9 @@ class ProgressSerializer(serializers.ModelSerializer):
 # What a job shows; a workflow's step shows the run-time part of it and its position.
 JOB_FIELDS = [
     "id", "url", "kind", "task_name", "args", "kwargs", "queue", "priority", "eta",
-    "expires", "state", "progress", "progress_message", "result", "error", "worker",
-    "attempts", "retries", "created_at", "started_at", "finished_at",
+    "expires", "time_limit", "soft_time_limit", "retry_policy", "state", "progress",
+    "progress_message", "result", "error", "worker", "attempts", "retries", "created_at",
+    "started_at", "finished_at",
 ]  # fmt: skip
 STEP_FIELDS = ["id", "position", "task_name", "queue", "state", "progress",
                "progress_message", "result", "error", "worker", "attempts", "retries",
@@ -185,6 +257,9 @@ class JobSerializer(serializers.ModelSerializer):
             "priority": instance.priority,
             "eta": _datetime(instance.eta),
             "expires": _datetime(instance.expires),
+            "time_limit": instance.time_limit,
+            "soft_time_limit": instance.soft_time_limit,
+            "retry_policy": instance.retry_policy,
             "state": instance.state,
             "progress": instance.progress,
             "progress_message": instance.progress_message,
