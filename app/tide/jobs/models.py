@@ -75,6 +75,13 @@ class Job(models.Model):
     # one; with another request it is refused (see ``api.idempotency``).
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     request_digest = models.CharField(max_length=64, blank=True)
+    # A workflow's submission as the API took it (its shape and steps, without delivery
+    # options), so it can be submitted again; null for a task, whose row holds it all.
+    spec = models.JSONField(null=True, blank=True)
+    # The job this one re-runs; kept (null) when that job is deleted.
+    rerun_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
+    )
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -53,6 +53,15 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not accept the publish; nothing was queued or kept."""
 
 
+class JobConflict(RuntimeError):
+    """The job is not in a state the request can act on; ``code`` names why."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(detail)
+
+
 @dataclass(frozen=True)
 class Step:
     """One task of a submission: what to run and with which arguments."""
@@ -63,6 +72,25 @@ class Step:
     queue: str | None = None
     # A step that ignores its predecessor's result (Celery's immutable signature).
     immutable: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "queue": self.queue,
+            "immutable": self.immutable,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        return cls(
+            task=data["task"],
+            args=tuple(data.get("args", ())),
+            kwargs=dict(data.get("kwargs", {})),
+            queue=data.get("queue"),
+            immutable=bool(data.get("immutable", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -241,12 +269,19 @@ class Idempotency:
 
 
 def submit_task(
-    *, step: Step, options: Options, owner: Any = None, idempotency: Idempotency | None = None
+    *,
+    step: Step,
+    options: Options,
+    owner: Any = None,
+    idempotency: Idempotency | None = None,
+    rerun_of: Job | None = None,
 ) -> Job:
     """Record and publish one task. Raises UnknownTask, ArgumentsError, BrokerUnavailable,
     and IntegrityError when another request with the same idempotency key won the race."""
     _validate(step, receives_result=False)
-    extra = idempotency.fields() if idempotency else {}
+    extra: dict[str, Any] = idempotency.fields() if idempotency else {}
+    if rerun_of is not None:
+        extra["rerun_of"] = rerun_of
     job = _new_row(step, options, owner=owner, now=timezone.now(), **extra)
     # One INSERT needs no transaction block of its own (that would add BEGIN and COMMIT
     # round trips): in autocommit it is committed when it returns, and on_commit then
@@ -265,6 +300,7 @@ def submit_workflow(
     callback: Step | None = None,
     owner: Any = None,
     idempotency: Idempotency | None = None,
+    rerun_of: Job | None = None,
 ) -> Job:
     """Record and publish a chain, group or chord of registered tasks.
 
@@ -291,6 +327,15 @@ def submit_workflow(
             priority=options.priority,
             eta=options.eta_at(now),
             expires=options.expires,
+            time_limit=options.time_limit,
+            soft_time_limit=options.soft_time_limit,
+            retry_policy=options.retry.as_dict() if options.retry else None,
+            spec={
+                "type": str(kind),
+                "steps": [step.as_dict() for step in steps],
+                "callback": callback.as_dict() if callback else None,
+            },
+            rerun_of=rerun_of,
             **(idempotency.fields() if idempotency else {}),
         )
         parent.save(force_insert=True)
@@ -314,6 +359,67 @@ def submit_workflow(
             delivery["group_id"] = str(parent.id)
         _publish_after_commit(parent, lambda: canvas.apply_async(**delivery))
     return parent
+
+
+def _finished_top_level(job: Job, *, doing: str) -> None:
+    if job.parent_id is not None:
+        raise JobConflict(
+            "job_is_a_step",
+            f"This job is a step of workflow {job.parent_id}; {doing} the workflow instead.",
+        )
+    if not job.is_final:
+        raise JobConflict(
+            "job_not_finished",
+            f"The job is {job.state}; wait for it to finish or cancel it first, then {doing} it.",
+        )
+
+
+def delete_job(job: Job) -> None:
+    """Delete a finished job with its steps and progress history.
+
+    Unfinished work is refused rather than revoked on the side: a client that means to
+    stop a job says so with cancel, and never loses a running job to a stray DELETE.
+    """
+    _finished_top_level(job, doing="delete")
+    Job.objects.filter(id=job.id).delete()
+
+
+def rerun_job(job: Job, *, owner: Any = None, idempotency: Idempotency | None = None) -> Job:
+    """Submit a finished job again as a new job (``rerun_of`` points back).
+
+    The same task or workflow, arguments, queue, priority, limits and retry policy; not its
+    timing (an ``eta`` or expiry in the past would mean nothing now).
+    """
+    _finished_top_level(job, doing="re-run")
+    options = Options(
+        queue=job.queue or None,
+        priority=job.priority,
+        time_limit=job.time_limit,
+        soft_time_limit=job.soft_time_limit,
+        retry=RetryPolicy(**job.retry_policy) if job.retry_policy else None,
+    )
+    if job.kind == JobKind.TASK:
+        step = Step(task=job.task_name, args=tuple(job.args), kwargs=dict(job.kwargs))
+        return submit_task(
+            step=step, options=options, owner=owner, idempotency=idempotency, rerun_of=job
+        )
+    if not job.spec:
+        raise JobConflict(
+            "not_rerunnable",
+            "This workflow was submitted before Tide recorded workflows for re-runs; "
+            "submit it again instead.",
+        )
+    spec = job.spec
+    callback = spec.get("callback")
+    return submit_workflow(
+        kind=JobKind(job.kind),
+        steps=[Step.from_dict(step) for step in spec.get("steps", [])],
+        callback=Step.from_dict(callback) if callback else None,
+        options=options,
+        owner=owner,
+        idempotency=idempotency,
+        rerun_of=job,
+    )
 
 
 def cancel_job(job: Job, *, terminate: bool = False) -> Job:

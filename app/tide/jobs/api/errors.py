@@ -18,7 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from tide.health.metrics import JOBS_REJECTED
 from tide.jobs.registry import ArgumentsError
-from tide.jobs.services import BrokerUnavailable, UnknownTask
+from tide.jobs.services import BrokerUnavailable, JobConflict, UnknownTask
 
 
 class PayloadTooLarge(APIException):
@@ -47,6 +47,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             400,
             errors=exc.errors,
         )
+    if isinstance(exc, JobConflict):
+        return _refuse(exc.code, exc.detail, 409)
     if isinstance(exc, BrokerUnavailable):
         response = _refuse(
             "broker_unavailable",

@@ -206,8 +206,8 @@ class ProgressSerializer(serializers.ModelSerializer):
 JOB_FIELDS = [
     "id", "url", "kind", "task_name", "args", "kwargs", "queue", "priority", "eta",
     "expires", "time_limit", "soft_time_limit", "retry_policy", "state", "progress",
-    "progress_message", "result", "error", "worker", "attempts", "retries", "created_at",
-    "started_at", "finished_at",
+    "progress_message", "result", "error", "worker", "attempts", "retries", "rerun_of",
+    "created_at", "started_at", "finished_at",
 ]  # fmt: skip
 STEP_FIELDS = ["id", "position", "task_name", "queue", "state", "progress",
                "progress_message", "result", "error", "worker", "attempts", "retries",
@@ -268,6 +268,7 @@ class JobSerializer(serializers.ModelSerializer):
             "worker": instance.worker,
             "attempts": instance.attempts,
             "retries": instance.retries,
+            "rerun_of": str(instance.rerun_of_id) if instance.rerun_of_id else None,
             "created_at": _datetime(instance.created_at),
             "started_at": _datetime(instance.started_at),
             "finished_at": _datetime(instance.finished_at),

@@ -145,7 +145,19 @@ def list_filters(params: Any) -> dict[str, Any]:
     return lookups
 
 
-class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+CONFLICT = OpenApiResponse(
+    description="job_not_finished (wait or cancel first), job_is_a_step (act on its "
+    "workflow) or not_rerunnable."
+)
+NOT_FOUND = OpenApiResponse(description="No such job, or not yours.")
+
+
+class JobViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
     """Jobs the caller submitted (staff see everyone's)."""
 
     pagination_class = NewestFirst
@@ -214,6 +226,52 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return _answer(
             JobSerializer(job, context={"request": request}).data, status.HTTP_201_CREATED
         )
+
+    @extend_schema(
+        responses={
+            204: OpenApiResponse(description="Deleted, with its steps and progress history."),
+            404: NOT_FOUND,
+            409: CONFLICT,
+        }
+    )
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Delete a finished job (a workflow with its steps); unfinished jobs are refused
+        with 409: cancel them first."""
+        services.delete_job(self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=None,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={
+            201: JobDetailSerializer,
+            200: OpenApiResponse(
+                JobDetailSerializer, description="Idempotent replay: the job the key made."
+            ),
+            404: NOT_FOUND,
+            409: CONFLICT,
+            422: OpenApiResponse(description="The Idempotency-Key was used with another request."),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def rerun(self, request: Request, pk: str | None = None) -> Response:
+        """Submit a finished job again as a new job (same task or workflow, arguments,
+        queue, priority, limits, retry policy; no eta or expiry); ``rerun_of`` points back."""
+        original = self.get_object()
+        key = idempotency.from_request(request)
+        if key is not None and (job := idempotency.earlier(request, key)) is not None:
+            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
+            return _answer(body, status.HTTP_200_OK)
+        try:
+            job = services.rerun_job(original, owner=request.user, idempotency=key)
+        except IntegrityError:
+            if key is None or (job := idempotency.earlier(request, key)) is None:
+                raise
+            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
+            return _answer(body, status.HTTP_200_OK)
+        JOBS_SUBMITTED.labels(job.kind).inc()
+        body = JobDetailSerializer(with_steps(job), context={"request": request}).data
+        return _answer(body, status.HTTP_201_CREATED)
 
     @extend_schema(request=CancelSerializer, responses={200: JobDetailSerializer})
     @action(detail=True, methods=["post"])
