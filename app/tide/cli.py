@@ -117,14 +117,13 @@ def worker(
 
 
 @main.command()
-@click.option("--schedule", default=None, help="Schedule file (default in a temp dir).")
-def beat(schedule: str | None) -> None:
+def beat() -> None:
     """Run Celery beat (periodic tasks). Run exactly one."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
-    # The schedule file is state beat may lose: it only records last run times. A
-    # writable temp path keeps the image's root filesystem read-only.
-    path = schedule or os.path.join(tempfile.gettempdir(), "tide-celerybeat-schedule")
-    _exec(["celery", "-A", "tide", "beat", "--loglevel", "INFO", "--schedule", path])
+    # The schedule and its last run times live in the database (django-celery-beat's
+    # DatabaseScheduler, CELERY_BEAT_SCHEDULER): no file, so the image's root filesystem
+    # stays read-only and a restarted beat resumes where the last one stopped.
+    _exec(["celery", "-A", "tide", "beat", "--loglevel", "INFO"])
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

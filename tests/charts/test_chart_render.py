@@ -158,7 +158,8 @@ def test_beat_flower_operator_and_exporter_run_one_replica(rendered: dict[str, R
         # Recreate: a rollout must never run two of them at once.
         assert render.named("Deployment", component)["spec"]["strategy"]["type"] == "Recreate"
     beat = render.named("Deployment", "beat")["spec"]["template"]["spec"]["containers"][0]
-    assert beat["args"] == ["beat", "--schedule", "/tmp/celerybeat-schedule"]
+    # The schedule is read from the database (DatabaseScheduler), not a file.
+    assert beat["args"] == ["beat"]
 
 
 def test_flower_forgets_workers_the_operator_scaled_in(rendered: dict[str, Render]) -> None:

@@ -114,14 +114,26 @@ def test_flower_requires_its_credentials(pods: Pods) -> None:
     assert answer.status_code == 200
 
 
-def test_beat_starts(pods: Pods) -> None:
+def test_beat_starts(pods: Pods, database: str) -> None:
     beat = pods.start("beat")
-    # Beat writes its schedule file into the pod's /tmp once its loop runs.
+
+    def purge_scheduled() -> bool:
+        # Beat's DatabaseScheduler writes the built-in purge into its store at start.
+        with (
+            psycopg2.connect(host="127.0.0.1", user="postgres", dbname=database) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute(
+                "SELECT count(*) FROM django_celery_beat_periodictask "
+                "WHERE name = 'purge-expired-jobs'"
+            )
+            return bool(cur.fetchone()[0])
+
     pods.wait(
-        lambda: beat.alive() and any(beat.tmp_dir.glob("celerybeat-schedule*")),
+        lambda: beat.alive() and purge_scheduled(),
         timeout=60,
         interval=0.2,
-        what="beat's schedule file",
+        what="beat to schedule the built-in purge in the database",
         explain=beat.logs,
     )
     pods.ready("beat")

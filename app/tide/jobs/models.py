@@ -78,6 +78,9 @@ class Job(models.Model):
     # A workflow's submission as the API took it (its shape and steps, without delivery
     # options), so it can be submitted again; null for a task, whose row holds it all.
     spec = models.JSONField(null=True, blank=True)
+    # The periodic task whose run this is (its name; the job row is made when the run
+    # starts, since beat publishes without the API).
+    periodic_task = models.CharField(max_length=200, blank=True, default="")
     # The job this one re-runs; kept (null) when that job is deleted.
     rerun_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
@@ -125,3 +128,20 @@ class JobProgress(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} {self.percent}% {self.message}"
+
+
+class PeriodicTaskOwner(models.Model):
+    """Who made a periodic task through the API (django-celery-beat's rows have no owner).
+
+    A periodic task made in the admin has none: staff see it, users do not.
+    """
+
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.CASCADE, related_name="tide_owner"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="periodic_tasks"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.periodic_task_id} of {self.owner_id}"

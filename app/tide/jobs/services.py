@@ -53,6 +53,15 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not accept the publish; nothing was queued or kept."""
 
 
+class BulkPartlyQueued(BrokerUnavailable):
+    """The broker failed part-way through a bulk submission: ``queued`` were published
+    (and will run); the rest were not, and their rows are gone."""
+
+    def __init__(self, message: str, *, queued: list[Job]) -> None:
+        self.queued = queued
+        super().__init__(message)
+
+
 class JobConflict(RuntimeError):
     """The job is not in a state the request can act on; ``code`` names why."""
 
@@ -141,7 +150,7 @@ class Options:
 # --- Submitting ---------------------------------------------------------------------
 
 
-def _validate(step: Step, *, receives_result: bool) -> None:
+def validate_step(step: Step, *, receives_result: bool) -> None:
     if get_task(step.task) is None:
         raise UnknownTask(step.task)
     args = list(step.args)
@@ -278,7 +287,7 @@ def submit_task(
 ) -> Job:
     """Record and publish one task. Raises UnknownTask, ArgumentsError, BrokerUnavailable,
     and IntegrityError when another request with the same idempotency key won the race."""
-    _validate(step, receives_result=False)
+    validate_step(step, receives_result=False)
     extra: dict[str, Any] = idempotency.fields() if idempotency else {}
     if rerun_of is not None:
         extra["rerun_of"] = rerun_of
@@ -290,6 +299,54 @@ def submit_task(
     sig = _signature(job, step, options, keep_result=False)
     _publish_after_commit(job, lambda: sig.apply_async(**_delivery_options(options)))
     return job
+
+
+def submit_tasks(
+    items: Sequence[tuple[Step, Options]],
+    *,
+    owner: Any = None,
+    idempotency: Sequence[Idempotency | None] | None = None,
+) -> list[Job]:
+    """Record N tasks in one transaction, then publish each (one message per job).
+
+    Everything is checked before anything is written: one bad item refuses the whole
+    request, with its index in the error. The rows go in with one multi-row ``INSERT``;
+    after commit each job is published on one producer. If the broker fails part-way, the
+    jobs published so far stay (they will run), the rest are deleted, and
+    ``BulkPartlyQueued`` says which were queued.
+    """
+    for index, (step, _) in enumerate(items):
+        try:
+            validate_step(step, receives_result=False)
+        except ArgumentsError as exc:
+            errors = [{**e, "loc": ["jobs", index, *e.get("loc", [])]} for e in exc.errors]
+            raise ArgumentsError(exc.task_name, errors) from None
+    now = timezone.now()
+    keys = idempotency or [None] * len(items)
+    rows = [
+        _new_row(step, options, owner=owner, now=now, **(key.fields() if key else {}))
+        for (step, options), key in zip(items, keys, strict=True)
+    ]
+    with transaction.atomic():
+        Job.objects.bulk_create(rows)
+
+        def publish() -> None:
+            done = 0
+            try:
+                # One producer (one pooled connection) for the whole batch; each job is
+                # still its own message, as if submitted alone.
+                with app.producer_or_acquire() as producer:
+                    for (step, options), row in zip(items, rows, strict=True):
+                        sig = _signature(row, step, options, keep_result=False)
+                        sig.apply_async(producer=producer, **_delivery_options(options))
+                        done += 1
+            except (KombuOperationalError, OSError) as exc:
+                logger.warning("broker refused bulk job %s of %s: %s", done, len(rows), exc)
+                Job.objects.filter(id__in=[row.id for row in rows[done:]]).delete()
+                raise BulkPartlyQueued(str(exc), queued=rows[:done]) from exc
+
+        transaction.on_commit(publish, robust=False)
+    return rows
 
 
 def submit_workflow(
@@ -313,9 +370,9 @@ def submit_workflow(
             kind, [{"loc": ["callback"], "msg": "a chord, and only a chord, has a callback"}]
         )
     for index, step in enumerate(steps):
-        _validate(step, receives_result=kind == JobKind.CHAIN and index > 0)
+        validate_step(step, receives_result=kind == JobKind.CHAIN and index > 0)
     if callback is not None:
-        _validate(callback, receives_result=True)
+        validate_step(callback, receives_result=True)
 
     now = timezone.now()
     all_steps = [*steps, *([callback] if callback else [])]
@@ -448,7 +505,25 @@ def _not_final(task_id: str) -> Any:
     return Job.objects.filter(id=task_id).exclude(state__in=FINAL_STATES)
 
 
-def mark_started(task_id: str, *, worker: str, retries: int, workflow: str | None) -> bool:
+@dataclass(frozen=True)
+class PeriodicRun:
+    """What the worker knows of a run beat published: the periodic task and the call."""
+
+    periodic_task: str
+    task: str
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
+    queue: str
+
+
+def mark_started(
+    task_id: str,
+    *,
+    worker: str,
+    retries: int,
+    workflow: str | None,
+    periodic: PeriodicRun | None = None,
+) -> bool:
     """Mark a job started; False when it must not run (cancelled or already finished)."""
     now = timezone.now()
     updated = _not_final(task_id).update(
@@ -462,8 +537,46 @@ def mark_started(task_id: str, *, worker: str, retries: int, workflow: str | Non
         if workflow:
             refresh_workflow(workflow)
         return True
+    if Job.objects.filter(id=task_id).exists():
+        return False
+    if periodic is not None:
+        # Beat publishes without the API, so a periodic run has no row yet: make it now,
+        # owned by whoever made the periodic task, so its result shows like any job's.
+        _record_periodic_run(task_id, periodic, worker=worker, retries=retries, now=now)
     # No row at all: a task published outside the API (e.g. by user code); let it run.
-    return not Job.objects.filter(id=task_id).exists()
+    return True
+
+
+def _record_periodic_run(
+    task_id: str, run: PeriodicRun, *, worker: str, retries: int, now: datetime
+) -> None:
+    from tide.jobs.models import PeriodicTaskOwner
+
+    owner_id = (
+        PeriodicTaskOwner.objects.filter(periodic_task__name=run.periodic_task)
+        .values_list("owner_id", flat=True)
+        .first()
+    )
+    Job.objects.bulk_create(
+        [
+            Job(
+                id=task_id,
+                owner_id=owner_id,
+                task_name=run.task,
+                args=_jsonable(list(run.args)),
+                kwargs=dict(run.kwargs),
+                queue=run.queue,
+                periodic_task=run.periodic_task,
+                state=JobState.STARTED,
+                worker=worker,
+                attempts=1,
+                retries=retries,
+                started_at=now,
+            )
+        ],
+        # A redelivered message may race its first delivery: one row either way.
+        ignore_conflicts=True,
+    )
 
 
 def record_progress(task_id: str, *, percent: float, message: str = "") -> None:

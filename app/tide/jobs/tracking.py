@@ -100,8 +100,23 @@ class JobTask(Task):
             worker=self.request.hostname or "",
             retries=self.request.retries or 0,
             workflow=self._workflow(),
+            periodic=self._periodic_run(args, kwargs),
         ):
             raise Ignore()
+
+    def _periodic_run(self, args: Any, kwargs: Any) -> services.PeriodicRun | None:
+        # django-celery-beat names the periodic task in every message it sends.
+        name = getattr(self.request, "periodic_task_name", None)
+        if not name:
+            return None
+        delivery = self.request.delivery_info or {}
+        return services.PeriodicRun(
+            periodic_task=str(name),
+            task=self.name,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            queue=str(delivery.get("routing_key") or ""),
+        )
 
     def _workflow(self) -> str:
         # Custom message headers become attributes of the request. "" says "read the

@@ -393,13 +393,9 @@ def _up(
     _start_exporter(supervisor, tide=tide, pools=pools, var=var, port=exporter_port)
     services["metrics"] = f"http://127.0.0.1:{exporter_port}/metrics"
     if beat:
-        # Its own schedule file under var/, as its own keyspace: two platforms' beats
-        # never share last-run times.
-        supervisor.start(
-            "beat",
-            [tide, "beat", "--schedule", str(var / "celerybeat-schedule")],
-            log=str(var / "beat.log"),
-        )
+        # The schedule and its last-run times live in this platform's database (the
+        # SQLite file under var/, or DATABASE_URL), with the periodic tasks users make.
+        supervisor.start("beat", [tide, "beat"], log=str(var / "beat.log"))
     if flower_port:
         # Scaled-in workers are gone for good: Flower drops them a minute after they go
         # offline instead of listing every one as Offline forever.

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_celery_beat",
     "tide.jobs",
     "tide.health",
     "tide.samples",
@@ -184,6 +185,9 @@ TIDE_JOB_MAX_TIME_LIMIT_SECONDS = min(
 )
 TIDE_JOB_MAX_RETRIES = env_int("TIDE_JOB_MAX_RETRIES", 10)
 TIDE_JOB_MAX_RETRY_DELAY_SECONDS = env_int("TIDE_JOB_MAX_RETRY_DELAY_SECONDS", 3600)
+# The most jobs one bulk submission may carry: one transaction and one response hold
+# them all, so the bound keeps a request's time and memory in proportion.
+TIDE_BULK_MAX_JOBS = env_int("TIDE_BULK_MAX_JOBS", 1000)
 # kombu's default Redis key layout (priority lists ``queue``, ``queue\x06\x163``, ``…6``,
 # ``…9``; bindings joined by ``\x06\x16``): every process on a shared broker must agree on
 # it, or remote control between them breaks (a stock worker stops answering and
@@ -228,6 +232,12 @@ CELERY_TASK_ROUTES = {
     "tide.samples.io_bound": {"queue": "io"},
     "tide.samples.notify_shipping": {"queue": "io"},
 }
+# Beat reads its schedule from the database (django-celery-beat), so periodic tasks made
+# through the API or the admin start, change, pause and stop while beat runs (it checks
+# for changes on every tick, at most CELERY_BEAT_MAX_LOOP_INTERVAL apart). The built-in
+# entries below are written into that store each time beat starts.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = env_int("CELERY_BEAT_MAX_LOOP_INTERVAL", 5)
 CELERY_BEAT_SCHEDULE = {
     "purge-expired-jobs": {
         "task": "tide.jobs.purge_expired",

@@ -112,9 +112,13 @@ def celery_worker(
     )
     # A deadline, not a wait: on a 2-core machine shared with other suites a cold worker
     # (Django, the task modules, the broker) has taken over a minute to come up.
-    wait(worker.ready, timeout=180, what="the Celery worker to answer ping")
-    yield worker
-    worker.stop()
+    try:
+        wait(worker.ready, timeout=180, what="the Celery worker to answer ping")
+        yield worker
+    finally:
+        # Also when it never answered: a worker left behind would consume the next run's
+        # messages.
+        worker.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from tide.health.metrics import JOBS_REJECTED
 from tide.jobs.registry import ArgumentsError
-from tide.jobs.services import BrokerUnavailable, JobConflict, UnknownTask
+from tide.jobs.services import BrokerUnavailable, BulkPartlyQueued, JobConflict, UnknownTask
 
 
 class PayloadTooLarge(APIException):
@@ -49,6 +49,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, JobConflict):
         return _refuse(exc.code, exc.detail, 409)
+    if isinstance(exc, BulkPartlyQueued):
+        from tide.jobs.api.serializers import JobSerializer
+
+        request = context.get("request")
+        response = _refuse(
+            "broker_unavailable",
+            f"The broker failed after {len(exc.queued)} jobs: those are queued (listed in "
+            "`queued`), the others were not. Retry the request with the same "
+            "Idempotency-Key to submit only the rest.",
+            503,
+            queued=[JobSerializer(job, context={"request": request}).data for job in exc.queued],
+        )
+        response["Retry-After"] = "5"
+        return response
     if isinstance(exc, BrokerUnavailable):
         response = _refuse(
             "broker_unavailable",

@@ -61,6 +61,30 @@ def earlier(request: Request, idempotency: Idempotency) -> Job | None:
     return job
 
 
+def for_items(idempotency: Idempotency, count: int) -> list[Idempotency]:
+    """A bulk submission's key, one per item (``key#0``, ``key#1``, …), same digest.
+
+    Each job row carries its own key, so the database's one-job-per-key rule covers bulk
+    submissions too, and a retry after a partial failure finds which items are queued.
+    """
+    keys = [f"{idempotency.key}#{index}" for index in range(count)]
+    if count and len(keys[-1]) > MAX_KEY_LENGTH:
+        room = MAX_KEY_LENGTH - (len(keys[-1]) - len(idempotency.key))
+        raise ValidationError({HEADER: f"With {count} jobs, give at most {room} characters."})
+    return [Idempotency(key=key, digest=idempotency.digest) for key in keys]
+
+
+def earlier_items(request: Request, items: list[Idempotency]) -> dict[int, Job]:
+    """Jobs a bulk submission's key already made, by item index (422 on another request)."""
+    index = {item.key: position for position, item in enumerate(items)}
+    found: dict[int, Job] = {}
+    for job in Job.objects.filter(owner=request.user, idempotency_key__in=list(index)):
+        if job.request_digest != items[0].digest:
+            raise KeyReused()
+        found[index[job.idempotency_key]] = job
+    return found
+
+
 def describe_header() -> dict[str, Any]:
     """The header's description for the OpenAPI schema."""
     return {

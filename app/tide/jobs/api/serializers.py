@@ -124,11 +124,14 @@ class DeliveryFields(serializers.Serializer):
         return attrs
 
     def options(self) -> Options:
+        return self.options_from(self.validated_data)
+
+    @staticmethod
+    def options_from(data: dict[str, Any]) -> Options:
         from datetime import timedelta
 
         from django.utils import timezone
 
-        data = self.validated_data
         expires = data.get("expires")
         if "expires_in" in data:
             expires = timezone.now() + timedelta(seconds=data["expires_in"])
@@ -169,8 +172,39 @@ class SubmitTaskSerializer(DeliveryFields):
     kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
 
     def step(self) -> Step:
-        data = self.validated_data
+        return self.step_from(self.validated_data)
+
+    @staticmethod
+    def step_from(data: dict[str, Any]) -> Step:
         return Step(task=data["task"], args=tuple(data["args"]), kwargs=dict(data["kwargs"]))
+
+
+class BulkSubmitSerializer(serializers.Serializer):
+    jobs = SubmitTaskSerializer(
+        many=True,
+        allow_empty=False,
+        help_text="The jobs, each as POST /api/jobs/ takes one (at most TIDE_BULK_MAX_JOBS, "
+        "default 1000).",
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # The bound is checked before any item is: a request far above it costs nothing.
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        bound = settings.TIDE_BULK_MAX_JOBS
+        if isinstance(jobs, list) and len(jobs) > bound:
+            raise serializers.ValidationError(
+                {
+                    "jobs": f"{len(jobs)} jobs is above this platform's bound of {bound} per "
+                    "request (TIDE_BULK_MAX_JOBS); split the submission."
+                }
+            )
+        return super().to_internal_value(data)
+
+    def items(self) -> list[tuple[Step, Options]]:
+        return [
+            (SubmitTaskSerializer.step_from(data), SubmitTaskSerializer.options_from(data))
+            for data in self.validated_data["jobs"]
+        ]
 
 
 class SubmitWorkflowSerializer(DeliveryFields):
@@ -275,6 +309,10 @@ class JobSerializer(serializers.ModelSerializer):
         }
 
 
+class BulkResultSerializer(serializers.Serializer):
+    jobs = JobSerializer(many=True, help_text="The jobs, in the order submitted.")
+
+
 class JobDetailSerializer(JobSerializer):
     steps = StepJobSerializer(many=True, read_only=True)
     progress_history = ProgressSerializer(many=True, read_only=True, source="progress_events")
@@ -316,3 +354,180 @@ class QueueInfoSerializer(serializers.Serializer):
     )
     source = serializers.CharField(allow_null=True, help_text="Where the figures came from.")
     metrics_error = serializers.CharField(allow_null=True)
+
+
+PERIODS = ["days", "hours", "minutes", "seconds"]
+
+
+class ScheduleSerializer(serializers.Serializer):
+    """When a periodic task runs: exactly one of ``every`` (+ ``period``), ``crontab``
+    (+ ``timezone``) or ``at``."""
+
+    every = serializers.IntegerField(
+        required=False, min_value=1, help_text="Run every N periods (with period)."
+    )
+    period = serializers.ChoiceField(choices=PERIODS, required=False, default="seconds")
+    crontab = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="Five cron fields: minute hour day-of-month month day-of-week.",
+    )
+    timezone = serializers.CharField(
+        required=False, default="UTC", max_length=63, help_text="The crontab's time zone."
+    )
+    at = serializers.DateTimeField(required=False, help_text="Run once, at this time.")
+
+    def validate_crontab(self, value: str) -> str:
+        from django.core.exceptions import ValidationError as DjangoValidationError
+        from django_celery_beat import validators
+
+        fields = value.split()
+        if len(fields) != 5:
+            raise serializers.ValidationError(
+                "Give five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *'."
+            )
+        checks = (
+            ("minute", validators.minute_validator),
+            ("hour", validators.hour_validator),
+            ("day of month", validators.day_of_month_validator),
+            ("month", validators.month_of_year_validator),
+            ("day of week", validators.day_of_week_validator),
+        )
+        for field, (what, check) in zip(fields, checks, strict=True):
+            try:
+                check(field)
+            except (DjangoValidationError, ValueError, IndexError) as exc:
+                raise serializers.ValidationError(f"Bad {what} field {field!r}: {exc}") from None
+        return " ".join(fields)
+
+    def validate_timezone(self, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise serializers.ValidationError(
+                f"Unknown time zone {value!r}; use an IANA name such as 'Europe/Paris'."
+            ) from None
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        kinds = [k for k in ("every", "crontab", "at") if k in attrs]
+        if len(kinds) != 1:
+            raise serializers.ValidationError(
+                "Give exactly one of every (with period), crontab (with timezone) or at."
+            )
+        return attrs
+
+    def to_schedule(self, data: dict[str, Any]) -> Any:
+        from tide.jobs.periodic import Schedule
+
+        if "every" in data:
+            return Schedule(every=data["every"], period=data.get("period", "seconds"))
+        if "crontab" in data:
+            return Schedule(crontab=data["crontab"], timezone=data.get("timezone", "UTC"))
+        return Schedule(at=data["at"])
+
+
+class PeriodicTaskSerializer(serializers.Serializer):
+    """A periodic task as the API shows and takes it (stored by django-celery-beat)."""
+
+    id = serializers.IntegerField(read_only=True)
+    url = serializers.HyperlinkedIdentityField(view_name="periodic-task-detail")
+    name = serializers.CharField(max_length=200, help_text="Unique name.")
+    task = serializers.CharField(max_length=200, help_text="A registered task name.")
+    args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
+    kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
+    schedule = ScheduleSerializer()
+    queue = QueueField(required=False, allow_null=True, max_length=200)
+    priority = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=9, help_text="0 to 9."
+    )
+    enabled = serializers.BooleanField(
+        required=False, default=True, help_text="False pauses it (beat skips it)."
+    )
+    one_off = serializers.BooleanField(read_only=True, help_text="Runs once (an `at` schedule).")
+    expires = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="No runs after this time."
+    )
+    description = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    last_run_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    total_run_count = serializers.IntegerField(read_only=True)
+    changed_at = serializers.DateTimeField(read_only=True, source="date_changed")
+
+    def validate_name(self, value: str) -> str:
+        from django_celery_beat.models import PeriodicTask
+
+        if "\x00" in value or not value.strip():
+            raise serializers.ValidationError("Give a name of printable characters.")
+        taken = PeriodicTask.objects.filter(name=value)
+        if self.instance is not None:
+            taken = taken.exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise serializers.ValidationError(f"A periodic task is already named {value!r}.")
+        return value
+
+    def spec(self) -> Any:
+        import json
+
+        from tide.jobs.periodic import PeriodicSpec
+
+        data = self.validated_data
+        step = None
+        if {"task", "args", "kwargs"} & set(data):
+            # A change of the arguments alone is checked against the stored task, and a
+            # new task against the stored arguments: what beat will send must fit.
+            stored: dict[str, Any] = {"task": "", "args": "[]", "kwargs": "{}"}
+            if self.instance is not None:
+                stored = {
+                    "task": self.instance.task,
+                    "args": self.instance.args,
+                    "kwargs": self.instance.kwargs,
+                }
+            step = Step(
+                task=data.get("task") or stored["task"],
+                args=tuple(data["args"] if "args" in data else json.loads(stored["args"] or "[]")),
+                kwargs=dict(
+                    data["kwargs"] if "kwargs" in data else json.loads(stored["kwargs"] or "{}")
+                ),
+            )
+        schedule = data.get("schedule")
+        return PeriodicSpec(
+            name=data.get("name"),
+            step=step,
+            schedule=ScheduleSerializer().to_schedule(schedule) if schedule else None,
+            queue=data.get("queue"),
+            priority=data.get("priority"),
+            enabled=data.get("enabled") if (not self.partial or "enabled" in data) else None,
+            expires=data.get("expires"),
+            description=data.get("description"),
+        )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        import json
+
+        from tide.jobs.periodic import api_priority, describe_schedule
+
+        request = self.context.get("request")
+        url = reverse("periodic-task-detail", args=[instance.pk])
+        schedule = describe_schedule(instance)
+        if "at" in schedule:
+            schedule["at"] = _datetime(schedule["at"])
+        return {
+            "id": instance.pk,
+            "url": request.build_absolute_uri(url) if request else url,
+            "name": instance.name,
+            "task": instance.task,
+            "args": json.loads(instance.args or "[]"),
+            "kwargs": json.loads(instance.kwargs or "{}"),
+            "schedule": schedule,
+            "queue": instance.queue or None,
+            "priority": api_priority(instance),
+            "enabled": instance.enabled,
+            "one_off": instance.one_off,
+            "expires": _datetime(instance.expires),
+            "description": instance.description,
+            "last_run_at": _datetime(instance.last_run_at),
+            "total_run_count": instance.total_run_count,
+            "changed_at": _datetime(instance.date_changed),
+        }

@@ -1,10 +1,17 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from tide.jobs.api.views import JobViewSet, QueueListView, TaskListView, WorkflowView
+from tide.jobs.api.views import (
+    JobViewSet,
+    PeriodicTaskViewSet,
+    QueueListView,
+    TaskListView,
+    WorkflowView,
+)
 
 router = SimpleRouter()
 router.register("jobs", JobViewSet, basename="job")
+router.register("periodic-tasks", PeriodicTaskViewSet, basename="periodic-task")
 
 urlpatterns = [
     path("workflows/", WorkflowView.as_view(), name="workflow-submit"),

@@ -10,7 +10,12 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -23,9 +28,12 @@ from tide.health.metrics import JOBS_SUBMITTED
 from tide.jobs import services
 from tide.jobs.api import idempotency
 from tide.jobs.api.serializers import (
+    BulkResultSerializer,
+    BulkSubmitSerializer,
     CancelSerializer,
     JobDetailSerializer,
     JobSerializer,
+    PeriodicTaskSerializer,
     QueueInfoSerializer,
     SubmitTaskSerializer,
     SubmitWorkflowSerializer,
@@ -85,6 +93,9 @@ FILTERS = [
     OpenApiParameter("task", OpenApiTypes.STR, description="Registered task name."),
     OpenApiParameter("queue", OpenApiTypes.STR),
     OpenApiParameter(
+        "periodic_task", OpenApiTypes.STR, description="Runs of this periodic task (its name)."
+    ),
+    OpenApiParameter(
         "created_after",
         OpenApiTypes.DATETIME,
         description="Only jobs created at or after this time (ISO 8601).",
@@ -116,6 +127,7 @@ def list_filters(params: Any) -> dict[str, Any]:
         ("kind", "kind"),
         ("task", "task_name"),
         ("queue", "queue"),
+        ("periodic_task", "periodic_task"),
     ):
         value = params.get(param)
         if not value:
@@ -228,6 +240,49 @@ class JobViewSet(
         )
 
     @extend_schema(
+        request=BulkSubmitSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={
+            201: BulkResultSerializer,
+            200: OpenApiResponse(
+                BulkResultSerializer, description="Idempotent replay: the jobs the key made."
+            ),
+            422: OpenApiResponse(description="The Idempotency-Key was used with another request."),
+            503: OpenApiResponse(
+                description="broker_unavailable: the jobs in `queued` were published and "
+                "will run; the others were not and left nothing."
+            ),
+        },
+    )
+    @action(detail=False, methods=["post"])
+    def bulk(self, request: Request) -> Response:
+        """Submit many tasks in one request: one transaction, one message per job after
+        commit, at most ``TIDE_BULK_MAX_JOBS``; one bad item refuses them all."""
+        submission = BulkSubmitSerializer(data=request.data)
+        submission.is_valid(raise_exception=True)
+        items = submission.items()
+        key = idempotency.from_request(request)
+        keys = idempotency.for_items(key, len(items)) if key else None
+        found = idempotency.earlier_items(request, keys) if keys else {}
+        missing = [index for index in range(len(items)) if index not in found]
+        try:
+            made = services.submit_tasks(
+                [items[index] for index in missing],
+                owner=request.user,
+                idempotency=[keys[index] for index in missing] if keys else None,
+            )
+        except IntegrityError:
+            # A retry with the same key committed first: answer with what it made.
+            if keys is None:
+                raise
+            found, made, missing = idempotency.earlier_items(request, keys), [], []
+        JOBS_SUBMITTED.labels(JobKind.TASK).inc(len(made))
+        jobs = {**found, **dict(zip(missing, made, strict=True))}
+        context = {"request": request}
+        body = {"jobs": [JobSerializer(jobs[i], context=context).data for i in sorted(jobs)]}
+        return Response(body, status=status.HTTP_201_CREATED if made else status.HTTP_200_OK)
+
+    @extend_schema(
         responses={
             204: OpenApiResponse(description="Deleted, with its steps and progress history."),
             404: NOT_FOUND,
@@ -335,6 +390,80 @@ class WorkflowView(APIView):
         JOBS_SUBMITTED.labels(kind).inc()
         body = JobDetailSerializer(with_steps(job), context={"request": request}).data
         return _answer(body, status.HTTP_201_CREATED)
+
+
+class ById(CursorPagination):
+    ordering = "id"
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise InvalidCursor({"cursor": NewestFirst.invalid_cursor_message}) from None
+        if cursor is not None and cursor.position is not None:
+            try:
+                int(cursor.position)
+            except ValueError:
+                raise InvalidCursor({"cursor": NewestFirst.invalid_cursor_message}) from None
+        return cursor
+
+
+PERIODIC_REFUSALS = {
+    400: OpenApiResponse(description="invalid, unknown_task or invalid_arguments."),
+    404: OpenApiResponse(description="No such periodic task, or not yours."),
+}
+
+
+@extend_schema_view(
+    list=extend_schema(responses={200: PeriodicTaskSerializer(many=True)}),
+    retrieve=extend_schema(responses={200: PeriodicTaskSerializer, **PERIODIC_REFUSALS}),
+    create=extend_schema(responses={201: PeriodicTaskSerializer, **PERIODIC_REFUSALS}),
+    update=extend_schema(responses={200: PeriodicTaskSerializer, **PERIODIC_REFUSALS}),
+    partial_update=extend_schema(responses={200: PeriodicTaskSerializer, **PERIODIC_REFUSALS}),
+    destroy=extend_schema(
+        responses={204: OpenApiResponse(description="Deleted."), 404: PERIODIC_REFUSALS[404]}
+    ),
+)
+class PeriodicTaskViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Periodic tasks you made (staff see every one, the admin's too). Beat runs them;
+    each run is a job (``GET /api/jobs/?periodic_task=<name>``). Pause: PATCH enabled=false."""
+
+    serializer_class = PeriodicTaskSerializer
+    pagination_class = ById
+
+    def get_queryset(self) -> QuerySet[Any]:
+        from django_celery_beat.models import PeriodicTask
+
+        tasks = PeriodicTask.objects.select_related("interval", "crontab", "clocked")
+        if getattr(self, "swagger_fake_view", False):
+            return tasks.none()
+        if not self.request.user.is_staff:
+            tasks = tasks.filter(tide_owner__owner=self.request.user)
+        return tasks
+
+    def perform_create(self, serializer: PeriodicTaskSerializer) -> None:
+        from tide.jobs import periodic
+
+        serializer.instance = periodic.create(serializer.spec(), owner=self.request.user)
+
+    def perform_update(self, serializer: PeriodicTaskSerializer) -> None:
+        from tide.jobs import periodic
+
+        serializer.instance = periodic.change(serializer.instance, serializer.spec())
+
+    def perform_destroy(self, instance: Any) -> None:
+        from tide.jobs import periodic
+
+        periodic.delete(instance)
 
 
 class TaskListView(APIView):
