@@ -14,7 +14,8 @@ Figures, in one run:
    rows' own timestamps (first start to last finish).
 
 ``--quick`` skips the token-cache baseline and the end-to-end runs (figures 2b and 5).
-``TIDE_BENCH_PORT`` moves the API off 8765 (several checkouts on one machine).
+``TIDE_BENCH_PORT`` and ``TIDE_BENCH_DB`` move the API off 8765 and the database off
+``tide_bench`` (several checkouts on one machine).
 
 Prints a table and saves ``bench/results/api.json``. Needs ``wrk`` (Debian package);
 ``make bench`` installs it.
@@ -44,7 +45,7 @@ from scratch_databases import recreate
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
-DB = "tide_bench"
+DB = os.environ.get("TIDE_BENCH_DB", "tide_bench")
 PORT = int(os.environ.get("TIDE_BENCH_PORT", "8765"))
 BODY = json.dumps({"task": "tide.samples.add", "args": [1, 2]})
 BULK_SIZE = 500
