@@ -32,6 +32,8 @@ QUEUE_OLDEST_AGE: Final = "celery_queue_oldest_age_seconds"
 QUEUE_COMPLETED: Final = "celery_queue_completed_total"
 #: Tasks executing now, from the integration's workers.
 QUEUE_RUNNING: Final = "celery_queue_running"
+#: Messages dead workers held that recovery put back in the queue: a counter (Redis).
+QUEUE_RECOVERED: Final = "celery_queue_recovered_total"
 #: Where the exporter read each queue's figures (an info metric: samples end in ``_info``).
 QUEUE_SOURCE: Final = "tide_exporter_queue_source"
 #: 1 when the exporter's last broker read failed and its figures are old.
@@ -64,6 +66,7 @@ FIGURES: Final[Mapping[str, str]] = {
     QUEUE_OLDEST_AGE: "oldest_age",
     QUEUE_COMPLETED: "completed",
     QUEUE_RUNNING: "running",
+    QUEUE_RECOVERED: "recovered",
 }
 
 

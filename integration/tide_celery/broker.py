@@ -28,6 +28,17 @@ class BrokerRedis:
         #: ``None`` until the first call tells which transport the app uses.
         self.enabled: bool | None = None
         self._clients: Any = weakref.WeakKeyDictionary()
+        #: kombu's name for the unacked hash and the visibility timeout, from the channel.
+        self._unacked_key = "unacked"
+        self._visibility_timeout = 3600
+
+    def unacked_key(self) -> str:
+        """kombu's ``unacked`` hash (unprefixed), as the app's channel names it."""
+        return self._unacked_key
+
+    def visibility_timeout(self) -> int:
+        """The transport's visibility timeout in whole seconds (at least one)."""
+        return max(1, int(self._visibility_timeout))
 
     def run(self, build: Callable[[Any, str], None]) -> list[Any] | None:
         """``build(pipeline, prefix)`` queues commands; they run in one round trip.
@@ -43,6 +54,10 @@ class BrokerRedis:
             if not self.enabled:
                 return None
             channel = connection.default_channel
+            self._unacked_key = str(getattr(channel, "unacked_key", self._unacked_key))
+            self._visibility_timeout = getattr(
+                channel, "visibility_timeout", self._visibility_timeout
+            )
             pool = channel.pool
             client = self._clients.get(pool)
             if client is None:

@@ -5,7 +5,9 @@ What it connects, and where each piece runs:
 * producers (any process that publishes): the publish stamp (``tide_celery.publish``);
 * ``celery worker`` (main process): the node name, when the command line gave none
   (``worker@<host>``, which Tide's operator addresses, instead of Celery's
-  ``celery@<host>``), and the registration heartbeat (``tide_celery.workers``);
+  ``celery@<host>``), the registration heartbeat (``tide_celery.workers``), and on Redis
+  the lease and the record of received deliveries that dead-worker recovery reads
+  (``tide_celery.holdings``, ``tide_celery.recovery``);
 * pool processes: per task, one round trip when it starts (``task:<id>`` into the worker's
   running set) and one when it ends (out of it, ``+1`` on the queue's completion counter
   and the run's end state, runtime and wait in the same round trip;
@@ -34,9 +36,11 @@ from celery import signals
 
 from tide_celery.broker import BrokerRedis
 from tide_celery.completions import leaves_queue, queue_of, routes_of
+from tide_celery.holdings import Holdings
 from tide_celery.layout import (
     COMPLETED_KEY,
     HEARTBEAT_INTERVAL,
+    LEASE_INTERVAL,
     NODE_NAME,
     PUBLISHED_AT_HEADER,
     TASKS_KEY,
@@ -60,10 +64,13 @@ class Integration:
         *,
         node_name: str | None = NODE_NAME,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        lease_interval: float = LEASE_INTERVAL,
     ) -> None:
         self.app = app
         self.node_name = node_name
         self.heartbeat_interval = heartbeat_interval
+        self.lease_interval = min(lease_interval, heartbeat_interval)
+        self.holdings: Holdings | None = None
         self.ttl = 3 * heartbeat_interval
         self.broker = BrokerRedis(app)
         #: The worker's node name, once this process is (or was forked from) a worker.
@@ -82,14 +89,21 @@ class Integration:
 
     def worker_starting(self, worker: Any) -> None:
         self.node = str(worker.hostname)
+        self.holdings = Holdings(self.broker, node=self.node, lease_ttl=3 * self.lease_interval)
         self.heartbeat = Heartbeat(
             self.broker,
             node=self.node,
             queues=lambda: consumed_queues(self.app),
             interval=self.heartbeat_interval,
             ttl=self.ttl,
+            holdings=self.holdings,
+            lease_interval=self.lease_interval,
         )
         self.heartbeat.start()
+
+    def task_received(self, *, tag: str, task_id: str) -> None:
+        if self.holdings is not None and self.broker.enabled:
+            self.holdings.received(tag=tag, task_id=task_id)
 
     def worker_stopped(self) -> None:
         if self.heartbeat is not None:
@@ -231,6 +245,24 @@ def _outcome(
     )
 
 
+def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """The worker's main process got a message: record its delivery tag (Redis only)."""
+    integration = integration_for(getattr(getattr(request, "task", None), "app", None))
+    if integration is None:
+        integration = integration_for(getattr(sender, "app", None))
+    if integration is None or request is None:
+        return
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if not tag:
+        return
+    try:
+        integration.task_received(tag=str(tag), task_id=str(request.id))
+    except Exception:
+        # Unrecorded, the message is put back by the transport's visibility timeout
+        # if this worker dies holding it: slower, not lost.
+        log.warning("could not record the delivery of task %s", request.id, exc_info=True)
+
+
 def _on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """Name the worker ``<node_name>@<host>`` when the command line left Celery's default."""
     integration = integration_for(getattr(instance, "app", None))
@@ -274,6 +306,9 @@ def _connect() -> None:
         signals.task_prerun.connect(_on_task_prerun, dispatch_uid="tide_celery.prerun", **options)
         signals.task_postrun.connect(
             _on_task_postrun, dispatch_uid="tide_celery.postrun", **options
+        )
+        signals.task_received.connect(
+            _on_task_received, dispatch_uid="tide_celery.received", **options
         )
         signals.celeryd_init.connect(_on_celeryd_init, dispatch_uid="tide_celery.name", **options)
         signals.worker_init.connect(_on_worker_init, dispatch_uid="tide_celery.init", **options)

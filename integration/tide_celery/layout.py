@@ -16,6 +16,12 @@ never collide with a queue name:
 * ``_tide.tasks`` (hash): per queue and task name, how runs ended, how long they ran and
   how long they waited, as counters (``tide_celery.outcomes``): fields are ``task_field``
   tuples joined by ``FIELD_SEP``, values integers, or floats for the ``sum`` fields.
+* ``_tide.held.<node>`` (hash): delivery tag -> JSON ``[incarnation, task id]`` for every
+  message that worker received and may not have acknowledged yet (``tide_celery.holdings``);
+* ``_tide.lease.<node>.<incarnation>`` (string with a TTL): the lease one run of that
+  worker renews while it lives; recovery never touches the holdings of a live lease;
+* ``_tide.recovered`` (hash): queue -> messages dead workers held that recovery put back
+  (``tide_celery.recovery``).
 
 Priority sub-queues, separators and the unacked keys are kombu's, not Tide's: readers ask
 kombu's Redis channel for them (``_q_for_pri``, ``priority_steps``, ``sep``), configured
@@ -34,6 +40,9 @@ PUBLISHED_AT_HEADER = "published_at"
 
 COMPLETED_KEY = "_tide.completed"
 TASKS_KEY = "_tide.tasks"
+RECOVERED_KEY = "_tide.recovered"
+HELD_KEY_PREFIX = "_tide.held."
+LEASE_KEY_PREFIX = "_tide.lease."
 WORKERS_KEY = "_tide.workers"
 WORKER_KEY_PREFIX = "_tide.worker."
 QUEUES_FIELD = "queues"
@@ -44,6 +53,14 @@ TASK_FIELD_PREFIX = "task:"
 #: seconds after its last heartbeat: three missed beats, so one slow beat is no outage.
 HEARTBEAT_INTERVAL = 5.0
 WORKER_TTL = 3 * HEARTBEAT_INTERVAL
+
+#: Seconds between renewals of a worker's lease, and how long a lease outlives the last
+#: renewal. Recovery waits for the lease of a worker reported dead to lapse, so this bounds
+#: how long a dead worker's messages wait after its death is seen (``LEASE_TTL`` at most,
+#: against the transport's visibility timeout, an hour or more); three missed renewals
+#: in a row are needed before a live worker's lease lapses.
+LEASE_INTERVAL = 2.0
+LEASE_TTL = 3 * LEASE_INTERVAL
 
 #: The node name the integration gives a worker started without ``-n``: ``worker@<host>``.
 #: On Kubernetes the host is the pod's name, which is how Tide's operator addresses it.
@@ -105,6 +122,16 @@ def worker_key(node: str) -> str:
 
 def task_field(task_id: str) -> str:
     return TASK_FIELD_PREFIX + task_id
+
+
+def held_key(node: str) -> str:
+    """The hash of the deliveries one worker node holds (unprefixed)."""
+    return HELD_KEY_PREFIX + node
+
+
+def lease_key(node: str, incarnation: str) -> str:
+    """The lease of one run (incarnation) of a worker node (unprefixed)."""
+    return f"{LEASE_KEY_PREFIX}{node}.{incarnation}"
 
 
 class TransportOptionsError(ValueError):

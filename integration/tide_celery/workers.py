@@ -41,6 +41,7 @@ import time
 from typing import Any, Iterable
 
 from tide_celery.broker import BrokerRedis
+from tide_celery.holdings import Holdings
 from tide_celery.layout import QUEUES_FIELD, TASK_FIELD_PREFIX, WORKERS_KEY, worker_key
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,15 @@ class Heartbeat:
         queues: Any,
         interval: float,
         ttl: float,
+        holdings: Holdings | None = None,
+        lease_interval: float | None = None,
     ) -> None:
         self.broker = broker
+        #: The worker's lease and delivery record (``tide_celery.holdings``), if kept.
+        self.holdings = holdings
+        #: Seconds between lease renewals (the thread wakes this often; a full beat runs
+        #: every ``interval``).
+        self.lease_interval = min(interval, lease_interval or interval)
         self.node = node
         #: A callable giving the names of the queues the worker consumes now.
         self.queues = queues
@@ -123,6 +131,9 @@ class Heartbeat:
         if phantoms:
             log.info("dropping %d task(s) no longer held by %s", len(phantoms), self.node)
             self.broker.run(lambda pipe, prefix: pipe.hdel(prefix + key, *phantoms))
+        if self.holdings is not None:
+            self.holdings.prune()
+            self.holdings.recover_predecessors()
 
     def deregister(self) -> None:
         def build(pipe: Any, prefix: str) -> None:
@@ -139,12 +150,32 @@ class Heartbeat:
             # expires if this lasts, which makes readers stop counting this worker.
             log.warning("heartbeat of %s failed", self.node, exc_info=True)
 
+    def _safe_renew(self) -> None:
+        if self.holdings is None:
+            return
+        try:
+            self.holdings.renew()
+        except Exception:
+            # Three failures in a row and the lease lapses: recovery may then put back
+            # what this worker holds, if its death is also reported (see recovery).
+            log.warning("lease renewal of %s failed", self.node, exc_info=True)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._safe_beat()
+        next_beat = time.monotonic() + self.interval
+        while not self._stop.wait(self.lease_interval):
+            self._safe_renew()
+            if time.monotonic() >= next_beat - self.lease_interval / 2:
+                next_beat = time.monotonic() + self.interval
+                self._safe_beat()
 
     def start(self) -> None:
         """Register now (so the first tasks already count), then beat from a thread."""
+        if self.holdings is not None:
+            try:
+                # The lease before the first message: recovery must see this run alive.
+                self.holdings.start()
+            except Exception:
+                log.warning("could not take the lease of %s", self.node, exc_info=True)
         self._safe_beat()
         self._thread = threading.Thread(target=self._run, name="tide-celery-heartbeat", daemon=True)
         self._thread.start()
@@ -156,6 +187,8 @@ class Heartbeat:
         if deregister:
             try:
                 self.deregister()
+                if self.holdings is not None:
+                    self.holdings.release()
             except Exception:
                 log.warning("could not deregister %s", self.node, exc_info=True)
 

@@ -30,6 +30,7 @@ SIGNALS = (
     "before_task_publish",
     "task_prerun",
     "task_postrun",
+    "task_received",
     "celeryd_init",
     "worker_init",
     "worker_shutdown",

@@ -42,6 +42,7 @@ from tide_contract.series import (
     QUEUE_LABEL,
     QUEUE_LENGTH,
     QUEUE_OLDEST_AGE,
+    QUEUE_RECOVERED,
     QUEUE_RUNNING,
     QUEUE_SCHEDULED,
     QUEUE_SOURCE,
@@ -161,6 +162,12 @@ def families(snapshot: Snapshot) -> list[Metric]:
         "included in celery_queue_inflight).",
         labels=label,
     )
+    recovered = CounterMetricFamily(
+        QUEUE_RECOVERED,
+        "Messages dead workers held unacknowledged that Tide's recovery put back in the "
+        "queue (Redis, workers with Tide's integration).",
+        labels=label,
+    )
     source = InfoMetricFamily(
         QUEUE_SOURCE, "Where the exporter read each queue's figures.", labels=label
     )
@@ -183,6 +190,8 @@ def families(snapshot: Snapshot) -> list[Metric]:
         # cannot see running work under early acks, and 0 would say nothing runs.
         if stats.running is not None:
             running.add_metric(value, stats.running)
+        if stats.recovered is not None:
+            recovered.add_metric(value, stats.recovered)
         source.add_metric(value, {"source": stats.source})
 
     stale = snapshot.last_success is not None and not snapshot.up
@@ -231,6 +240,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
         age,
         completed,
         running,
+        recovered,
         source,
         *task_families(snapshot.tasks),
         *health,

@@ -65,7 +65,7 @@ from tide.exporter.tasks import TaskFigures, parse_tasks
 from tide.exporter.unacked import UnackedTracker
 from tide.exporter.wire import RawBatch, execute
 from tide.exporter.workers import RegistryReader, RegistrySnapshot
-from tide_celery.layout import COMPLETED_KEY, TASKS_KEY
+from tide_celery.layout import COMPLETED_KEY, RECOVERED_KEY, TASKS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,8 @@ class RedisQueueReader:
                 # One HMGET for every queue's counter; a queue no task finished on yet has
                 # no field, and reads 0.
                 commands.append(("HMGET", channel.global_keyprefix + COMPLETED_KEY, *names))
+                # And the messages dead workers held that recovery put back (same shape).
+                commands.append(("HMGET", channel.global_keyprefix + RECOVERED_KEY, *names))
             self._layout = (names, [len(queue_keys) for queue_keys in keys], RawBatch(commands))
         _, widths, depth = self._layout
         assert self.registry is not None
@@ -239,9 +241,9 @@ class RedisQueueReader:
             replies[end_of_tracked], replies[end_of_tracked + 1 :], pool=channel.pool
         )
         unacked = self.tracker.counts(now=now)
-        completed: list[Any] = (
-            list(replies[len(depth) - 1]) if self.completions and names else [None] * len(names)
-        )
+        counted = self.completions and bool(names)
+        completed: list[Any] = list(replies[len(depth) - 2]) if counted else [None] * len(names)
+        recovered: list[Any] = list(replies[len(depth) - 1]) if counted else [None] * len(names)
         running = registry.running_per_queue
         # Running tasks whose message is acknowledged already (early acks): in flight, yet
         # invisible in the unacked hash. A late-ack task is in both and counts once.
@@ -254,7 +256,7 @@ class RedisQueueReader:
 
         stats: list[QueueStats] = []
         position = 0
-        for name, width, done in zip(names, widths, completed, strict=True):
+        for name, width, done, back in zip(names, widths, completed, recovered, strict=True):
             waiting = 0
             stamps: list[float | None] = []
             for _ in range(width):
@@ -264,10 +266,11 @@ class RedisQueueReader:
                 if length:
                     stamps.append(published_at(tail))
             inflight, scheduled = unacked.get(name, (0, 0))
-            # A queue is the integration's when one of its live workers consumes it or one
-            # of them counted a completion there: only then are its counts real. Elsewhere
+            # A queue is the integration's when one of its live workers consumes it, one of
+            # them counted a completion there, or recovery put back messages a dead one held
+            # there: only then are its counts real. Elsewhere
             # they are absent, never a false 0.
-            integrated = name in served or done is not None
+            integrated = name in served or done is not None or back is not None
             stats.append(
                 QueueStats(
                     name=name,
@@ -278,6 +281,7 @@ class RedisQueueReader:
                     source=self.source,
                     completed=int(done or 0) if self.completions and integrated else None,
                     running=running.get(name, 0) if integrated else None,
+                    recovered=int(back or 0) if self.completions and integrated else None,
                 )
             )
         return stats

@@ -31,6 +31,7 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
         scheduled = values.get("scheduled")
         completed = values.get("completed")
         running = values.get("running")
+        recovered = values.get("recovered")
         result[queue] = QueueStats(
             name=queue,
             waiting=int(values["waiting"]),
@@ -41,6 +42,7 @@ def parse_exposition(text: str) -> dict[str, QueueStats]:
             stale=parsed.stale,
             completed=None if completed is None else int(completed),
             running=None if running is None else int(running),
+            recovered=None if recovered is None else int(recovered),
         )
     return result
 

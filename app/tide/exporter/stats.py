@@ -47,6 +47,9 @@ class QueueStats:
     (Redis), ``None`` where no worker with the integration serves the queue. On Redis
     ``inflight`` already includes them (the union of unacknowledged and running messages,
     so a late-ack task counts once and an early-ack one is not missed).
+    ``recovered`` is a monotonic count of messages dead workers held unacknowledged that
+    dead-worker recovery put back in the queue (``tide_celery.recovery``; Redis), ``None``
+    where ``completed`` is.
     """
 
     name: str
@@ -58,6 +61,7 @@ class QueueStats:
     stale: bool = False
     completed: int | None = None
     running: int | None = None
+    recovered: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

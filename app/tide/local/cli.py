@@ -287,6 +287,7 @@ def _workers(
     Refused pools stop ``tide up`` here, before any process starts, with every refusal
     listed; reported ones are printed and started.
     """
+    from tide_celery.recovery import Recoveries
     from tide_operator.adapters.targets import CeleryInspectProbe
 
     apps = {default_app.name: default_app}
@@ -320,6 +321,8 @@ def _workers(
             ),
             guard=guard,
             warning=finding.message() if finding is not None else "",
+            # One broker per `tide up` (checked above): dead workers' messages go back.
+            recoveries=Recoveries(app.broker_url, transport_options=app.transport_options),
         )
     if refusals:
         raise click.ClickException(

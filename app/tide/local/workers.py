@@ -14,6 +14,11 @@ those hostnames only), through the operator's probe built with the app's broker 
 transport options. The same probe says what the workers run (``inspect conf``/``stats``),
 so ``SafeScaleIn`` is decided locally as in the cluster.
 
+A worker process that exits on its own (OOM kill, a crash, ``kill -9``) is handed to
+``recoveries`` (``tide_celery.recovery.Recoveries``) when it is reaped: on Redis the messages
+it held unacknowledged go back to their queues once its lease lapses (seconds), not after
+the transport's visibility timeout.
+
 Scaling up first asks the pool's ``TaskGuard`` (``tide.local.guard``) whether the queues
 hold tasks the app would discard; a refusal leaves the pool as it is and is reported.
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 from tide.local.guard import UNKNOWN_TASKS, TaskGuard
 from tide.local.pools import LocalPool
 from tide.local.processes import FIRST_BACKOFF, MAX_BACKOFF, STABLE_SECONDS, describe_exit
+from tide_celery.recovery import Recoveries
 from tide_operator.adapters.targets import (
     CeleryInspectProbe,
     TargetUnavailable,
@@ -91,6 +97,8 @@ class LocalWorkers:
     deaths: int = 0
     hold_until: float = 0.0
     reports: list[str] = field(default_factory=list)
+    #: Puts back what a dead worker held (Redis); None: left to the visibility timeout.
+    recoveries: Recoveries | None = None
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def reap(self, *, now: float | None = None) -> list[str]:
@@ -107,6 +115,7 @@ class LocalWorkers:
             if code is None:
                 continue
             del self.running[hostname]
+            self._lost(hostname, code)
             if now - replica.started_at >= STABLE_SECONDS:
                 self.deaths = 0
             self.deaths += 1
@@ -118,9 +127,17 @@ class LocalWorkers:
             )
             log.warning(reports[-1])
         for hostname, replica in list(self.stopping.items()):
-            if replica.process.poll() is not None:
+            code = replica.process.poll()
+            if code is not None:
                 del self.stopping[hostname]
+                # A warm shutdown leaves nothing held; one killed at the grace's end may.
+                self._lost(hostname, code)
         return reports
+
+    def _lost(self, hostname: str, code: int) -> None:
+        """Hand an exited worker to dead-worker recovery (Redis; its lease fences it)."""
+        if self.recoveries is not None:
+            self.recoveries.lost(hostname, reason=f"process exited with {describe_exit(code)}")
 
     def _reap(self) -> None:
         self.reports.extend(self.reap())

@@ -69,7 +69,12 @@ def operator_command(
     import kopf
 
     from tide_operator.adapters.credentials import LoginFailed, login
-    from tide_operator.edge.handlers import Runtime, build_registry, busy_probe_from_env
+    from tide_operator.edge.handlers import (
+        Runtime,
+        build_registry,
+        busy_probe_from_env,
+        recoveries_from_env,
+    )
     from tide_operator.edge.metrics import OperatorMetrics, serve
 
     if all_namespaces and namespaces:
@@ -104,6 +109,7 @@ def operator_command(
         busy_probe=probe,
         worker_probe=probe,
     )
+    runtime.recoveries = recoveries_from_env(runtime)
     kopf.run(
         registry=build_registry(runtime),
         settings=runtime.settings,

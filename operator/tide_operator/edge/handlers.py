@@ -26,6 +26,15 @@ caches sync, 429, 5xx) is held the same way for ``API_ERROR_GRACE`` seconds and
 ``API_ERROR_TICKS`` ticks in a row before ``Ready`` turns False. A metrics outage costs one
 status write, when ``Ready`` turns False: the policy's reasons carry no running count.
 
+Worker pods are watched too (those of owned Deployments, which carry the pool's label): a
+pod deleted, being deleted or failed (evicted, its node lost) is handed to
+``tide_celery.recovery.Recoveries`` under its worker's node name (``worker@<pod name>``), so
+on Redis what it held unacknowledged is back in its queues seconds after the death shows,
+fenced by the worker's lease; the outcome is counted per queue
+(``tide_workerpool_recovered_messages_total``) and posted as an Event on the pool
+(``WorkerRecovered``, or ``WorkerLeaseHeld`` when the worker keeps renewing its lease: it
+lives, and keeps its messages). See docs/recovery.md.
+
 Everything is registered on an explicit ``kopf.OperatorRegistry`` built by
 ``build_registry``, so tests and the benchmark load the same handlers with their own login
 (the API emulator) and busy-worker probe, and ``kopf run`` is never needed.
@@ -47,6 +56,7 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
+from tide_celery.recovery import Recovered, Recoveries
 from tide_operator.adapters.credentials import Credentials, LoginFailed
 from tide_operator.adapters.credentials import login as login_with_kubernetes_package
 from tide_operator.adapters.kube import ApiError, KubeApi, NotFound, Unreachable
@@ -65,9 +75,15 @@ from tide_operator.core.policy import PolicyState
 from tide_operator.edge.metrics import OperatorMetrics
 from tide_operator.edge.pools import PoolHandle, PoolLoops
 from tide_operator.reconcile.step import PoolEvent, StepResult, failed_step, reconcile_step
-from tide_operator.resources.deployments import deployment_name
+from tide_operator.resources.deployments import LABEL_POOL, deployment_name, worker_hostname
 from tide_operator.resources.spec import GROUP, PLURAL, VERSION, MetricsSpec, WorkerPool
-from tide_operator.resources.status import API_ERROR, INVALID_SPEC, status_changed
+from tide_operator.resources.status import (
+    API_ERROR,
+    INVALID_SPEC,
+    WORKER_LEASE_HELD,
+    WORKER_RECOVERED,
+    status_changed,
+)
 
 __all__ = [
     "LoginFn",
@@ -76,6 +92,7 @@ __all__ = [
     "default_login",
     "kopf_session",
     "make_settings",
+    "recoveries_from_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,6 +213,9 @@ class Runtime:
     _lock: asyncio.Lock | None = None
     #: The pools' loops, once ``build_registry`` has bound them to this runtime.
     loops: PoolLoops | None = None
+    #: Puts back what dead worker pods held (Redis brokers); None: the operator knows no
+    #: broker, and the transport's visibility timeout applies.
+    recoveries: Recoveries | None = None
 
     async def credentials(self) -> Credentials:
         """Log in once; kopf's re-logins refresh the header, not the whole login."""
@@ -540,7 +560,91 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # Only bookkeeping here: the pool's loop (started by the first event) does the work.
         loops.observe(event.get("type"), event["object"])
 
+    @kopf.on.event("", "v1", "pods", labels={LABEL_POOL: kopf.PRESENT}, registry=registry)
+    async def worker_pod(event: kopf.RawEvent, **_: Any) -> None:
+        pod = event["object"]
+        reason = pod_gone(event.get("type"), pod)
+        if reason is None or runtime.recoveries is None:
+            return
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace") or "", (meta.get("labels") or {}).get(LABEL_POOL) or "")
+        if key not in loops:
+            return  # not a pool this operator serves
+        runtime.recoveries.lost(worker_hostname(meta.get("name") or ""), reason=reason, context=key)
+
     return registry
+
+
+def pod_gone(event_type: str | None, pod: Mapping[str, Any]) -> str | None:
+    """Why a worker pod is gone for good, or None while it may still run its worker.
+
+    Deleted, being deleted (graceful deletion, or the node controller evicting the pods of
+    a lost node), or failed (evicted, its containers ended): each is a report of death,
+    which recovery checks against the worker's lease before it moves anything.
+    """
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if event_type == "DELETED":
+        return "pod deleted"
+    if meta.get("deletionTimestamp"):
+        return "pod being deleted"
+    if status.get("phase") == "Failed":
+        detail = status.get("reason") or status.get("message") or ""
+        return f"pod failed ({detail})" if detail else "pod failed"
+    return None
+
+
+def _report_recovery(runtime: Runtime, result: Recovered, reason: str, key: Any) -> None:
+    """Count and say what a recovery did, on the pool the dead worker belonged to."""
+    namespace, name = key
+    runtime.metrics.record_recovery(namespace, name, result.restored)
+    body = runtime.loops.body(key) if runtime.loops is not None else None
+    if body is None:
+        return
+    if result.restored:
+        _post(
+            body,
+            PoolEvent(
+                type="Warning",
+                reason=WORKER_RECOVERED,
+                message=f"{result.node} gone ({reason}): {result.describe()}",
+            ),
+        )
+    elif result.leased:
+        _post(
+            body,
+            PoolEvent(
+                type="Warning",
+                reason=WORKER_LEASE_HELD,
+                message=(
+                    f"{result.node} reported gone ({reason}) but still renews its lease: "
+                    f"its {result.leased} message(s) stay with it"
+                ),
+            ),
+        )
+
+
+def recoveries_from_env(
+    runtime: Runtime, environ: Mapping[str, str] | None = None
+) -> Recoveries | None:
+    """Recovery on the workers' broker (``CELERY_BROKER_URL``, their transport options)."""
+    probe = busy_probe_from_env(environ)
+    env = os.environ if environ is None else environ
+    url = env.get("CELERY_BROKER_URL")
+    if probe is None or not url:
+        return None
+    return recoveries_for(runtime, url, transport_options=probe.transport_options)
+
+
+def recoveries_for(
+    runtime: Runtime, url: str, *, transport_options: Mapping[str, Any]
+) -> Recoveries:
+    """Recovery on the broker at ``url``, reporting to ``runtime``'s metrics and pools."""
+    return Recoveries(
+        url,
+        transport_options=transport_options,
+        on_recovered=lambda result, reason, key: _report_recovery(runtime, result, reason, key),
+    )
 
 
 async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult) -> None:

@@ -12,6 +12,7 @@ is deleted (``forget``), so a deleted pool does not keep reporting its last size
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Literal
 
 from prometheus_client import (
@@ -89,6 +90,13 @@ class OperatorMetrics:
         self.paused = Gauge(
             "tide_workerpool_paused", "1 while spec.paused is set.", _POOL, registry=r
         )
+        self.recovered = Counter(
+            "tide_workerpool_recovered_messages",
+            "Messages a dead worker of the pool held unacknowledged that the operator put "
+            "back in their queue (Redis; docs/recovery.md).",
+            (*_POOL, "queue_name"),
+            registry=r,
+        )
         self.api_failures = Counter(
             "tide_operator_api_failures",
             "Pool reconciles that failed on the Kubernetes API, by cause: 'unreachable' or "
@@ -148,6 +156,21 @@ class OperatorMetrics:
         for direction in ("up", "down"):
             with contextlib.suppress(KeyError):
                 self.scale_events.remove(namespace, pool, direction)
+        queues = {
+            sample.labels["queue_name"]
+            for family in self.recovered.collect()
+            for sample in family.samples
+            if (sample.labels.get("namespace"), sample.labels.get("workerpool"))
+            == (namespace, pool)
+        }
+        for queue in queues:
+            with contextlib.suppress(KeyError):
+                self.recovered.remove(namespace, pool, queue)
+
+    def record_recovery(self, namespace: str, pool: str, restored: Mapping[str, int]) -> None:
+        """Count the messages a dead worker of the pool held that went back, per queue."""
+        for queue, count in restored.items():
+            self.recovered.labels(namespace, pool, queue).inc(count)
 
 
 def serve(metrics: OperatorMetrics, *, port: int = 9091, addr: str = "0.0.0.0") -> None:

@@ -92,6 +92,11 @@ class PoolLoops:
     def __contains__(self, key: object) -> bool:
         return key in self._live
 
+    def body(self, key: Key) -> Mapping[str, Any] | None:
+        """The latest body of a watched pool, or None when it is not watched."""
+        live = self._live.get(key)
+        return None if live is None else live.handle.body
+
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event (``None`` for the initial listing) about one pool."""
         meta = body.get("metadata") or {}

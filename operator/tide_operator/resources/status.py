@@ -101,6 +101,9 @@ PAUSED_BY_SPEC: Final = "PausedBySpec"
 SCALING: Final = "Scaling"
 SAFE: Final = "Safe"
 UNSAFE_CONFIGURATION: Final = "UnsafeConfiguration"
+# Event reasons of dead-worker recovery (a worker pod gone while holding messages).
+WORKER_RECOVERED: Final = "WorkerRecovered"
+WORKER_LEASE_HELD: Final = "WorkerLeaseHeld"
 
 
 @dataclass(frozen=True, slots=True)
