@@ -155,7 +155,7 @@ LONG_QUERY: Final = 2000
 class _Batch:
     """One shared query: the queues it covers, gathered until it is sent, and its answer."""
 
-    at: float
+    at: float  # when created, then when sent
     queues: set[str] | None
     future: asyncio.Future[Samples]
     sent: bool = False
@@ -222,21 +222,18 @@ class SharedQueries:
             for queue in wanted:
                 asked[queue] = now
         batch = self._last.get(key)
-        usable = (
-            batch is not None
-            and 0 <= now - batch.at <= self.max_age
-            and not (
+        if batch is not None and not batch.sent:
+            # Not sent yet: however long this moment's readers take to arrive, it is fresh.
+            if wanted is not None and batch.queues is not None:
+                batch.queues |= wanted
+        elif (
+            batch is None
+            or not 0 <= now - batch.at <= self.max_age
+            or (
                 batch.future.done()
                 and not batch.future.cancelled()
                 and batch.future.exception() is not None
             )
-        )
-        if batch is not None and usable and wanted is not None and not batch.sent:
-            assert batch.queues is not None
-            batch.queues |= wanted  # not sent yet: it will cover these too
-        elif (
-            batch is None
-            or not usable
             or (wanted is not None and (batch.queues is None or not wanted <= batch.queues))
         ):
             covered: set[str] | None = None
@@ -259,6 +256,7 @@ class SharedQueries:
     ) -> None:
         await asyncio.sleep(self.gather)  # the other readers of this moment join
         batch.sent = True
+        batch.at = asyncio.get_running_loop().time()  # its age counts from here
         promql = template
         if batch.queues is not None:
             promql = template.replace("$queues", queue_regex(sorted(batch.queues)))
