@@ -149,6 +149,8 @@ class Platform:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
+    #: Other processes to stop at the end (``tide up``), SIGTERM first.
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def ledger(self) -> Path:
@@ -170,6 +172,15 @@ class Platform:
         return worker
 
     def stop_workers(self, *, grace: float = 60) -> None:
+        for process in self.extra:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.extra:
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         for worker in self.workers:
             if worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
@@ -216,8 +227,11 @@ def platform(broker: str, workdir: Path) -> Iterator[tuple[Platform, Any]]:
         "TIDE_FAULTS_LEDGER": str(workdir / "ledger.txt"),
         "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]),
         "PYTHONUNBUFFERED": "1",
+        # One keyspace for the bench's processes and `tide up`'s (told, so it keeps it).
+        "CELERY_BROKER_KEYPREFIX": "faults:" if broker == "redis" else "",
     }
     shared = (
+        "CELERY_BROKER_KEYPREFIX",
         "DJANGO_SETTINGS_MODULE",
         "DATABASE_URL",
         "CELERY_BROKER_URL",
@@ -349,13 +363,13 @@ def running_now() -> set[str]:
     return {str(i) for i in Job.objects.filter(state__in=states).values_list("id", flat=True)}
 
 
-def wait_running(count: int) -> set[str]:
+def wait_running(count: int, timeout: float = 30) -> set[str]:
     def enough() -> set[str] | None:
         running = running_now()
         return running if len(running) >= count else None
 
     try:
-        return set(_wait(enough, 30, f"{count} jobs running"))
+        return set(_wait(enough, timeout, f"{count} jobs running"))
     except TimeoutError:
         return set()  # the burst is (nearly) over: no more faults to inject
 
@@ -429,19 +443,68 @@ def scale_in(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[
     return faults
 
 
+EXPORTER_PORT = 18320
+LOCAL_POOL = """\
+apiVersion: tide.dev/v1alpha1
+kind: WorkerPool
+metadata: {name: faults}
+spec:
+  queues: [io, default]
+  concurrency: 4
+  minReplicas: 1
+  maxReplicas: 2
+  pollingInterval: 2
+  template: {image: tide, extraArgs: ["--include", "faults_ledger"]}
+"""
+
+
+def local_exporter_outage(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[str]]]:
+    """Local mode: `tide up` drives the workers; its exporter is SIGKILLed twice, 8 s
+    apart, mid-burst. `tide up` must restart it and go on; the autoscaler holds meanwhile."""
+    (plat.workdir / "pools.yaml").write_text(LOCAL_POOL)
+    up = subprocess.Popen(
+        [str(BIN / "tide"), "up", "--no-ui", "--no-api", "--no-beat", "--no-flower",
+         "--pools", str(plat.workdir / "pools.yaml"), "--exporter-port", str(EXPORTER_PORT),
+         "--var", str(plat.workdir / "var")],
+        env=plat.env, stdout=(plat.workdir / "up.log").open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    plat.extra.append(up)
+    faults = []
+    for attempt in range(2):
+        # `tide up` starts its first worker slowly on a busy machine: wait longer for it.
+        if not (running := wait_running(CONCURRENCY, timeout=180 if attempt == 0 else 30)):
+            break
+        out = subprocess.run(["pgrep", "-f", f"exporter .*--port {EXPORTER_PORT}"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+        for pid in out.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        faults.append((time.time(), running))
+        time.sleep(8)
+    if up.poll() is not None:
+        raise RuntimeError(f"tide up stopped after its exporter was killed: {up.returncode}")
+    return faults
+
+
 FAULTS: dict[str, tuple[str, Callable[[Platform, Any, str], list[tuple[float, set[str]]]]]] = {
     "broker-restart": ("broker restart mid-burst (persistent broker, 3 s down)", broker_restart),
     "kill-children": ("SIGKILL of a random pool process running a task, 5 times", kill_children),
     "kill-workers": ("SIGKILL of a whole worker (main and pool), replaced, twice", kill_workers),
     "scale-in": ("scale-in during load: warm shutdown of a worker, 6 times in 24 s", scale_in),
+    "exporter-outage": (
+        "local mode: exporter SIGKILLed twice mid-burst (tide up restarts it)",
+        local_exporter_outage,
+    ),
 }
+#: Scenarios whose workers `tide up` starts, not the bench.
+SELF_MANAGED = {"exporter-outage"}
 BROKER_DOWN = 3.0
 
 
 def run_one(name: str, broker: str, workdir: Path) -> Outcome:
     title, inject = FAULTS[name]
     with platform(broker, workdir) as (plat, server):
-        start_workers(plat)
+        if name not in SELF_MANAGED:
+            start_workers(plat)
         ids, failing = burst()
         faults = inject(plat, server, broker)
         settle(ids, deadline=DEADLINE)
@@ -475,11 +538,16 @@ def main() -> None:
             log(json.dumps(asdict(outcomes[-1])))
     print_table(outcomes)
     if not args.no_save:
+        # Merged by (scenario, broker) with what an earlier run of other scenarios saved.
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "faults.json").write_text(
+        path = RESULTS / "faults.json"
+        kept = json.loads(path.read_text())["outcomes"] if path.exists() else []
+        fresh = {(o.scenario, o.broker) for o in outcomes}
+        merged = [o for o in kept if (o["scenario"], o["broker"]) not in fresh]
+        path.write_text(
             json.dumps({"burst": BURST, "task_seconds": TASK_SECONDS,
                         "workers": WORKERS, "concurrency": CONCURRENCY,
-                        "outcomes": [asdict(o) for o in outcomes]}, indent=2) + "\n"
+                        "outcomes": merged + [asdict(o) for o in outcomes]}, indent=2) + "\n"
         )  # fmt: skip
 
 
