@@ -380,7 +380,7 @@ def start_workers(plat: Platform) -> None:
 
 
 def broker_restart(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[str]]]:
-    running = wait_running(WORKERS * CONCURRENCY)
+    running = wait_running(WORKERS * CONCURRENCY, timeout=120)
     log(f"{broker}: restarting the broker with {len(running)} jobs running")
     at = time.time()
     if broker == "redis":
@@ -506,6 +506,8 @@ def run_one(name: str, broker: str, workdir: Path) -> Outcome:
         if name not in SELF_MANAGED:
             start_workers(plat)
         ids, failing = burst()
+        # Workers start slowly on a busy machine: the faults begin once work runs.
+        wait_running(1, timeout=300)
         faults = inject(plat, server, broker)
         settle(ids, deadline=DEADLINE)
         return tally(title, broker, plat, ids, failing=failing, faults=faults)
