@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from tide_operator.adapters.kube import JSON_PATCH, ApiError, Conflict, KubeApi, NotFound
 from tide_operator.adapters.workloads import Workloads
 from tide_operator.resources.deployments import (
+    CORDONED_ANNOTATION,
     DELETION_COST_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
     PodLoad,
@@ -39,6 +40,7 @@ from tide_operator.resources.deployments import (
     deployment_name,
     deployment_replicas,
     is_owned_by,
+    plan_consolidation,
     plan_deletion_costs,
     template_hash,
     worker_hostname,
@@ -50,6 +52,8 @@ from tide_operator.resources.status import Replicas
 __all__ = [
     "BusyProbe",
     "CeleryInspectProbe",
+    "Consolidates",
+    "ConsumerControl",
     "DeploymentTarget",
     "ReportsBusy",
     "ReportsReplicaStatus",
@@ -112,6 +116,34 @@ class BusyProbe(Protocol):
     """Tasks each worker holds (active + reserved); None for a worker that did not answer."""
 
     async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]: ...
+
+
+@runtime_checkable
+class ConsumerControl(Protocol):
+    """Tell workers to stop or start consuming from queues (Celery's remote control)."""
+
+    async def stop_consuming(self, hostnames: Sequence[str], queues: Sequence[str]) -> None: ...
+
+    async def resume_consuming(self, hostnames: Sequence[str], queues: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class Consolidates(Protocol):
+    """Optional: a target that can cordon busy workers instead of removing them
+    (``shutdown.consolidate``; see ``resources.deployments.plan_consolidation``)."""
+
+    @property
+    def can_consolidate(self) -> bool: ...
+
+    async def cordoned(self) -> int:
+        """How many of ``current()`` are cordoned: finishing tasks, taking no new ones."""
+        ...
+
+    async def consolidate(
+        self, desired: int, *, current: int, queues: Sequence[str], reason: str
+    ) -> int:
+        """Move to ``desired`` consuming workers; return the new replica count."""
+        ...
 
 
 class WorkerProbe(Protocol):
@@ -233,6 +265,23 @@ class CeleryInspectProbe:
             return {}
         return await asyncio.to_thread(self._reports, list(hostnames))
 
+    def _consumers(self, command: str, hostnames: list[str], queues: list[str]) -> None:
+        control = self._app.control
+        call = control.cancel_consumer if command == "cancel" else control.add_consumer
+        for queue in queues:
+            # Addressed to these nodes only; the reply says each one did it.
+            call(queue, destination=hostnames, reply=True, timeout=self.timeout)
+
+    async def stop_consuming(self, hostnames: Sequence[str], queues: Sequence[str]) -> None:
+        """``cancel_consumer``: the workers finish what they hold and take nothing new."""
+        if hostnames and queues:
+            await asyncio.to_thread(self._consumers, "cancel", list(hostnames), list(queues))
+
+    async def resume_consuming(self, hostnames: Sequence[str], queues: Sequence[str]) -> None:
+        """``add_consumer``: the workers take work from the queues again."""
+        if hostnames and queues:
+            await asyncio.to_thread(self._consumers, "add", list(hostnames), list(queues))
+
     def close(self) -> None:
         self._app.close()
 
@@ -334,6 +383,8 @@ class DeploymentTarget:
         self._primed = False
         # What the last mark_idle_first found, for the status and the tests.
         self.last_idle: int | None = None
+        # The pods ``cordoned()`` listed, reused by ``consolidate`` in the same step.
+        self._pods: list[dict[str, Any]] | None = None
 
     async def fetch(self) -> dict[str, Any]:
         if self.workloads is not None:
@@ -472,6 +523,78 @@ class DeploymentTarget:
         if all(a is None for a in answers):
             return None
         return sum(1 for a in answers if a is not None and a > 0)
+
+    @property
+    def can_consolidate(self) -> bool:
+        return self.busy_probe is not None and isinstance(self.busy_probe, ConsumerControl)
+
+    async def cordoned(self) -> int:
+        """Pods annotated as cordoned (``CORDONED_ANNOTATION``); lists the pods."""
+        self._pods = await self.worker_pods()
+        return sum(
+            1
+            for p in self._pods
+            if CORDONED_ANNOTATION in (p.get("metadata", {}).get("annotations") or {})
+        )
+
+    async def consolidate(
+        self, desired: int, *, current: int, queues: Sequence[str], reason: str
+    ) -> int:
+        """Cordon, reopen and remove per ``plan_consolidation``, then scale.
+
+        Order: workers stop consuming before they are annotated (a cordoned pod is never
+        left consuming), costs are written before the size drops (the ReplicaSet sees them
+        when it picks), and a reopened worker consumes before its annotation goes.
+        """
+        probe = self.busy_probe
+        assert probe is not None
+        assert isinstance(probe, ConsumerControl)
+        pods = self._pods if self._pods is not None else await self.worker_pods()
+        self._pods = None
+        names = [p["metadata"]["name"] for p in pods]
+        busy = await probe.busy([worker_hostname(n) for n in names])
+        loads, cordoned = [], set()
+        for pod in pods:
+            meta = pod["metadata"]
+            annotations = meta.get("annotations") or {}
+            if CORDONED_ANNOTATION in annotations:
+                cordoned.add(meta["name"])
+            raw = annotations.get(DELETION_COST_ANNOTATION)
+            try:
+                cost = int(raw) if raw is not None else None
+            except ValueError:
+                cost = None
+            loads.append(PodLoad(meta["name"], busy.get(worker_hostname(meta["name"])), cost))
+        plan = plan_consolidation(
+            loads, cordoned=frozenset(cordoned), current=current, desired=desired
+        )
+        # Every cordoned worker is told again (idempotent): a restarted worker process
+        # would otherwise consume under a cordoned pod.
+        still = [n for n in cordoned if n not in plan.reopen and n not in plan.remove]
+        stop = [worker_hostname(n) for n in (*plan.cordon, *still)]
+        await probe.stop_consuming(stop, queues)
+        await probe.resume_consuming([worker_hostname(n) for n in plan.reopen], queues)
+        for name in names:
+            changes: dict[str, str | None] = {}
+            if name in plan.costs:
+                changes[DELETION_COST_ANNOTATION] = str(plan.costs[name])
+            if name in plan.cordon:
+                changes[CORDONED_ANNOTATION] = "true"
+            if name in plan.reopen:
+                changes[CORDONED_ANNOTATION] = None
+            if not changes:
+                continue
+            try:
+                await self.api.patch(
+                    f"/api/v1/namespaces/{self.namespace}/pods/{name}",
+                    {"metadata": {"annotations": changes}},
+                )
+            except NotFound:
+                continue
+        self.last_idle = sum(1 for load in loads if load.busy == 0)
+        if plan.replicas != current:
+            await self.scale(plan.replicas, reason=reason)
+        return plan.replicas
 
     async def mark_idle_first(self, count: int) -> None:
         if self.busy_probe is None or count <= 0:

@@ -39,6 +39,7 @@ from typing import Any, Literal
 from tide_operator.adapters.kube import Unreachable
 from tide_operator.adapters.sources import MetricSource, MetricsUnavailable
 from tide_operator.adapters.targets import (
+    Consolidates,
     ReportsBusy,
     ReportsReplicaStatus,
     ReportsWorkers,
@@ -217,11 +218,30 @@ async def reconcile_step(
     except MetricsUnavailable as exc:
         observation, metric_error = None, str(exc)
 
+    # Consolidation (``shutdown.consolidate``): busy workers leave by being cordoned, so the
+    # policy sizes the consuming workers only, and keeps none for the work in flight beyond
+    # the slots it fills. The Deployment holds the cordoned ones besides.
+    consolidating = (
+        spec.shutdown.consolidate and isinstance(target, Consolidates) and target.can_consolidate
+    )
+    cordoned = 0
+    if consolidating:
+        assert isinstance(target, Consolidates)
+        try:
+            cordoned = await target.cordoned()
+        except Unreachable:
+            raise
+        except Exception as exc:
+            log.warning("could not list the cordoned workers: %s", exc)
+            consolidating = False
+    serving = current - cordoned
+
     decision = decide(
-        config=config, state=state, observation=observation, current_replicas=current, now=now
+        config=config, state=state, observation=observation, current_replicas=serving, now=now
     )
     if (
-        decision.replicas < current
+        not consolidating
+        and decision.replicas < current
         and observation is not None
         and observation.busy_replicas is None
         and isinstance(target, ReportsBusy)
@@ -248,7 +268,21 @@ async def reconcile_step(
     # Metrics trouble is MetricsAvailable=False, not Ready=False: the pool is configured and
     # its workers exist; it holds (or falls back) until the figures return.
     error: tuple[str, str] | None = None
-    if decision.replicas != current:
+    replicas_now = current
+    if consolidating and (decision.replicas != serving or cordoned):
+        assert isinstance(target, Consolidates)
+        try:
+            replicas_now = await target.consolidate(
+                decision.replicas, current=current, queues=spec.queues, reason=decision.reason
+            )
+            scaled = replicas_now != current
+        except TargetUnavailable as exc:
+            error = (exc.reason, exc.message)
+        except Unreachable:
+            raise
+        except Exception as exc:  # a broker hiccup: hold, and try again next step
+            log.warning("could not consolidate the workers: %s", exc)
+    elif not consolidating and decision.replicas != current:
         try:
             if decision.replicas < current:
                 try:
@@ -259,6 +293,7 @@ async def reconcile_step(
                     log.warning("could not mark idle workers before scaling down: %s", exc)
             await target.scale(decision.replicas, reason=decision.reason)
             scaled = True
+            replicas_now = decision.replicas
         except TargetUnavailable as exc:
             error = (exc.reason, exc.message)
 
@@ -276,7 +311,7 @@ async def reconcile_step(
         previous=previous_status,
         generation=generation,
         now=wall,
-        current=decision.replicas if scaled else current,
+        current=replicas_now,
         ready=None,
         replicas=counts,
         decision=decision,
@@ -302,7 +337,7 @@ async def reconcile_step(
         events=tuple(events),
         decision=decision,
         observation=observation,
-        current=current,
+        current=serving,
         scaled=scaled,
         metric_error=metric_error,
         error=error,

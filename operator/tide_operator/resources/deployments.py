@@ -45,15 +45,18 @@ from tide_operator.resources.spec import API_VERSION, KIND, WorkerPool, WorkerTe
 from tide_operator.resources.status import Replicas
 
 __all__ = [
+    "CORDONED_ANNOTATION",
     "DELETION_COST_ANNOTATION",
     "LABEL_POOL",
     "TEMPLATE_HASH_ANNOTATION",
     "UNKNOWN_BUSY_COST",
+    "ConsolidationPlan",
     "DeletionPlan",
     "PodLoad",
     "build_worker_deployment",
     "deployment_name",
     "deployment_replicas",
+    "plan_consolidation",
     "plan_deletion_costs",
     "pod_labels",
     "probe_app",
@@ -70,6 +73,12 @@ DELETION_COST_ANNOTATION: Final = "controller.kubernetes.io/pod-deletion-cost"
 # A pod that did not answer may be busy: it must rank after every pod known to be idle,
 # and after any plausible busy count, so it is never removed before one we know is free.
 UNKNOWN_BUSY_COST: Final = 1_000_000
+# A worker told to stop consuming (``shutdown.consolidate``) carries this annotation until it
+# is removed; the operator finds the pool's cordoned workers by it after a restart too.
+CORDONED_ANNOTATION: Final = "tide.dev/cordoned"
+# Deletion costs of consolidation: a cordoned worker that finished its tasks goes before
+# anything else; one still finishing them goes after everything else.
+_CORDONED_IDLE_COST: Final = -1
 WORKER_CONTAINER: Final = "worker"
 HOSTNAME_PREFIX: Final = "worker@"
 #: The downward-API variable holding the pod's name, in every owned worker container.
@@ -404,4 +413,86 @@ def deployment_replicas(deployment: Mapping[str, Any]) -> Replicas:
         existing=int(status.get("replicas") or 0),
         ready=int(status.get("readyReplicas") or 0),
         failure=failure,
+    )
+
+
+# --------------------------------------------------------------------------- consolidation
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationPlan:
+    """How a consolidating pool moves to ``serving`` consuming workers (see below)."""
+
+    # The Deployment's new spec.replicas: the consuming workers plus the cordoned busy ones.
+    replicas: int
+    # Busy workers to tell to stop consuming (cancel_consumer) and annotate.
+    cordon: tuple[str, ...]
+    # Cordoned workers to tell to consume again (add_consumer) and un-annotate.
+    reopen: tuple[str, ...]
+    # Idle workers the ReplicaSet is to remove (they get the lowest deletion cost).
+    remove: tuple[str, ...]
+    # Deletion-cost annotations that change.
+    costs: Mapping[str, int]
+
+
+def plan_consolidation(
+    pods: Sequence[PodLoad], *, cordoned: frozenset[str], current: int, desired: int
+) -> ConsolidationPlan:
+    """Move a pool of ``current`` replicas (``cordoned`` among them) to ``desired`` consuming.
+
+    Scale-in without cutting a task and without pinning: instead of deleting a busy worker
+    (which then has only its grace period to finish) or keeping it (which keeps it taking
+    new tasks, so a pool of heavy-tailed tasks never shrinks), a busy worker chosen for
+    removal is told to stop consuming. It finishes what it runs, however long, takes
+    nothing new, and is removed once idle. The plan, from the busy probe's counts:
+
+    * cordoned workers that are idle now go (cost below every other pod);
+    * growing: cordoned workers consume again first, busiest first (they are up); the rest
+      are new pods;
+    * shrinking: idle consuming workers go first; then the least busy are cordoned;
+      workers that did not answer are neither (they may be starting: the ReplicaSet takes
+      pods that are not ready first);
+    * ``replicas`` = ``desired`` consuming + the cordoned workers still busy.
+    """
+    by_name = {p.name: p for p in pods}
+    held = [n for n in cordoned if n in by_name]
+    cordoned_idle = sorted(n for n in held if by_name[n].busy == 0)
+    cordoned_busy = sorted(
+        (n for n in held if by_name[n].busy != 0), key=lambda n: (-(by_name[n].busy or 0), n)
+    )
+    serving = max(0, current - len(held))
+    consuming = [p for p in pods if p.name not in cordoned]
+    reopen: list[str] = []
+    cordon: list[str] = []
+    remove = list(cordoned_idle)
+    if desired > serving:
+        # Up and warm: the busiest first, then idle ones, before any new pod.
+        reopen = (cordoned_busy + cordoned_idle)[: desired - serving]
+        remove = [n for n in cordoned_idle if n not in reopen]
+    elif desired < serving:
+        surplus = serving - desired
+        idle = sorted(p.name for p in consuming if p.busy == 0)
+        remove += idle[:surplus]
+        surplus -= min(surplus, len(idle))
+        busy = sorted((p for p in consuming if p.busy), key=lambda p: (p.busy or 0, p.name))
+        cordon = [p.name for p in busy[:surplus]]
+    staying = len([n for n in cordoned_busy if n not in reopen]) + len(cordon)
+    costs: dict[str, int] = {}
+    gone = set(remove)
+    held_back = (set(cordoned_busy) - set(reopen)) | set(cordon)
+    for load in pods:
+        if load.name in gone:
+            cost = _CORDONED_IDLE_COST if load.name in cordoned else 0
+        elif load.name in held_back:
+            cost = UNKNOWN_BUSY_COST
+        else:
+            cost = _cost(load)
+        if cost != (load.current_cost if load.current_cost is not None else 0):
+            costs[load.name] = cost
+    return ConsolidationPlan(
+        replicas=desired + staying,
+        cordon=tuple(cordon),
+        reopen=tuple(reopen),
+        remove=tuple(remove),
+        costs=costs,
     )

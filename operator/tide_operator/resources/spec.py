@@ -355,6 +355,13 @@ class ShutdownSpec(_Model):
         description="Declared duration of the longest task; a grace period shorter than it "
         "is reported on status (SafeScaleIn=False).",
     )
+    consolidate: bool = Field(
+        default=False,
+        description="On scale-in, tell busy workers to stop consuming (Celery's "
+        "cancel_consumer) instead of removing them: they finish their tasks with no deadline, "
+        "take no new ones and are removed once idle, or consume again when the pool grows. "
+        "Needs workers named worker@<pod> and the operator's broker access (the busy probe).",
+    )
 
 
 class WorkerSettings(_Model):

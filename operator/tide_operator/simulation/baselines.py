@@ -40,6 +40,12 @@ scales the *ready* pods by the usage ratio. Tolerance may differ per direction
 ``tide-counts``
     Tide's policy without the completion counter, i.e. sizing on counts and age only, to show
     what the rates buy.
+``tide-consolidate``
+    Tide with ``shutdown.consolidate: true``: a busy worker chosen for scale-in is told to stop
+    consuming (Celery's ``cancel_consumer``) instead of being kept or deleted; it finishes its
+    tasks with no deadline, is removed once idle, and consumes again (``add_consumer``) before
+    a new replica is started. The policy then keeps no replica for in-flight work beyond the
+    slots it fills.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ __all__ = [
 ]
 
 POLICIES: tuple[str, ...] = ("tide", "keda-default", "keda-tuned", "hpa-default", "static")
-EXTRA_POLICIES: tuple[str, ...] = ("tide-counts",)
+EXTRA_POLICIES: tuple[str, ...] = ("tide-counts", "tide-consolidate")
 
 HPA_SYNC_PERIOD = 15.0
 HPA_TOLERANCE = 0.1
@@ -294,6 +300,7 @@ class KedaController:
     list_length: int = KEDA_LIST_LENGTH
     target_type: Literal["AverageValue", "Value"] = "AverageValue"
     idle_first: bool = False
+    consolidates: bool = False
     initial_replicas: int = 0
     scrape_interval: float = 0.0  # KEDA reads Redis itself, fresh on every query
     scrape_phase: float = 0.0
@@ -339,6 +346,7 @@ class HpaController:
     target: int = KEDA_LIST_LENGTH
     behavior: Behavior | None = None
     idle_first: bool = False
+    consolidates: bool = False
     initial_replicas: int = 1
     interval: float = HPA_SYNC_PERIOD
     scrape_interval: float = 15.0
@@ -361,6 +369,7 @@ class StaticController:
     name: str
     replicas: int
     idle_first: bool = False
+    consolidates: bool = False
     interval: float = 3600.0
     scrape_interval: float = 0.0
     scrape_phase: float = 0.0
@@ -381,6 +390,7 @@ class TideController:
     config: PolicyConfig
     use_rates: bool = True
     idle_first: bool = True
+    consolidates: bool = False
     initial_replicas: int = 0
     # The operator scrapes the exporter every polling interval; samples land half-way
     # between evaluations, so the value acted on is half an interval old.
@@ -402,7 +412,9 @@ class TideController:
             inflight=snapshot.inflight,
             oldest_age=snapshot.oldest_age,
             completed_total=float(snapshot.completed_total) if self.use_rates else None,
-            busy_replicas=snapshot.busy_replicas,
+            # A consolidating operator cordons busy workers instead of deleting them, so it
+            # keeps no replica for the work in flight beyond the slots it fills.
+            busy_replicas=None if self.consolidates else snapshot.busy_replicas,
             oldest_running_age=snapshot.oldest_running_age,
         )
         decision = decide(
@@ -438,8 +450,13 @@ def make_controller(
 
     ``config`` replaces Tide's defaults (``tide recommend`` replays candidate settings).
     """
-    if name in ("tide", "tide-counts"):
-        return TideController(name, config or tide_config(settings), use_rates=name == "tide")
+    if name in ("tide", "tide-counts", "tide-consolidate"):
+        return TideController(
+            name,
+            config or tide_config(settings),
+            use_rates=name != "tide-counts",
+            consolidates=name == "tide-consolidate",
+        )
     if name == "keda-default":
         return KedaController(name, 30.0, settings.max_replicas, None)
     if name == "keda-tuned":

@@ -114,6 +114,13 @@ class Controller(Protocol):
         """Whether the controller sets pod-deletion-cost from each worker's running tasks."""
 
     @property
+    def consolidates(self) -> bool:
+        """Whether a busy worker chosen for scale-in is told to stop consuming instead of
+        being deleted (Celery's ``cancel_consumer``): it finishes its tasks with no deadline,
+        takes no new ones, is removed once idle, and is reopened (``add_consumer``) before a
+        new replica is started."""
+
+    @property
     def initial_replicas(self) -> int: ...
 
     def evaluate(self, *, snapshot: Snapshot, current: int, now: float) -> int: ...
@@ -170,7 +177,7 @@ class SimResult:
 
 
 class _Replica:
-    __slots__ = ("created", "draining", "ended", "ident", "ready", "running")
+    __slots__ = ("cordoned", "created", "draining", "ended", "ident", "ready", "running")
 
     def __init__(self, ident: int, created: float, ready: float) -> None:
         self.ident = ident
@@ -178,6 +185,8 @@ class _Replica:
         self.ready = ready
         self.ended: float | None = None
         self.draining = False
+        # Told to stop consuming (not deleted): drains with no grace deadline.
+        self.cordoned = False
         self.running: set[int] = set()
 
 
@@ -210,6 +219,8 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
     seq = 0
     replicas: list[_Replica] = []
     active: list[_Replica] = []  # not draining: the controller's "current replicas"
+    cordoned: list[_Replica] = []  # told to stop consuming, still finishing tasks
+    consolidates = bool(getattr(controller, "consolidates", False))
     inflight = 0
     completed = 0
     interrupted = 0
@@ -280,13 +291,30 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
 
         return sorted(active, key=rank)[:count]
 
+    def reopen(replica: _Replica, now: float) -> None:
+        # add_consumer: the worker takes work again with the slots its tasks leave free.
+        replica.draining = replica.cordoned = False
+        cordoned.remove(replica)
+        active.append(replica)
+        stale = [t for t in tokens if t is replica]
+        for t in stale:
+            tokens.remove(t)
+        for _ in range(slots - len(replica.running)):
+            tokens.append(replica)
+        dispatch(now)
+
     def scale(target: int, now: float) -> None:
         current = len(active)
         if target == current:
             return
         scale_events.append((now, current, target))
         if target > current:
-            for _ in range(target - current):
+            missing = target - current
+            # A cordoned worker is up and warm: reopen the busiest first, before any new pod.
+            for replica in sorted(cordoned, key=lambda r: -len(r.running))[:missing]:
+                reopen(replica, now)
+                missing -= 1
+            for _ in range(missing):
                 add_replica(now, now + startup)
             return
         for replica in victims(current - target, now):
@@ -295,6 +323,9 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             if not replica.running:
                 removed[0] += 1
                 end_replica(replica, now)
+            elif consolidates:
+                replica.cordoned = True
+                cordoned.append(replica)
             elif math.isfinite(grace):
                 push(now + grace, _GRACE, replica.ident)
 
@@ -351,6 +382,9 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             if replica.draining:
                 if not replica.running:
                     removed[1] += 1
+                    if replica.cordoned:
+                        replica.cordoned = False
+                        cordoned.remove(replica)
                     end_replica(replica, now)
             elif queue:
                 start(queue.popleft(), replica, now)
