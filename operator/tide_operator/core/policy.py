@@ -84,6 +84,7 @@ __all__ = [
     "REASON_CODES",
     "SCALED_DOWN",
     "SCALED_UP",
+    "SEASON_BUCKETS",
     "Behavior",
     "Decision",
     "Demand",
@@ -98,8 +99,10 @@ __all__ = [
     "decide",
     "forecast_arrivals",
     "limit_by_behavior",
+    "restore_season",
     "scale_down_limit",
     "scale_up_limit",
+    "season_profile",
     "stabilize",
 ]
 
@@ -684,6 +687,34 @@ def forecast_arrivals(state: PolicyState, config: PolicyConfig, *, now: float) -
     return ahead
 
 
+def season_profile(state: PolicyState) -> tuple[float, ...] | None:
+    """The seasonal profile to store (rates to 0.1 ms⁻¹ precision), None before any bucket."""
+    if not state.season or all(v < 0 for v in state.season):
+        return None
+    return tuple(round(v, 4) if v >= 0 else -1.0 for v in state.season)
+
+
+def restore_season(
+    state: PolicyState,
+    profile: tuple[float, ...] | list[float],
+    *,
+    season_seconds: int,
+    config: PolicyConfig,
+) -> PolicyState:
+    """A fresh state that starts from a stored profile (an operator restart).
+
+    Only a profile of the same season length and resolution is taken; anything else (the
+    spec's ``forecast.seasonSeconds`` changed) is ignored and the profile is learnt anew.
+    """
+    if (
+        state.initialised
+        or season_seconds != config.forecast.season_seconds
+        or len(profile) != SEASON_BUCKETS
+    ):
+        return state
+    return replace(state, season=tuple(float(v) if v >= 0 else -1.0 for v in profile))
+
+
 def _remember(
     state: PolicyState, observation: Observation, *, now: float, config: PolicyConfig
 ) -> PolicyState:
@@ -1062,11 +1093,13 @@ def decide(
 
     if not state.initialised:
         # Like HPA, seed the scale-down window with the current size and treat the pool as
-        # active, so an operator restart never shrinks a pool at once.
+        # active, so an operator restart never shrinks a pool at once. A seasonal profile
+        # restored from the pool's status (``restore_season``) is kept.
         state = PolicyState(
             initialised=True,
             recommendations=((now, current),),
             last_active_at=now,
+            season=state.season,
         )
     state = _prune(state, config, now=now)
 

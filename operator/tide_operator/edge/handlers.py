@@ -368,6 +368,7 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
             previous_status=pool_memory.status,
             generation=generation,
             selector=target.selector_string(),
+            stored_status=body.get("status"),
         )
     except TargetUnavailable as exc:
         result = failed_step(

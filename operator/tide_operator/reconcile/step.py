@@ -48,10 +48,13 @@ from tide_operator.adapters.targets import (
 )
 from tide_operator.core.policy import (
     FALLBACK,
+    SEASON_BUCKETS,
     Decision,
     Observation,
     PolicyState,
     decide,
+    restore_season,
+    season_profile,
 )
 from tide_operator.resources.safety import WorkerFacts, scale_in_hazards, workers_status
 from tide_operator.resources.spec import WorkerPoolSpec
@@ -167,6 +170,49 @@ def failed_step(
     )
 
 
+def _phase(season: int, *, now: float, wall: datetime) -> int:
+    """Buckets between the policy's clock and the wall clock, modulo the season.
+
+    The policy indexes its profile by ``now`` (monotonic seconds, which another pod or
+    node counts from another origin); the status stores it by UTC time of day, so the
+    profile a restarted operator reads back lines up with the hours it was learnt in.
+    """
+    width = season / SEASON_BUCKETS
+    return round(((wall.timestamp() - now) % season) / width) % SEASON_BUCKETS
+
+
+def _restored(
+    state: PolicyState, stored: Any, *, config: Any, now: float, wall: datetime
+) -> PolicyState:
+    """``state`` with the seasonal profile of ``status.forecast``, if it fits the spec."""
+    if not isinstance(stored, Mapping):
+        return state
+    try:
+        by_wall = [float(v) for v in stored["arrivalsPerSecond"]]
+        season = int(stored["seasonSeconds"])
+    except (KeyError, TypeError, ValueError):
+        return state  # not ours to trust: learn it anew
+    if season <= 0 or len(by_wall) != SEASON_BUCKETS:
+        return state
+    shift = _phase(season, now=now, wall=wall)
+    profile = [by_wall[(j + shift) % SEASON_BUCKETS] for j in range(SEASON_BUCKETS)]
+    return restore_season(state, profile, season_seconds=season, config=config)
+
+
+def _forecast_status(
+    state: PolicyState, spec: WorkerPoolSpec, *, now: float, wall: datetime
+) -> dict[str, Any] | None:
+    profile = season_profile(state)
+    if profile is None:
+        return None
+    season = spec.to_policy_config().forecast.season_seconds
+    shift = _phase(season, now=now, wall=wall)
+    return {
+        "seasonSeconds": season,
+        "arrivalsPerSecond": [profile[(i - shift) % SEASON_BUCKETS] for i in range(SEASON_BUCKETS)],
+    }
+
+
 async def reconcile_step(
     *,
     spec: WorkerPoolSpec,
@@ -178,8 +224,12 @@ async def reconcile_step(
     previous_status: Mapping[str, Any] | None = None,
     generation: int | None = None,
     selector: str | None = None,
+    stored_status: Mapping[str, Any] | None = None,
 ) -> StepResult:
     """Read the target and the queues, decide, apply; return the status and events.
+
+    ``stored_status`` is the status as read from the object: a fresh ``state`` (an operator
+    restart) starts from the seasonal profile stored there (``status.forecast``).
 
     ``now`` is the policy's clock (monotonic seconds, the same clock as the observations);
     ``wall`` dates the status. Exceptions other than the two interfaces' own
@@ -198,6 +248,8 @@ async def reconcile_step(
             message=str(exc),
             spec=spec,
         )
+    if not state.initialised and stored_status:
+        state = _restored(state, stored_status.get("forecast"), config=config, now=now, wall=wall)
     try:
         current = await target.current()
     except TargetUnavailable as exc:
@@ -323,6 +375,7 @@ async def reconcile_step(
         selector=selector,
         workers=workers_status(facts),
         metrics_error=metric_error,
+        forecast=_forecast_status(decision.state, spec, now=now, wall=wall),
     )
     events = []
     if scaled:

@@ -597,6 +597,20 @@ class Condition(_Model):
     )
 
 
+class ForecastStatus(_Model):
+    """The arrivals forecast's seasonal profile, kept here so an operator restart (an
+    upgrade, a rescheduled pod) does not forget a day of history."""
+
+    season_seconds: int = Field(
+        ge=3600, description="Length of the season (spec.forecast.seasonSeconds) it covers."
+    )
+    arrivals_per_second: tuple[float, ...] = Field(
+        max_length=288,
+        description="Mean arrival rate per bucket of the season (288 buckets); -1 where no "
+        "arrivals were measured yet.",
+    )
+
+
 class WorkerPoolStatus(_Model):
     """What the operator last saw and did."""
 
@@ -624,6 +638,11 @@ class WorkerPoolStatus(_Model):
         default=None,
         description="What the workers really run (acks, prefetch, slots, integration), "
         "which SafeScaleIn is decided from.",
+    )
+    forecast: ForecastStatus | None = Field(
+        default=None,
+        description="The arrivals forecast's seasonal profile, restored when the operator "
+        "restarts.",
     )
     conditions: tuple[Condition, ...] = Field(
         default=(),

@@ -193,6 +193,7 @@ def build_status(
     workers: Mapping[str, Any] | None = None,
     replicas: Replicas | None = None,
     metrics_error: str | None = None,
+    forecast: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole status to have on the object after a step.
 
@@ -238,6 +239,12 @@ def build_status(
         status["workers"] = dict(workers)
     elif "workers" in before:
         status["workers"] = before["workers"]
+    if forecast is not None:
+        # The seasonal profile changes once per bucket (five minutes of a day): no write
+        # per poll on its account.
+        status["forecast"] = dict(forecast)
+    elif "forecast" in before:
+        status["forecast"] = before["forecast"]
     if scaled:
         status["lastScaleTime"] = stamp
     elif "lastScaleTime" in before:

@@ -71,9 +71,18 @@ class FakeExporter:
         self.down = False
         self.url = ""
         self.scrapes = 0
+        # celery_queue_completed_total per queue, and how much it grows per scrape (absent
+        # from the text until a queue is given a rate).
+        self.completed: dict[str, float] = {}
+        self.completed_per_scrape: dict[str, float] = {}
 
     def set(self, queue: str, *, waiting: int = 0, inflight: int = 0, oldest: float = 0.0) -> None:
         self.queues[queue] = {"waiting": waiting, "inflight": inflight, "oldest": oldest}
+
+    def complete(self, queue: str, *, per_scrape: float) -> None:
+        """Serve a completion counter for ``queue`` that grows by ``per_scrape`` per scrape."""
+        self.completed.setdefault(queue, 0.0)
+        self.completed_per_scrape[queue] = per_scrape
 
     def text(self) -> str:
         lines = []
@@ -87,6 +96,10 @@ class FakeExporter:
             for queue, figures in self.queues.items():
                 value = figures[series] if series else 0
                 lines.append(f'{name}{{queue_name="{queue}"}} {value}')
+        if self.completed:
+            lines.append("# TYPE celery_queue_completed_total counter")
+            for queue, total in self.completed.items():
+                lines.append(f'celery_queue_completed_total{{queue_name="{queue}"}} {total}')
         lines += ["# TYPE tide_exporter_stale gauge", "tide_exporter_stale 0", ""]
         return "\n".join(lines)
 
@@ -94,6 +107,8 @@ class FakeExporter:
         self.scrapes += 1
         if self.down:
             return web.Response(status=503, text="broker down")
+        for queue, step in self.completed_per_scrape.items():
+            self.completed[queue] += step
         return web.Response(text=self.text(), content_type="text/plain")
 
 
