@@ -57,7 +57,7 @@ from tide_contract.series import (
     TIDE_TARGETS,
     parse_queue_series,
 )
-from tide_operator.core.policy import Observation
+from tide_operator.core.policy import Observation, QueueObservation
 from tide_operator.resources.spec import MetricsSpec, PrometheusQueries
 
 __all__ = [
@@ -121,6 +121,21 @@ def _total(figures: Mapping[str, QueueFigures], *, now: float) -> Observation:
     # One exporter gives the counter for all of a pool's queues or for none, so a sum over
     # the queues that have it is the pool's count; none at all means "no counter".
     completed = [f.completed for f in figures.values() if f.completed is not None]
+    # Each queue's own figures too, when several queues each carry a counter: the policy
+    # then learns a service time per queue.
+    per_queue = (
+        tuple(
+            QueueObservation(
+                name,
+                waiting=round(f.waiting),
+                inflight=round(f.inflight),
+                completed_total=f.completed,
+            )
+            for name, f in sorted(figures.items())
+        )
+        if len(figures) > 1 and len(completed) == len(figures)
+        else ()
+    )
     return Observation(
         at=now,
         waiting=round(sum(f.waiting for f in figures.values())),
@@ -128,6 +143,7 @@ def _total(figures: Mapping[str, QueueFigures], *, now: float) -> Observation:
         scheduled=round(sum(f.scheduled for f in figures.values())),
         oldest_age=max(ages) if ages else None,
         completed_total=sum(completed) if completed else None,
+        queues=per_queue,
     )
 
 

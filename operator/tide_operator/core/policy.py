@@ -36,7 +36,8 @@ How a decision is made
      ``λ = completion rate + Δ(waiting + inflight) / Δt``, raised to the forecast one lead
      time ahead (Holt's trend and a daily seasonal profile, ``forecast_arrivals``); the
      service time from decayed sums of busy slot-seconds and completions (long tasks are
-     seen, tiny ones read as a millisecond). The pool is sized by Erlang C for the offered
+     seen, tiny ones read as a millisecond; per queue when the read carries each queue's
+     figures, and then the mix's mean). The pool is sized by Erlang C for the offered
      load plus the backlog's drain: the fewest replicas keeping P(wait > a tenth of
      ``maxWaitSeconds``) within 5 %, with a hysteresis band down to the fewest that keep up.
      A steady stream reads the same demand whatever the current size, which is what stops
@@ -94,6 +95,7 @@ __all__ = [
     "Observation",
     "PolicyConfig",
     "PolicyState",
+    "QueueObservation",
     "ScalingPolicy",
     "ScalingRules",
     "decide",
@@ -364,6 +366,16 @@ class PolicyConfig(_SpecModel):
 
 
 @dataclass(frozen=True, slots=True)
+class QueueObservation:
+    """One queue's figures within an observation, for service times learnt per queue."""
+
+    name: str
+    waiting: int
+    inflight: int
+    completed_total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     """One successful read of a pool's queues, taken at ``at`` (seconds, caller's clock)."""
 
@@ -379,6 +391,9 @@ class Observation:
     busy_replicas: int | None = None
     # How long the longest-running task has run (the busy probe's task start times).
     oldest_running_age: float | None = None
+    # The same figures per queue (a pool of several queues, each with its counter): service
+    # times are then learnt per queue and the offered load is the sum over queues.
+    queues: tuple[QueueObservation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +417,8 @@ class PolicyState:
     # Exponentially decayed sums for the service time: slot-seconds busy and completions.
     busy_seconds: float = 0.0
     completions: float = 0.0
+    # The same sums per queue: (queue, busy slot-seconds, completions), one entry per queue.
+    queue_sums: tuple[tuple[str, float, float], ...] = ()
     # Holt's linear trend on the arrival rate: level (tasks/s), slope (tasks/s per s).
     arrival_level: float | None = None
     arrival_trend: float = 0.0
@@ -610,6 +627,7 @@ def _learn(
     keep = _decay(dt, constant)
     busy_seconds = state.busy_seconds * keep + (previous.inflight + observation.inflight) / 2 * dt
     completions = state.completions * keep + completed
+    queue_sums = _learn_queues(state, previous, observation, dt=dt)
 
     # Holt's linear trend on the arrival rate.
     rate = arrived / dt
@@ -641,6 +659,7 @@ def _learn(
         state,
         busy_seconds=busy_seconds,
         completions=completions,
+        queue_sums=queue_sums,
         arrival_level=level,
         arrival_trend=trend,
         rate_at=observation.at,
@@ -649,6 +668,77 @@ def _learn(
         bucket_arrivals=bucket_arrivals + arrived,
         bucket_seconds=bucket_seconds + dt,
     )
+
+
+def _learn_queues(
+    state: PolicyState, previous: Observation, observation: Observation, *, dt: float
+) -> tuple[tuple[str, float, float], ...]:
+    """Per-queue decayed sums of busy slot-seconds and completions (see ``_learn``).
+
+    Only for a pool of several queues whose reads carry each queue's counter; a queue whose
+    counter went backwards or vanished keeps its decayed sums and adds nothing this time.
+    """
+    if len(observation.queues) < 2:
+        return ()
+    before = {q.name: q for q in previous.queues}
+    sums = {name: (busy, done) for name, busy, done in state.queue_sums}
+    learnt = []
+    for queue in observation.queues:
+        busy, done = sums.get(queue.name, (0.0, 0.0))
+        own = busy / done if done >= MIN_COMPLETIONS_FOR_RATES else 0.0
+        keep = _decay(dt, max(SERVICE_TIME_CONSTANT, 5 * own))
+        busy, done = busy * keep, done * keep
+        last = before.get(queue.name)
+        if (
+            last is not None
+            and last.completed_total is not None
+            and queue.completed_total is not None
+            and queue.completed_total >= last.completed_total
+        ):
+            busy += (last.inflight + queue.inflight) / 2 * dt
+            done += queue.completed_total - last.completed_total
+        learnt.append((queue.name, busy, done))
+    return tuple(learnt)
+
+
+def _mix_service_time(state: PolicyState, pooled: float | None) -> float | None:
+    """The mean service time of the current mix: sum of λ_q·S_q over the queues, over λ.
+
+    A pool of several queues whose tasks differ (1 s emails, 60 s reports) sees its pooled
+    service time drift for ten minutes after the mix shifts; with each queue's own S the
+    offered load follows the mix within the one-minute rate window. None without per-queue
+    figures (the pooled estimate is used).
+    """
+    if not state.observations or len(state.observations) < 2 or not state.queue_sums:
+        return None
+    first, last = state.observations[0], state.observations[-1]
+    elapsed = last.at - first.at
+    if elapsed <= 0 or len(last.queues) < 2:
+        return None
+    start = {q.name: q for q in first.queues}
+    sums = {name: (busy, done) for name, busy, done in state.queue_sums}
+    total_rate = offered = 0.0
+    for queue in last.queues:
+        then = start.get(queue.name)
+        if then is None or then.completed_total is None or queue.completed_total is None:
+            return None
+        finished = queue.completed_total - then.completed_total
+        if finished < 0:
+            return None
+        gained = (queue.waiting + queue.inflight) - (then.waiting + then.inflight)
+        rate = max(0.0, (finished + gained) / elapsed)
+        busy, done = sums.get(queue.name, (0.0, 0.0))
+        if done >= MIN_COMPLETIONS_FOR_RATES:
+            own: float | None = max(busy / done, MIN_SERVICE_TIME)
+        else:
+            own = pooled  # a queue not measured yet counts at the pool's mean
+        if own is None:
+            return None
+        total_rate += rate
+        offered += rate * own
+    if total_rate <= 0:
+        return None
+    return offered / total_rate
 
 
 def _seasonal(state: PolicyState, at: float, *, period: int) -> float | None:
@@ -842,6 +932,12 @@ def _demand(
             service_time = max(state.busy_seconds / state.completions, MIN_SERVICE_TIME)
     ahead = forecast_arrivals(state, config, now=now)
 
+    # Sizing uses the mix's service time when each queue's is known, else the pool's.
+    pooled = service_time
+    if rates is not None:
+        mix = _mix_service_time(state, service_time)
+        if mix is not None:
+            service_time = mix
     if service_time is None or arrival_rate is None or config.max_wait_seconds is None:
         # Nothing to convert counts into time: every task gets a slot at the backlog target.
         needed = float(waiting + inflight) * per_replica / config.backlog_per_worker
@@ -913,7 +1009,7 @@ def _demand(
         basis=basis,
         forecast_rate=ahead,
     )
-    return demand, service_time
+    return demand, pooled
 
 
 def _describe(demand: Demand, config: PolicyConfig) -> str:

@@ -16,7 +16,13 @@ from tide_operator.adapters.sources import (
     parse_queue_figures,
     queue_regex,
 )
-from tide_operator.core.policy import Observation, PolicyConfig, PolicyState, decide
+from tide_operator.core.policy import (
+    Observation,
+    PolicyConfig,
+    PolicyState,
+    QueueObservation,
+    decide,
+)
 from tide_operator.resources.spec import PrometheusQueries
 
 pytestmark = pytest.mark.timeout(90)
@@ -228,6 +234,9 @@ async def test_exporter_source_sums_the_counter(exposition: Exposition) -> None:
         source = ExporterSource(exposition.url, client=client)
         seen = await source.observe(["a", "b"], now=3.0)
         assert seen.completed_total == 42
+        assert seen.queues == (QueueObservation("a", 4, 1, 30), QueueObservation("b", 1, 0, 12))
+        # One queue: the pool's figures are the queue's, nothing per queue.
+        assert (await source.observe(["a"], now=3.5)).queues == ()
         # Without the series the policy must fall back to counts: None, never 0.
         exposition.text = text(a=(4, 1, 0, 2.0))
         assert (await source.observe(["a"], now=4.0)).completed_total is None
@@ -242,8 +251,10 @@ async def test_prometheus_sums_the_counter(prometheus: str, exposition: Expositi
     async with httpx.AsyncClient() as client:
         source = PrometheusSource(prometheus, client=client, timeout=5)
         want = Observation(
-            at=1.0, waiting=8, inflight=3, scheduled=1, oldest_age=40.0, completed_total=123
-        )
+            at=1.0, waiting=8, inflight=3, scheduled=1, oldest_age=40.0, completed_total=123,
+            # Each queue's own figures, for service times per queue.
+            queues=(QueueObservation("a", 5, 2, 100), QueueObservation("b", 3, 1, 23)),
+        )  # fmt: skip
         assert await observe_until(source, ["a", "b"], want) == want
         # A pool whose queues have no counter series: None (counts), not 0.
         exposition.text = text(a=(5, 2, 1, 12.5))
