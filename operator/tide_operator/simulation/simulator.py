@@ -380,12 +380,11 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             busy += durations[a]
             last_done = now
             if replica.draining:
-                if not replica.running:
+                if not replica.running and not replica.cordoned:
                     removed[1] += 1
-                    if replica.cordoned:
-                        replica.cordoned = False
-                        cordoned.remove(replica)
                     end_replica(replica, now)
+                # A cordoned replica that finished stays until the operator's next step
+                # finds it idle (the busy probe) and removes it.
             elif queue:
                 start(queue.popleft(), replica, now)
             else:
@@ -422,6 +421,13 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             seen = scraped if controller.scrape_interval > 0 else snapshot(now)
             target = controller.evaluate(snapshot=seen, current=len(active), now=now)
             scale(max(0, target), now)
+            for replica in [r for r in cordoned if not r.running]:
+                # Found idle by this step's probe and not reopened: the ReplicaSet's first
+                # pick (deletion cost -1).
+                removed[1] += 1
+                replica.cordoned = False
+                cordoned.remove(replica)
+                end_replica(replica, now)
             push(now + controller.interval, _TICK)
         else:  # _SAMPLE
             sample_t.append(now)
