@@ -307,7 +307,6 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
         current = len(active)
         if target == current:
             return
-        scale_events.append((now, current, target))
         if target > current:
             missing = target - current
             # A cordoned worker is up and warm: reopen the busiest first, before any new pod.
@@ -420,6 +419,9 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
         elif kind == _TICK:
             seen = scraped if controller.scrape_interval > 0 else snapshot(now)
             target = controller.evaluate(snapshot=seen, current=len(active), now=now)
+            # Scale events are changes of the Deployment's spec.replicas, which counts the
+            # cordoned replicas too: cordoning or reopening one moves nothing there.
+            before = len(active) + len(cordoned)
             scale(max(0, target), now)
             for replica in [r for r in cordoned if not r.running]:
                 # Found idle by this step's probe and not reopened: the ReplicaSet's first
@@ -428,12 +430,15 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
                 replica.cordoned = False
                 cordoned.remove(replica)
                 end_replica(replica, now)
+            after = len(active) + len(cordoned)
+            if after != before:
+                scale_events.append((now, before, after))
             push(now + controller.interval, _TICK)
         else:  # _SAMPLE
             sample_t.append(now)
             sample_waiting.append(len(queue))
             sample_inflight.append(inflight)
-            sample_replicas.append(len(active))
+            sample_replicas.append(len(active) + len(cordoned))
             push(now + sample_every, _SAMPLE)
 
     # Charge until the work is done; a run cut off at the overrun limit is charged to the cut.
