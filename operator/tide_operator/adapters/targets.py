@@ -368,6 +368,7 @@ class DeploymentTarget:
         worker_probe: WorkerProbe | None = None,
         facts_cache: WorkerFactsCache | None = None,
         adopted: bool = False,
+        cordon_writes: dict[str, bool] | None = None,
         workloads: Workloads | None = None,
     ) -> None:
         self.api = api
@@ -385,6 +386,9 @@ class DeploymentTarget:
         self.last_idle: int | None = None
         # The pods ``cordoned()`` listed, reused by ``consolidate`` in the same step.
         self._pods: list[dict[str, Any]] | None = None
+        # Cordons written (pod name -> cordoned) until the pods read show them; the pool's
+        # loop keeps it across ticks (a watch's index may lag a tick behind a write).
+        self._cordon_writes: dict[str, bool] = cordon_writes if cordon_writes is not None else {}
 
     async def fetch(self) -> dict[str, Any]:
         if self.workloads is not None:
@@ -528,14 +532,25 @@ class DeploymentTarget:
     def can_consolidate(self) -> bool:
         return self.busy_probe is not None and isinstance(self.busy_probe, ConsumerControl)
 
+    def _is_cordoned(self, pod: Mapping[str, Any]) -> bool:
+        """Cordoned per the annotation, or per this target's own write the pods it reads
+        (a watch's index) may not show yet."""
+        meta = pod.get("metadata", {})
+        annotated = CORDONED_ANNOTATION in (meta.get("annotations") or {})
+        written = self._cordon_writes.get(meta.get("name", ""))
+        if written is None:
+            return annotated
+        if written == annotated:
+            del self._cordon_writes[meta["name"]]  # the reads caught up
+        return written
+
     async def cordoned(self) -> int:
         """Pods annotated as cordoned (``CORDONED_ANNOTATION``); lists the pods."""
         self._pods = await self.worker_pods()
-        return sum(
-            1
-            for p in self._pods
-            if CORDONED_ANNOTATION in (p.get("metadata", {}).get("annotations") or {})
-        )
+        names = {p["metadata"]["name"] for p in self._pods}
+        for gone in set(self._cordon_writes) - names:
+            del self._cordon_writes[gone]
+        return sum(1 for p in self._pods if self._is_cordoned(p))
 
     async def consolidate(
         self, desired: int, *, current: int, queues: Sequence[str], reason: str
@@ -557,7 +572,7 @@ class DeploymentTarget:
         for pod in pods:
             meta = pod["metadata"]
             annotations = meta.get("annotations") or {}
-            if CORDONED_ANNOTATION in annotations:
+            if self._is_cordoned(pod):
                 cordoned.add(meta["name"])
             raw = annotations.get(DELETION_COST_ANNOTATION)
             try:
@@ -591,6 +606,8 @@ class DeploymentTarget:
                 )
             except NotFound:
                 continue
+            if CORDONED_ANNOTATION in changes:
+                self._cordon_writes[name] = changes[CORDONED_ANNOTATION] is not None
         self.last_idle = sum(1 for load in loads if load.busy == 0)
         if plan.replicas != current:
             await self.scale(plan.replicas, reason=reason)

@@ -277,6 +277,8 @@ class _Pool:
     source: MetricSource | None = None
     source_spec: MetricsSpec | None = None
     workers: WorkerFactsCache = field(default_factory=WorkerFactsCache)
+    # Workers cordoned or reopened by this loop, until the pod index shows it.
+    cordons: dict[str, bool] = field(default_factory=dict)
     # The live spec's pollingInterval, for ticks that fail before they return one.
     interval: float = INVALID_SPEC_RETRY
     # Trouble with the API server (loop time): since when this pool's ticks fail on it
@@ -351,6 +353,7 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
         facts_cache=pool_memory.workers,
         adopted=not spec.owned,
         workloads=runtime.workloads,
+        cordon_writes=pool_memory.cordons,
     )
     try:
         if spec.owned:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from tide_operator.adapters.targets import DeploymentTarget
 from tide_operator.core.policy import Observation, PolicyState
 from tide_operator.reconcile.step import reconcile_step
 from tide_operator.resources.deployments import (
+    CORDONED_ANNOTATION,
     UNKNOWN_BUSY_COST,
     PodLoad,
     plan_consolidation,
@@ -166,3 +169,32 @@ async def test_without_consolidate_the_busy_floor_stands() -> None:
     assert target.calls == []
     assert target.asked
     assert target.replicas == 10
+
+
+def test_own_cordons_count_before_the_pod_reads_show_them() -> None:
+    # The pods come from a watch's index, which may show a write a tick late: the target's
+    # own cordons and reopenings stand until the reads agree, then are forgotten.
+    writes = {"a": True, "b": False}
+    target = DeploymentTarget(
+        None,  # type: ignore[arg-type]  # no API call is made here
+        namespace="default",
+        name="workers",
+        cordon_writes=writes,
+    )
+
+    def pod(name: str, cordoned: bool) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "annotations": {CORDONED_ANNOTATION: "true"} if cordoned else {},
+            }
+        }
+
+    assert [target._is_cordoned(p) for p in (pod("a", False), pod("b", True), pod("c", True))] == [
+        True,
+        False,
+        True,
+    ]
+    assert writes == {"a": True, "b": False}
+    assert target._is_cordoned(pod("a", True))
+    assert writes == {"b": False}
