@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ from tide.jobs.api.serializers import (
 )
 from tide.jobs.models import Job, JobKind, JobState
 from tide.jobs.registry import describe, registered_tasks
+from tide.jobs.services import Idempotency
 
 
 def _when(text: str) -> datetime | None:
@@ -213,30 +215,19 @@ class JobViewSet(
     )
     def create(self, request: Request) -> Response:
         """Submit one registered task (``Idempotency-Key`` makes a retry safe)."""
-        key = idempotency.from_request(request)
-        if key is not None and (job := idempotency.earlier(request, key)) is not None:
-            return _answer(
-                JobSerializer(job, context={"request": request}).data, status.HTTP_200_OK
-            )
-        submission = SubmitTaskSerializer(data=request.data)
-        submission.is_valid(raise_exception=True)
-        try:
-            job = services.submit_task(
+
+        def make(key: Idempotency | None) -> Job:
+            submission = SubmitTaskSerializer(data=request.data)
+            submission.is_valid(raise_exception=True)
+            return services.submit_task(
                 step=submission.step(),
                 options=submission.options(),
                 owner=request.user,
                 idempotency=key,
             )
-        except IntegrityError:
-            # A retry with the same key committed first: answer with its job.
-            if key is None or (job := idempotency.earlier(request, key)) is None:
-                raise
-            return _answer(
-                JobSerializer(job, context={"request": request}).data, status.HTTP_200_OK
-            )
-        JOBS_SUBMITTED.labels(JobKind.TASK).inc()
-        return _answer(
-            JobSerializer(job, context={"request": request}).data, status.HTTP_201_CREATED
+
+        return _submit_once(
+            request, make, lambda job: JobSerializer(job, context={"request": request}).data
         )
 
     @extend_schema(
@@ -313,20 +304,11 @@ class JobViewSet(
         """Submit a finished job again as a new job (same task or workflow, arguments,
         queue, priority, limits, retry policy; no eta or expiry); ``rerun_of`` points back."""
         original = self.get_object()
-        key = idempotency.from_request(request)
-        if key is not None and (job := idempotency.earlier(request, key)) is not None:
-            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-            return _answer(body, status.HTTP_200_OK)
-        try:
-            job = services.rerun_job(original, owner=request.user, idempotency=key)
-        except IntegrityError:
-            if key is None or (job := idempotency.earlier(request, key)) is None:
-                raise
-            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-            return _answer(body, status.HTTP_200_OK)
-        JOBS_SUBMITTED.labels(job.kind).inc()
-        body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-        return _answer(body, status.HTTP_201_CREATED)
+        return _submit_once(
+            request,
+            lambda key: services.rerun_job(original, owner=request.user, idempotency=key),
+            lambda job: _detail(request, job),
+        )
 
     @extend_schema(request=CancelSerializer, responses={200: JobDetailSerializer})
     @action(detail=True, methods=["post"])
@@ -341,6 +323,32 @@ class JobViewSet(
 def _answer(body: Any, code: int) -> Response:
     """A submission's answer: the job, with its URL in ``Location``."""
     return Response(body, status=code, headers={"Location": body["url"]})
+
+
+def _submit_once(
+    request: Request,
+    make: Callable[[Idempotency | None], Job],
+    render: Callable[[Job], Any],
+) -> Response:
+    """Make one job per ``Idempotency-Key``: 201 with the job ``make`` made, or 200 with the
+    job the key made before (a replay, or the loser of two racing retries, whose insert
+    the unique (owner, key) constraint refused)."""
+    key = idempotency.from_request(request)
+    if key is not None and (job := idempotency.earlier(request, key)) is not None:
+        return _answer(render(job), status.HTTP_200_OK)
+    try:
+        job = make(key)
+    except IntegrityError:
+        if key is None or (job := idempotency.earlier(request, key)) is None:
+            raise
+        return _answer(render(job), status.HTTP_200_OK)
+    JOBS_SUBMITTED.labels(job.kind).inc()
+    return _answer(render(job), status.HTTP_201_CREATED)
+
+
+def _detail(request: Request, job: Job) -> Any:
+    """A job as ``JobDetailSerializer`` renders it, steps in order."""
+    return JobDetailSerializer(with_steps(job), context={"request": request}).data
 
 
 def with_steps(job: Job) -> Job:
@@ -365,31 +373,21 @@ class WorkflowView(APIView):
     def post(self, request: Request) -> Response:
         """Submit a chain, group or chord of registered tasks (``Idempotency-Key`` makes a
         retry safe)."""
-        key = idempotency.from_request(request)
-        if key is not None and (job := idempotency.earlier(request, key)) is not None:
-            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-            return _answer(body, status.HTTP_200_OK)
-        submission = SubmitWorkflowSerializer(data=request.data)
-        submission.is_valid(raise_exception=True)
-        steps, callback = submission.steps_and_callback()
-        kind = JobKind(submission.validated_data["type"])
-        try:
-            job = services.submit_workflow(
-                kind=kind,
+
+        def make(key: Idempotency | None) -> Job:
+            submission = SubmitWorkflowSerializer(data=request.data)
+            submission.is_valid(raise_exception=True)
+            steps, callback = submission.steps_and_callback()
+            return services.submit_workflow(
+                kind=JobKind(submission.validated_data["type"]),
                 steps=steps,
                 callback=callback,
                 options=submission.options(),
                 owner=request.user,
                 idempotency=key,
             )
-        except IntegrityError:
-            if key is None or (job := idempotency.earlier(request, key)) is None:
-                raise
-            body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-            return _answer(body, status.HTTP_200_OK)
-        JOBS_SUBMITTED.labels(kind).inc()
-        body = JobDetailSerializer(with_steps(job), context={"request": request}).data
-        return _answer(body, status.HTTP_201_CREATED)
+
+        return _submit_once(request, make, lambda job: _detail(request, job))
 
 
 class ById(CursorPagination):
