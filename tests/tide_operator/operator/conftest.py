@@ -7,14 +7,52 @@ the whole folder was selected (only then can a grant that nobody used be called 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pool_harness import USAGE, api, cluster_operator, emulator, exporter, operator, probe
+from stockapp_harness import StockBroker, Workers, redis_broker
+
+from tide_operator.adapters.targets import CeleryInspectProbe
+from tide_operator.edge.handlers import busy_probe_from_env
 
 __all__ = ["api", "cluster_operator", "emulator", "exporter", "operator", "probe"]
 
 HERE = Path(__file__).resolve().parent
+
+
+# Real workers of the stock app (tests of the busy probe, consolidation and recovery).
+@pytest.fixture
+def broker() -> Iterator[StockBroker]:
+    """A Redis corner of the stock app's own (keyspace and queues), removed afterwards."""
+    corner = redis_broker()
+    yield corner
+    corner.cleanup()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(folder=tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def real_probe(broker: StockBroker) -> Iterator[CeleryInspectProbe]:
+    # Built as the operator's pod builds it: the broker and the app's transport options.
+    probe = busy_probe_from_env(
+        {
+            "CELERY_BROKER_URL": broker.url,
+            "TIDE_BROKER_TRANSPORT_OPTIONS": json.dumps(broker.transport_options),
+        }
+    )
+    assert probe is not None
+    yield probe
+    probe.close()
+
+
 RBAC_TEST = "test_operator_rbac.py"
 
 

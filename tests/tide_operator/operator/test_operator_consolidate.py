@@ -7,51 +7,19 @@ finished its task it is the pod the ReplicaSet removes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from kube_emulator import TideEmulator
 from pool_harness import DEPLOYMENTS, NS, PODS, deployment_body, eventually, obj, pod_body
-from stockapp_harness import StockBroker, Workers, load_app, redis_broker
+from stockapp_harness import StockBroker, Workers, load_app
 
 from tide_operator.adapters.kube import KubeApi
 from tide_operator.adapters.targets import CeleryInspectProbe, DeploymentTarget
-from tide_operator.edge.handlers import busy_probe_from_env
 from tide_operator.resources.deployments import CORDONED_ANNOTATION, DELETION_COST_ANNOTATION
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(180)]
 
 LABELS = {"app": "stockapp-orders"}
 HOLD = "stockapp.tasks.hold"
-
-
-@pytest.fixture
-def broker() -> Iterator[StockBroker]:
-    corner = redis_broker()
-    yield corner
-    corner.cleanup()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(folder=tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-def real_probe(broker: StockBroker) -> Iterator[CeleryInspectProbe]:
-    probe = busy_probe_from_env(
-        {
-            "CELERY_BROKER_URL": broker.url,
-            "TIDE_BROKER_TRANSPORT_OPTIONS": json.dumps(broker.transport_options),
-        }
-    )
-    assert probe is not None
-    yield probe
-    probe.close()
 
 
 def annotations(emulator: TideEmulator, pod: str) -> dict[str, str]:

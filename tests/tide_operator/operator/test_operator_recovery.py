@@ -19,14 +19,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kube_emulator import TideEmulator
 from pool_harness import NS, FakeExporter, events, eventually, pod_body, pool_body
-from stockapp_harness import StockBroker, Worker, Workers, produce, redis_broker
+from stockapp_harness import StockBroker, Worker, Workers, produce
 
 from tide_celery.layout import LEASE_TTL
 from tide_operator.adapters.kube import KubeApi
@@ -39,20 +37,6 @@ pytestmark = [pytest.mark.timeout(120)]
 POOLS = f"/apis/tide.dev/v1alpha1/namespaces/{NS}/workerpools"
 PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
 HELD = 8  # -c 2, the stock app's prefetch multiplier 4
-
-
-@pytest.fixture
-def broker() -> Iterator[StockBroker]:
-    corner = redis_broker()
-    yield corner
-    corner.cleanup()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(folder=tmp_path)
-    yield started
-    started.stop_all()
 
 
 def _unacked(broker: StockBroker) -> int:

@@ -8,9 +8,7 @@ safe settings (``worker.acksLate: true`` by default): only asking the workers ca
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,11 +25,11 @@ from pool_harness import (
     pool_body,
     running_operator,
 )
-from stockapp_harness import StockBroker, Workers, redis_broker
+from stockapp_harness import StockBroker, Workers
 
 from tide_operator.adapters.kube import KubeApi
 from tide_operator.adapters.targets import CeleryInspectProbe
-from tide_operator.edge.handlers import Runtime, busy_probe_from_env
+from tide_operator.edge.handlers import Runtime
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -39,34 +37,6 @@ POOLS = f"/apis/tide.dev/v1alpha1/namespaces/{NS}/workerpools"
 DEPLOYMENTS_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
 PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
 LABELS = {"app": "stockapp-orders"}
-
-
-@pytest.fixture
-def broker() -> Iterator[StockBroker]:
-    corner = redis_broker()
-    yield corner
-    corner.cleanup()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(folder=tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-def real_probe(broker: StockBroker) -> Iterator[CeleryInspectProbe]:
-    # Built as the operator's pod builds it: the broker and the app's transport options.
-    probe = busy_probe_from_env(
-        {
-            "CELERY_BROKER_URL": broker.url,
-            "TIDE_BROKER_TRANSPORT_OPTIONS": json.dumps(broker.transport_options),
-        }
-    )
-    assert probe is not None
-    yield probe
-    probe.close()
 
 
 @pytest_asyncio.fixture()
