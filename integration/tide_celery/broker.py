@@ -40,8 +40,11 @@ class BrokerRedis:
         """The transport's visibility timeout in whole seconds (at least one)."""
         return max(1, int(self._visibility_timeout))
 
-    def run(self, build: Callable[[Any, str], None]) -> list[Any] | None:
-        """``build(pipeline, prefix)`` queues commands; they run in one round trip.
+    def run(
+        self, build: Callable[[Any, str], None], *, transaction: bool = False
+    ) -> list[Any] | None:
+        """``build(pipeline, prefix)`` queues commands; they run in one round trip
+        (in one MULTI/EXEC with ``transaction``).
 
         Returns the replies, or ``None`` when the broker is not Redis.
         """
@@ -64,6 +67,6 @@ class BrokerRedis:
                 import redis  # present wherever kombu's Redis transport runs
 
                 client = self._clients[pool] = redis.Redis(connection_pool=pool)
-            pipeline = client.pipeline(transaction=False)
+            pipeline = client.pipeline(transaction=transaction)
             build(pipeline, channel.global_keyprefix)
             return list(pipeline.execute())

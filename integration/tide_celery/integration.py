@@ -7,7 +7,8 @@ What it connects, and where each piece runs:
   (``worker@<host>``, which Tide's operator addresses, instead of Celery's
   ``celery@<host>``), the registration heartbeat (``tide_celery.workers``), and on Redis
   the lease and the record of received deliveries that dead-worker recovery reads
-  (``tide_celery.holdings``, ``tide_celery.recovery``);
+  (``tide_celery.holdings``, ``tide_celery.recovery``), and the notices of messages
+  recovery put back, handed to the app's receivers (``tide_celery.redeliveries``);
 * pool processes: per task, one round trip when it starts (``task:<id>`` into the worker's
   running set) and one when it ends (out of it, ``+1`` on the queue's completion counter
   and the run's end state, runtime and wait in the same round trip;
@@ -50,6 +51,7 @@ from tide_celery.layout import (
 from tide_celery.outcomes import Increment, started_waiting
 from tide_celery.outcomes import increments as outcome_increments
 from tide_celery.publish import stamp_published_at
+from tide_celery.redeliveries import deliver as deliver_redeliveries
 from tide_celery.workers import Heartbeat, consumed_queues
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class Integration:
             ttl=self.ttl,
             holdings=self.holdings,
             lease_interval=self.lease_interval,
+            on_tick=lambda: deliver_redeliveries(self.broker, self.app),
         )
         self.heartbeat.start()
 

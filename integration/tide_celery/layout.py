@@ -21,7 +21,10 @@ never collide with a queue name:
 * ``_tide.lease.<node>.<incarnation>`` (string with a TTL): the lease one run of that
   worker renews while it lives; recovery never touches the holdings of a live lease;
 * ``_tide.recovered`` (hash): queue -> messages dead workers held that recovery put back
-  (``tide_celery.recovery``).
+  (``tide_celery.recovery``);
+* ``_tide.redelivered`` (list, capped, with a TTL): one JSON notice
+  ``[task id, node, queue, unix time]`` per message recovery put back, taken by the app's
+  workers that listen for them (``tide_celery.redeliveries``).
 
 Priority sub-queues, separators and the unacked keys are kombu's, not Tide's: readers ask
 kombu's Redis channel for them (``_q_for_pri``, ``priority_steps``, ``sep``), configured
@@ -41,6 +44,12 @@ PUBLISHED_AT_HEADER = "published_at"
 COMPLETED_KEY = "_tide.completed"
 TASKS_KEY = "_tide.tasks"
 RECOVERED_KEY = "_tide.recovered"
+REDELIVERED_KEY = "_tide.redelivered"
+#: At most this many notices wait in ``_tide.redelivered`` (the oldest go first), for at
+#: most ``REDELIVERED_TTL`` seconds after the last one: an app whose workers never take
+#: them (no receiver of ``tide_celery.redeliveries.redelivered``) keeps a bounded list.
+REDELIVERED_MAX = 10_000
+REDELIVERED_TTL = 3600
 HELD_KEY_PREFIX = "_tide.held."
 LEASE_KEY_PREFIX = "_tide.lease."
 WORKERS_KEY = "_tide.workers"

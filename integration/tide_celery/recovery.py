@@ -21,8 +21,11 @@ incarnation after a container restart). For every delivery the node's record nam
   by kombu's own path, in one MULTI/EXEC watched on ``unacked`` as kombu's
   ``QoS.restore_by_tag`` does: ``_remove_from_indices`` and ``_do_restore_message`` (which
   marks it ``redelivered`` and pushes it on the priority list of every queue bound to its
-  exchange and routing key), plus, in the same transaction, the record's entry removed and
-  ``_tide.recovered`` counted per queue;
+  exchange and routing key), plus, in the same transaction, the record's entry removed,
+  ``_tide.recovered`` counted per queue and a notice ``[task id, node, queue, time]``
+  pushed on ``_tide.redelivered``, from which the app's workers learn that the task waits
+  to run again (Tide's jobs turn from ``started`` to ``retrying``;
+  ``tide_celery.redeliveries``);
 * else the message was acknowledged meanwhile (or restored by kombu's own visibility
   sweep): only the record's entry is dropped.
 
@@ -53,7 +56,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tide_celery.layout import LEASE_TTL, RECOVERED_KEY, held_key, lease_key
+from tide_celery.layout import (
+    LEASE_TTL,
+    RECOVERED_KEY,
+    REDELIVERED_KEY,
+    REDELIVERED_MAX,
+    REDELIVERED_TTL,
+    held_key,
+    lease_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +179,9 @@ def recover_node(channel: Any, node: str) -> Recovered:
         if incarnation in live:
             leased += 1
             continue
-        queues = _restore(channel, qos, tag=tag, record=record, prefix=prefix)
+        queues = _restore(
+            channel, qos, tag=tag, record=record, prefix=prefix, task_id=task_id, node=node
+        )
         if queues is None:
             continue  # left for kombu's visibility sweep (logged)
         if not queues:
@@ -190,10 +203,13 @@ def recover_node(channel: Any, node: str) -> Recovered:
     return result
 
 
-def _restore(channel: Any, qos: Any, *, tag: str, record: str, prefix: str) -> list[str] | None:
+def _restore(
+    channel: Any, qos: Any, *, tag: str, record: str, prefix: str, task_id: str, node: str
+) -> list[str] | None:
     """Put one delivery back as ``QoS.restore_by_tag`` does; the queues it went to.
 
     ``record``: the node's record, unprefixed (the prefix is added once, by ``_command``).
+    ``task_id``, ``node``: what the notice on ``_tide.redelivered`` says.
 
     ``[]``: it was no longer unacknowledged (only the record entry is dropped). ``None``:
     no queue is bound to its exchange and routing key any more; nothing changed.
@@ -221,6 +237,11 @@ def _restore(channel: Any, qos: Any, *, tag: str, record: str, prefix: str) -> l
         _command(pipe, "HDEL", record, tag, prefix=prefix)
         for queue in found:
             _command(pipe, "HINCRBY", RECOVERED_KEY, queue, 1, prefix=prefix)
+        if task_id:
+            notice = json.dumps([task_id, node, found[0], time.time()])
+            _command(pipe, "RPUSH", REDELIVERED_KEY, notice, prefix=prefix)
+            _command(pipe, "LTRIM", REDELIVERED_KEY, -REDELIVERED_MAX, -1, prefix=prefix)
+            _command(pipe, "EXPIRE", REDELIVERED_KEY, REDELIVERED_TTL, prefix=prefix)
         queues.extend(found)
 
     try:

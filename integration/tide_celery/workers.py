@@ -38,7 +38,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tide_celery.broker import BrokerRedis
 from tide_celery.holdings import Holdings
@@ -86,8 +86,11 @@ class Heartbeat:
         ttl: float,
         holdings: Holdings | None = None,
         lease_interval: float | None = None,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         self.broker = broker
+        #: Called after every lease renewal (the worker takes redelivery notices there).
+        self.on_tick = on_tick
         #: The worker's lease and delivery record (``tide_celery.holdings``), if kept.
         self.holdings = holdings
         #: Seconds between lease renewals (the thread wakes this often; a full beat runs
@@ -160,10 +163,19 @@ class Heartbeat:
             # what this worker holds, if its death is also reported (see recovery).
             log.warning("lease renewal of %s failed", self.node, exc_info=True)
 
+    def _safe_tick(self) -> None:
+        if self.on_tick is None:
+            return
+        try:
+            self.on_tick()
+        except Exception:
+            log.warning("tick of %s failed", self.node, exc_info=True)
+
     def _run(self) -> None:
         next_beat = time.monotonic() + self.interval
         while not self._stop.wait(self.lease_interval):
             self._safe_renew()
+            self._safe_tick()
             if time.monotonic() >= next_beat - self.lease_interval / 2:
                 next_beat = time.monotonic() + self.interval
                 self._safe_beat()

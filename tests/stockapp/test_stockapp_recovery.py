@@ -39,10 +39,12 @@ from tide_celery.layout import (
     HEARTBEAT_INTERVAL,
     LEASE_TTL,
     RECOVERED_KEY,
+    REDELIVERED_KEY,
     WORKERS_KEY,
     held_key,
 )
 from tide_celery.recovery import Recovered, recover, recover_when_lapsed
+from tide_celery.redeliveries import Redelivery, parse
 
 QUEUE = "orders"
 HELD = 8  # -c 2 and prefetch multiplier 4: two running, six reserved
@@ -63,6 +65,11 @@ def _recovered(broker: StockBroker) -> int:
 def _record(broker: StockBroker, node: str) -> dict[str, Any]:
     raw = broker.client().hgetall(broker.keyprefix + held_key(node))
     return {tag.decode(): json.loads(value) for tag, value in raw.items()}
+
+
+def _notices(broker: StockBroker) -> list[Redelivery]:
+    raw = broker.client().lrange(broker.keyprefix + REDELIVERED_KEY, 0, -1)
+    return [notice for notice in map(parse, raw) if notice is not None]
 
 
 def _node(worker: Worker) -> str:
@@ -135,6 +142,7 @@ def test_a_killed_workers_messages_are_back_and_run_elsewhere(
     exporter = stock_exporter(broker)
     worker = _start_holding(broker, stock_workers, wait, acks_late=acks_late)
     node = _node(worker)
+    before_kill = time.time()
     killed = _kill_main(worker)
 
     result = _recover(broker, node)
@@ -149,6 +157,11 @@ def test_a_killed_workers_messages_are_back_and_run_elsewhere(
     assert _unacked(broker) == 0
     assert _recovered(broker) == back
     assert _record(broker, node) == {}
+    # One notice per message put back, for the app's own records (tide_celery.redeliveries).
+    notices = _notices(broker)
+    assert sorted(n.task_id for n in notices) == sorted(result.task_ids)
+    assert {(n.node, n.queue) for n in notices} == {(node, QUEUE)}
+    assert all(before_kill <= n.at <= time.time() for n in notices)
     # Exported per queue by Tide's exporter, beside the completions.
     wait(
         lambda: scrape(exporter.url)[QUEUE].recovered == back,
@@ -166,6 +179,8 @@ def test_a_killed_workers_messages_are_back_and_run_elsewhere(
         what="every recovered task completed by the other worker",
         explain=other.tail,
     )
+    # The stock app connects no receiver: its workers leave the notices to someone who does.
+    assert len(_notices(broker)) == back
 
 
 def test_a_slow_but_alive_worker_is_not_recovered(

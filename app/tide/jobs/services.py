@@ -532,6 +532,9 @@ def mark_started(
         attempts=F("attempts") + 1,
         retries=retries,
         started_at=Coalesce(F("started_at"), now),
+        # When this run started (``update`` leaves auto_now alone): a redelivery notice
+        # older than it is about an earlier run (``mark_redelivered``).
+        updated_at=now,
     )
     if updated:
         if workflow:
@@ -591,6 +594,30 @@ def record_progress(task_id: str, *, percent: float, message: str = "") -> None:
 
 def mark_retrying(task_id: str, *, error: str) -> None:
     _not_final(task_id).update(state=JobState.RETRYING, error=error)
+
+
+def redelivery_reason(worker: str) -> str:
+    return f"redelivered: {worker} was lost while running it; it waits to run again"
+
+
+def mark_redelivered(task_id: str, *, worker: str, at: datetime) -> bool:
+    """Dead-worker recovery put the job's message back at ``at``: the run ``worker`` began
+    is over, the job waits in its queue to run again (``retrying``).
+
+    Only a job still shown running on that worker, by a run that started before ``at``, is
+    changed: a run that began since (the message already taken again, even by a worker
+    of the same name) is the live one. A job not yet started (a prefetched message) stays
+    ``pending``; a finished one stays finished.
+    """
+    return bool(
+        _not_final(task_id)
+        .filter(
+            state__in=(JobState.STARTED, JobState.PROGRESS),
+            worker=worker,
+            updated_at__lte=at,
+        )
+        .update(state=JobState.RETRYING, error=redelivery_reason(worker))
+    )
 
 
 def mark_succeeded(task_id: str, *, result: Any, workflow: str | None = None) -> None:

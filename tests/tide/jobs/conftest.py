@@ -51,9 +51,11 @@ def other_api(db: Any) -> APIClient:
 class Worker:
     """A running ``celery worker`` process the test can inspect and kill."""
 
-    def __init__(self, *, env: dict[str, str], concurrency: int, log: Path) -> None:
+    def __init__(
+        self, *, env: dict[str, str], concurrency: int, log: Path, queues: str | None = None
+    ) -> None:
         self.hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
-        queues = ",".join(dict.fromkeys([*settings.TIDE_QUEUES, "default", "cpu", "io"]))
+        queues = queues or ",".join(dict.fromkeys([*settings.TIDE_QUEUES, "default", "cpu", "io"]))
         self.log = log
         self.process = subprocess.Popen(
             [
@@ -123,11 +125,13 @@ def celery_worker(
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Any]:
-    """``start_worker(env)``: a worker of two slots in ``env``, stopped after the test."""
+    """``start_worker(env, queues=None)``: a worker of two slots in ``env`` (consuming
+    ``queues``, comma-separated, else every queue of Tide's), stopped after the test."""
     started: list[Worker] = []
 
-    def start(env: dict[str, str]) -> Worker:
-        started.append(Worker(env=env, concurrency=2, log=tmp_path / f"worker{len(started)}.log"))
+    def start(env: dict[str, str], queues: str | None = None) -> Worker:
+        log = tmp_path / f"worker{len(started)}.log"
+        started.append(Worker(env=env, concurrency=2, log=log, queues=queues))
         return started[-1]
 
     yield start
