@@ -26,8 +26,9 @@ caches sync, 429, 5xx) is held the same way for ``API_ERROR_GRACE`` seconds and
 ``API_ERROR_TICKS`` ticks in a row before ``Ready`` turns False. A metrics outage costs one
 status write, when ``Ready`` turns False: the policy's reasons carry no running count.
 
-Worker pods are watched too (those of owned Deployments, which carry the pool's label): a
-pod deleted, being deleted or failed (evicted, its node lost) is handed to
+Worker pods are watched too (those of owned Deployments, which carry the pool's label, and
+those of adopted Deployments, found by the Deployment's selector): a pod deleted, being
+deleted or failed (evicted, its node lost) is handed to
 ``tide_celery.recovery.Recoveries`` under its worker's node name (``worker@<pod name>``), so
 on Redis what it held unacknowledged is back in its queues seconds after the death shows,
 fenced by the worker's lease; the outcome is counted per queue
@@ -564,19 +565,54 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # Only bookkeeping here: the pool's loop (started by the first event) does the work.
         loops.observe(event.get("type"), event["object"])
 
-    @kopf.on.event("", "v1", "pods", labels={LABEL_POOL: kopf.PRESENT}, registry=registry)
+    # Every pod, not only those with the pool label: an adopted Deployment's pods carry its
+    # own labels. kopf watches pods once for the index and this handler; the work below
+    # starts only for a pod that is gone (pod_gone), and costs one look over the pools.
+    @kopf.on.event("", "v1", "pods", registry=registry)
     async def worker_pod(event: kopf.RawEvent, **_: Any) -> None:
         pod = event["object"]
         reason = pod_gone(event.get("type"), pod)
         if reason is None or runtime.recoveries is None:
             return
+        key = pool_of_pod(runtime, pod)
+        if key is None:
+            return  # not a worker of a pool this operator serves
         meta = pod.get("metadata") or {}
-        key = (meta.get("namespace") or "", (meta.get("labels") or {}).get(LABEL_POOL) or "")
-        if key not in loops:
-            return  # not a pool this operator serves
         runtime.recoveries.lost(worker_hostname(meta.get("name") or ""), reason=reason, context=key)
 
     return registry
+
+
+def pool_of_pod(runtime: Runtime, pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The served pool whose worker ``pod`` runs, or None.
+
+    A pod of an owned Deployment carries the pool's label. A pod of an adopted Deployment
+    (``scaleTargetRef``) carries that Deployment's labels only: it belongs to the pool of its
+    namespace whose Deployment's selector (``matchLabels``, as the watch or the operator's
+    last write knows it) its labels match.
+    """
+    loops = runtime.loops
+    if loops is None:
+        return None
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    labels: Mapping[str, str] = meta.get("labels") or {}
+    if LABEL_POOL in labels:
+        key = (namespace, str(labels[LABEL_POOL]))
+        return key if key in loops else None
+    if not runtime.workloads.watching:
+        return None
+    for key, body in loops.in_namespace(namespace):
+        target = ((body.get("spec") or {}).get("scaleTargetRef") or {}).get("name")
+        if not target:
+            continue
+        deployment = runtime.workloads.deployment(namespace, str(target))
+        selector = (((deployment or {}).get("spec") or {}).get("selector") or {}).get(
+            "matchLabels"
+        ) or {}
+        if selector and all(labels.get(k) == v for k, v in selector.items()):
+            return key
+    return None
 
 
 def pod_gone(event_type: str | None, pod: Mapping[str, Any]) -> str | None:

@@ -97,6 +97,10 @@ class PoolLoops:
         live = self._live.get(key)
         return None if live is None else live.handle.body
 
+    def in_namespace(self, namespace: str) -> list[tuple[Key, Mapping[str, Any]]]:
+        """(key, latest body) of every watched pool of ``namespace``."""
+        return [(k, live.handle.body) for k, live in self._live.items() if k[0] == namespace]
+
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event (``None`` for the initial listing) about one pool."""
         meta = body.get("metadata") or {}

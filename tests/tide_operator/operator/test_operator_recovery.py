@@ -9,7 +9,9 @@ recovery waits on the worker's lease, which real Redis expires.
 Each test proves one thing:
 
 * a pod deleted after its worker was killed: the messages are back, within the lease's
-  TTL of the kill, and the pool shows a ``WorkerRecovered`` Event and the counter;
+  TTL of the kill, and the pool shows a ``WorkerRecovered`` Event and the counter; the
+  same for a pod of an adopted Deployment (``scaleTargetRef``), which carries the
+  Deployment's labels and not the pool's;
 * a pod deleted while its worker still runs (a node partitioned from the API server, or
   a force deletion): nothing moves while the lease is renewed.
 """
@@ -23,7 +25,15 @@ from typing import Any
 
 import pytest
 from kube_emulator import TideEmulator
-from pool_harness import NS, FakeExporter, events, eventually, pod_body, pool_body
+from pool_harness import (
+    NS,
+    FakeExporter,
+    deployment_body,
+    events,
+    eventually,
+    pod_body,
+    pool_body,
+)
 from stockapp_harness import StockBroker, Worker, Workers, produce
 
 from tide_celery.layout import LEASE_TTL
@@ -36,6 +46,9 @@ pytestmark = [pytest.mark.timeout(120)]
 
 POOLS = f"/apis/tide.dev/v1alpha1/namespaces/{NS}/workerpools"
 PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+DEPLOYMENTS_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments"
+#: The team's own labels on an adopted Deployment's pods (no pool label).
+TEAM_LABELS = {"app": "stockapp-orders", "tier": "worker"}
 HELD = 8  # -c 2, the stock app's prefetch multiplier 4
 
 
@@ -63,13 +76,23 @@ async def _pool_with_pod(
     exporter: FakeExporter,
     *,
     pool: str,
+    adopted: bool = False,
 ) -> tuple[str, Worker]:
     operator.recoveries = recoveries_for(
         operator, broker.url, transport_options=broker.transport_options
     )
-    await api.create(POOLS, pool_body(pool, exporter_url=exporter.url, minReplicas=1))
-    pod = f"{pool}-workers-7d9f8-x2x4q"
-    await api.create(PODS_PATH, pod_body(pod, labels={LABEL_POOL: pool}))
+    if adopted:
+        # The team's Deployment, adopted by the pool; its pods carry the team's labels.
+        await api.create(DEPLOYMENTS_PATH, deployment_body("team", replicas=1, labels=TEAM_LABELS))
+        # Another pod of the namespace, of no pool: its death is nobody's to recover.
+        await api.create(PODS_PATH, pod_body("bystander", labels={"app": "other"}))
+        spec: dict[str, Any] = {"scaleTargetRef": {"name": "team"}, "queues": ["orders"]}
+        await api.create(POOLS, pool_body(pool, exporter_url=exporter.url, minReplicas=1, **spec))
+        pod, labels = "team-5c7b9-q8w2n", TEAM_LABELS
+    else:
+        await api.create(POOLS, pool_body(pool, exporter_url=exporter.url, minReplicas=1))
+        pod, labels = f"{pool}-workers-7d9f8-x2x4q", {LABEL_POOL: pool}
+    await api.create(PODS_PATH, pod_body(pod, labels=labels))
     produce(broker, [("stockapp.tasks.hold", [broker.run], {"queue": "orders"})] * HELD)
     # The worker that pod runs: its node name is the one the operator derives from the pod.
     worker = workers.start(
@@ -91,6 +114,7 @@ async def _delete(api: KubeApi, pod: str) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("adopted", [False, True], ids=["owned", "adopted"])
 async def test_a_deleted_pods_messages_are_back_and_reported(
     emulator: TideEmulator,
     api: KubeApi,
@@ -98,9 +122,15 @@ async def test_a_deleted_pods_messages_are_back_and_reported(
     exporter: FakeExporter,
     broker: StockBroker,
     workers: Workers,
+    adopted: bool,
 ) -> None:
     exporter.set("orders", waiting=0, inflight=HELD)
-    pod, worker = await _pool_with_pod(api, operator, broker, workers, exporter, pool="rec")
+    pod, worker = await _pool_with_pod(
+        api, operator, broker, workers, exporter, pool="rec", adopted=adopted
+    )
+    if adopted:
+        # A pod of no pool goes first: nothing is recovered for it.
+        await _delete(api, "bystander")
     os.killpg(worker.process.pid, signal.SIGKILL)  # the container and its pool processes
     worker.process.wait(10)
     killed = time.monotonic()
@@ -117,6 +147,8 @@ async def test_a_deleted_pods_messages_are_back_and_reported(
         lambda: events(emulator, WORKER_RECOVERED), timeout=10, what="the Event"
     )
     (event,) = found
+    assert operator.recoveries is not None
+    assert [r.node for r in operator.recoveries.results] == [worker_hostname(pod)]
     assert event["involvedObject"]["name"] == "rec"
     assert event["type"] == "Warning"
     assert f"{HELD} message(s) of {worker_hostname(pod)}" in event["message"]
