@@ -451,9 +451,13 @@ def test_workerpool_fields_from_values(rendered: dict[str, Render]) -> None:
     assert default_pool["queues"] == ["default", "emails"]
     assert default_pool["fallback"] == {"failureThreshold": 3, "replicas": 4}
     assert default_pool["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
-    # No metrics source named: the chart default (Prometheus in this scenario).
+    # No metrics source named: the chart default (Prometheus in this scenario), kept to
+    # this release's exporter by the namespace label the Prometheus Operator adds.
     assert default_pool["metrics"] == {
-        "prometheus": {"url": "http://prometheus-operated.monitoring.svc:9090"}
+        "prometheus": {
+            "url": "http://prometheus-operated.monitoring.svc:9090",
+            "selector": 'namespace="tide"',
+        }
     }
     # The grace period covers the longest task (900 s) plus time to stop.
     assert default_pool["shutdown"] == {"gracePeriodSeconds": 930, "longestTaskSeconds": 900}
@@ -577,3 +581,23 @@ def test_notes_tell_how_to_reach_api_flower_and_grafana() -> None:
     assert "FLOWER_BASIC_AUTH" in notes
     assert "/d/tide-overview/" in notes
     assert "helm upgrade" in notes  # the pools wait for the next upgrade
+
+
+@pytest.mark.parametrize(
+    ("values", "selector"),
+    [
+        ((), 'namespace="tide"'),
+        (
+            ("--set-string", 'monitoring.prometheusSelector=job="tide-exporter"'),
+            'job="tide-exporter"',
+        ),
+        (("--set-string", "monitoring.prometheusSelector="), None),
+    ],
+    ids=["release-namespace", "own", "none"],
+)
+def test_prometheus_pools_select_their_release(
+    values: tuple[str, ...], selector: str | None
+) -> None:
+    objects = template("--set", "workerPoolDefaults.metricsSource=prometheus", *values)
+    (pool,) = [o for o in objects if o["kind"] == "WorkerPool"]
+    assert pool["spec"]["metrics"]["prometheus"].get("selector") == selector

@@ -69,28 +69,42 @@ __all__ = [
     "QueueFigures",
     "SharedQueries",
     "SharedScrapes",
+    "default_queries",
     "queue_regex",
     "source_for",
 ]
 
 
-def _sum_by_queue(series: str, *, how: str = "sum") -> str:
+def _sum_by_queue(series: str, *, how: str = "sum", selector: str = "") -> str:
     # Tide's exporter and celery-exporter publish the same names; a Prometheus scraping
     # both holds two copies of every queue (a plain sum reads 200 for 100). Only Tide's
     # exporters also publish tide_exporter_up, whatever their job is named: keep theirs.
-    return f'{how} by ({QUEUE_LABEL}) ({series}{{{QUEUE_LABEL}=~"$queues"}} {TIDE_TARGETS})'
+    # ``selector`` (the pool's spec.metrics.prometheus.selector) names one of several Tide
+    # exporters: two releases whose brokers both have a queue "default" would add up.
+    matchers = f'{QUEUE_LABEL}=~"$queues"' + (f", {selector}" if selector else "")
+    return f"{how} by ({QUEUE_LABEL}) ({series}{{{matchers}}} {TIDE_TARGETS})"
 
 
-DEFAULT_QUERIES: Final[Mapping[str, str]] = {
-    "waiting": _sum_by_queue(QUEUE_LENGTH),
-    "inflight": _sum_by_queue(QUEUE_INFLIGHT),
-    "scheduled": _sum_by_queue(QUEUE_SCHEDULED),
-    "oldest_age": _sum_by_queue(QUEUE_OLDEST_AGE, how="max"),
-}
-_STALE_QUERY: Final = f"max({EXPORTER_STALE})"
-COMPLETED_QUERY: Final = _sum_by_queue(QUEUE_COMPLETED)
-# The queries one answer of which serves every pool (grouped by queue, or naming none).
-_SHARED_TEMPLATES: Final = frozenset({*DEFAULT_QUERIES.values(), COMPLETED_QUERY, _STALE_QUERY})
+def default_queries(selector: str = "") -> dict[str, str]:
+    """The four figures' default PromQL, kept to the exporters ``selector`` matches."""
+    return {
+        "waiting": _sum_by_queue(QUEUE_LENGTH, selector=selector),
+        "inflight": _sum_by_queue(QUEUE_INFLIGHT, selector=selector),
+        "scheduled": _sum_by_queue(QUEUE_SCHEDULED, selector=selector),
+        "oldest_age": _sum_by_queue(QUEUE_OLDEST_AGE, how="max", selector=selector),
+    }
+
+
+def completed_query(selector: str = "") -> str:
+    return _sum_by_queue(QUEUE_COMPLETED, selector=selector)
+
+
+def stale_query(selector: str = "") -> str:
+    return f"max({EXPORTER_STALE}{{{selector}}})" if selector else f"max({EXPORTER_STALE})"
+
+
+DEFAULT_QUERIES: Final[Mapping[str, str]] = default_queries()
+COMPLETED_QUERY: Final = completed_query()
 
 
 class MetricsUnavailable(Exception):
@@ -301,6 +315,7 @@ class PrometheusSource:
         client: httpx.AsyncClient,
         timeout: float = 5.0,
         queries: PrometheusQueries | None = None,
+        selector: str | None = None,
         shared: SharedQueries | None = None,
     ) -> None:
         self.base = url.rstrip("/")
@@ -309,7 +324,16 @@ class PrometheusSource:
         self.timeout = timeout
         self.shared = shared
         overrides = queries.model_dump(exclude_none=True) if queries is not None else {}
-        self.queries: dict[str, str] = {**DEFAULT_QUERIES, **overrides}
+        defaults = default_queries(selector or "")
+        self.queries: dict[str, str] = {**defaults, **overrides}
+        self.completed_query = completed_query(selector or "")
+        self.stale_query = stale_query(selector or "")
+        # The queries one answer of which serves every pool with the same selector (grouped
+        # by queue, or naming none); an override may not group by queue, so it stays apart.
+        self.shareable = frozenset(
+            {q for name, q in defaults.items() if name not in overrides}
+            | {self.completed_query, self.stale_query}
+        )
 
     async def _query(self, promql: str) -> list[dict[str, Any]]:
         try:
@@ -346,8 +370,7 @@ class PrometheusSource:
 
     def _read(self, template: str, queues: Sequence[str]) -> Awaitable[Samples]:
         """One figure's samples: shared with the other pools for a default query."""
-        shareable = template in _SHARED_TEMPLATES
-        if self.shared is not None and shareable:
+        if self.shared is not None and template in self.shareable:
             return self.shared.query(
                 self.base,
                 template,
@@ -358,11 +381,11 @@ class PrometheusSource:
         return self._query(template.replace("$queues", queue_regex(queues)))
 
     async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
-        queries = {**self.queries, "completed": COMPLETED_QUERY}
+        queries = {**self.queries, "completed": self.completed_query}
         names = list(queries)
         results = await asyncio.gather(
             *(self._read(queries[n], queues) for n in names),
-            self._read(_STALE_QUERY, queues),
+            self._read(self.stale_query, queues),
         )
         stale = results[-1]
         if any(float(s["value"][1]) >= 1 for s in stale):
@@ -508,7 +531,12 @@ def source_for(
     if metrics.prometheus is not None:
         p = metrics.prometheus
         return PrometheusSource(
-            p.url, client=client, timeout=p.timeout_seconds, queries=p.queries, shared=queries
+            p.url,
+            client=client,
+            timeout=p.timeout_seconds,
+            queries=p.queries,
+            selector=p.selector,
+            shared=queries,
         )
     assert metrics.exporter is not None  # validated: exactly one
     e = metrics.exporter

@@ -283,6 +283,11 @@ class PrometheusQueries(_Model):
     )
 
 
+# PromQL label matchers as they go between braces: name="value", name=~"regex", ...
+_MATCHER = r'[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"([^"\\]|\\.)*"'
+_SELECTOR_PATTERN = rf"^\s*{_MATCHER}(\s*,\s*{_MATCHER})*\s*$"
+
+
 class PrometheusMetrics(_Model):
     """Read the queue series from Prometheus' HTTP API (instant queries)."""
 
@@ -292,6 +297,15 @@ class PrometheusMetrics(_Model):
     )
     timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, description="Timeout of one query, in seconds."
+    )
+    selector: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=_SELECTOR_PATTERN,
+        description="Label matchers added to every default query, naming the Tide exporter"
+        ' this pool\'s queues come from, e.g. namespace="tide" or job="tide-exporter".'
+        " Needed where one Prometheus scrapes several Tide releases whose brokers have"
+        " queues of the same name: without it their figures add up.",
     )
     queries: PrometheusQueries | None = Field(
         default=None, description="PromQL overrides for the four figures."

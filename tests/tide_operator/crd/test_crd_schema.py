@@ -88,6 +88,38 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ),
     # No metric source.
     ("no-source", with_spec(metrics={}), "set exactly one of prometheus or exporter"),
+    # Label matchers naming one Tide exporter among several in the same Prometheus.
+    (
+        "prometheus-selector",
+        with_spec(
+            metrics={
+                "prometheus": {
+                    "url": "http://p:9090",
+                    "selector": 'namespace="tide", job=~"tide-.*exporter", x!~"a\\"b"',
+                }
+            }
+        ),
+        None,
+    ),
+    # Not a matcher (the value unquoted): Prometheus would refuse every query.
+    (
+        "prometheus-selector-unquoted",
+        with_spec(metrics={"prometheus": {"url": "http://p:9090", "selector": "namespace=tide"}}),
+        "does not match",
+    ),
+    # Anything past the braces would change what the query means: refused, not spliced in.
+    (
+        "prometheus-selector-escape",
+        with_spec(
+            metrics={
+                "prometheus": {
+                    "url": "http://p:9090",
+                    "selector": 'namespace="a"} or vector(1000) or up{job="x"',
+                }
+            }
+        ),
+        "does not match",
+    ),
     # Step policies are required unless the direction is disabled.
     (
         "no-policies",

@@ -112,6 +112,50 @@ async def test_a_second_exporter_of_the_same_series_is_not_added(
 
 
 @pytest.mark.asyncio
+async def test_a_selector_keeps_one_tide_release_of_several(
+    prometheus: str, exposition: Exposition, other_exporter: Exposition
+) -> None:
+    # A second Tide release (its own broker, a queue of the same name, and stale: its
+    # broker is down) scraped by the same Prometheus: without a selector the pool reads
+    # the sum and the other release's outage; with it, only its own exporter.
+    exposition.text = text(a=(100, 4, 0, 12.0))
+    other_exporter.text = text(stale=1, a=(50, 1, 0, 40.0))
+    try:
+        async with httpx.AsyncClient() as client:
+            both = f"{prometheus}/api/v1/query"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                result = httpx.get(both, params={"query": "tide_exporter_up"})
+                if len(result.json()["data"]["result"]) == 2:
+                    break
+                await asyncio.sleep(0.2)
+            assert len(result.json()["data"]["result"]) == 2
+            unselected = PrometheusSource(prometheus, client=client, timeout=5)
+            with pytest.raises(MetricsUnavailable, match="stale"):
+                await unselected.observe(["a"], now=1.0)
+            selected = PrometheusSource(
+                prometheus, client=client, timeout=5, selector='job="exporter"'
+            )
+            want = Observation(at=1.0, waiting=100, inflight=4, scheduled=0, oldest_age=12.0)
+            assert await observe_until(selected, ["a"], want) == want
+            # And the other release, named by its own selector, reads its own figures.
+            other_exporter.text = text(a=(50, 1, 0, 40.0))
+            other = PrometheusSource(
+                prometheus, client=client, timeout=5, selector='job="celery-exporter"'
+            )
+            want = Observation(at=1.0, waiting=50, inflight=1, scheduled=0, oldest_age=40.0)
+            assert await observe_until(other, ["a"], want) == want
+            unselected_sum = await observe_until(
+                unselected,
+                ["a"],
+                Observation(at=1.0, waiting=150, inflight=5, scheduled=0, oldest_age=40.0),
+            )
+            assert unselected_sum.waiting == 150
+    finally:
+        other_exporter.text = ""
+
+
+@pytest.mark.asyncio
 async def test_prometheus_sums_the_pools_queues(prometheus: str, exposition: Exposition) -> None:
     exposition.text = text(a=(5, 2, 1, 12.5), b=(3, 1, 0, 40.0), other=(100, 9, 9, 999.0))
     async with httpx.AsyncClient() as client:
