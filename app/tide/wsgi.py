@@ -2,7 +2,10 @@
 
 import os
 
+from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
+from tide.health.middleware import ChunkedBody
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tide.settings.local")
-application = get_wsgi_application()
+application = ChunkedBody(get_wsgi_application(), settings.TIDE_MAX_REQUEST_BYTES)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
@@ -57,6 +59,60 @@ class BodySizeLimitMiddleware:
                 status=413,
             )
         return self.get_response(request)
+
+
+class QueryStringMiddleware:
+    """Answer 400 for a query string that no filter can match: a NUL character.
+
+    PostgreSQL refuses NUL in a query's text, so ``?queue=%00`` would otherwise reach
+    the database and fail there (a 500). No name Tide stores holds one, so the request
+    can only be a mistake or a probe; the answer names the parameter.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from django.http import JsonResponse
+
+        if "%00" in request.META.get("QUERY_STRING", ""):
+            for name, values in request.GET.lists():
+                if "\x00" in name or any("\x00" in value for value in values):
+                    JOBS_REJECTED.labels("invalid").inc()
+                    return JsonResponse(
+                        {
+                            "error": "invalid",
+                            "detail": {
+                                name.replace("\x00", "\\u0000"): "Query parameters must not "
+                                "contain a NUL character (%00)."
+                            },
+                        },
+                        status=400,
+                    )
+        return self.get_response(request)
+
+
+class ChunkedBody:
+    """WSGI wrapper: give Django the body of a ``Transfer-Encoding: chunked`` request.
+
+    gunicorn decodes chunked bodies on ``wsgi.input`` but, as HTTP/1.1 says, sends no
+    ``CONTENT_LENGTH`` with them; Django reads exactly ``CONTENT_LENGTH`` bytes, so it saw
+    an empty body. This reads the body (at most the platform's limit and one byte, so an
+    endless stream costs nothing more) and states its length; ``BodySizeLimitMiddleware``
+    answers 413 past the limit as for any other body.
+    """
+
+    def __init__(self, application: Any, limit: int) -> None:
+        self.application = application
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not environ.get("CONTENT_LENGTH"):
+            body = environ["wsgi.input"].read(self.limit + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.application(environ, start_response)
 
 
 class ProbeMiddleware:

@@ -15,6 +15,7 @@ import httpx
 import pybreaker
 from celery.exceptions import SoftTimeLimitExceeded
 
+from tide.jobs.outbound import check_url
 from tide.jobs.registry import job_task
 
 
@@ -100,7 +101,10 @@ shipping_breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30, name="
     max_retries=8,
 )
 def notify_shipping(self: Any, order_id: str, url: str, timeout: float = 5.0) -> int:
-    """POST an order to the shipping service; retried with backoff while it is down."""
+    """POST an order to the shipping service; retried with backoff while it is down.
+
+    The URL's host must be in ``TIDE_OUTBOUND_HOSTS``; any other fails the job at once."""
+    check_url(url)
 
     @shipping_breaker
     def post() -> httpx.Response:

@@ -42,6 +42,7 @@ MIDDLEWARE = [
     "tide.health.middleware.PrometheusMiddleware",
     "tide.health.middleware.ProbeMiddleware",
     "tide.health.middleware.BodySizeLimitMiddleware",
+    "tide.health.middleware.QueryStringMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (Swagger UI, Redoc, the admin's CSS) straight from the installed
     # packages: no collectstatic step, no web server beside gunicorn.
@@ -109,6 +110,15 @@ WHITENOISE_AUTOREFRESH = False
 # turns it on; a deployment chooses (it is one more login page facing the network).
 TIDE_ADMIN_ENABLED = env_bool("TIDE_ADMIN_ENABLED", default=False)
 
+# The sample tasks (tide.samples.*) are demonstrations: notify_shipping posts to any URL it
+# is given, cpu_bound burns CPU for as long as asked. They are submittable only where this
+# is on: local mode and the test settings turn it on, a deployment opts in.
+TIDE_SAMPLE_TASKS = env_bool("TIDE_SAMPLE_TASKS", default=False)
+# Hosts that tasks calling out (notify_shipping; users' tasks through
+# tide.jobs.outbound.check_url) may reach: exact names, or ``*.example.com`` for its
+# subdomains. Empty: none; a refused host fails the task before any request is made.
+TIDE_OUTBOUND_HOSTS = env_list("TIDE_OUTBOUND_HOSTS", default="")
+
 # Requests larger than this are refused with 413 before the view parses them: a job's
 # arguments travel through the broker and the database, where megabytes do harm.
 TIDE_MAX_REQUEST_BYTES = env_int("TIDE_MAX_REQUEST_BYTES", 256 * 1024)
@@ -123,7 +133,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["tide.jobs.api.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "tide.jobs.api.errors.exception_handler",
 }
 

@@ -11,7 +11,7 @@ import os
 
 from tide.settings.base import *  # noqa: F403
 from tide.settings.base import BASE_DIR, DATABASES
-from tide.settings.env import env_bool
+from tide.settings.env import env_bool, env_list
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "tide-local-insecure-key-do-not-deploy"
 
@@ -27,3 +27,7 @@ if not os.environ.get("DATABASE_URL"):
         # SQLite serialises writers; a wait beats "database is locked" under a burst.
         "OPTIONS": {"timeout": 20},
     }
+
+# The sample tasks are submittable here, and they may call services on this machine.
+TIDE_SAMPLE_TASKS = env_bool("TIDE_SAMPLE_TASKS", default=True)
+TIDE_OUTBOUND_HOSTS = env_list("TIDE_OUTBOUND_HOSTS", default="127.0.0.1,localhost,[::1]")

@@ -11,6 +11,7 @@ import os
 
 from tide.settings.base import *  # noqa: F403
 from tide.settings.base import CELERY_BROKER_TRANSPORT_OPTIONS, DATABASES
+from tide.settings.env import env_bool, env_list
 
 SECRET_KEY = "tide-test-key"
 TEST_RUN = os.environ.setdefault("TIDE_TEST_RUN", str(os.getpid()))
@@ -24,3 +25,7 @@ def broker_key_prefix(run: str) -> str:
 
 CELERY_BROKER_TRANSPORT_OPTIONS.setdefault("global_keyprefix", broker_key_prefix(TEST_RUN))
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# The sample tasks are submittable here, and they may call services on this machine.
+TIDE_SAMPLE_TASKS = env_bool("TIDE_SAMPLE_TASKS", default=True)
+TIDE_OUTBOUND_HOSTS = env_list("TIDE_OUTBOUND_HOSTS", default="127.0.0.1,localhost,[::1]")

@@ -42,8 +42,8 @@ def from_request(request: Request) -> Idempotency | None:
     if raw is None:
         return None
     key = raw.strip()
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise ValidationError({HEADER: f"Give 1 to {MAX_KEY_LENGTH} characters."})
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationError({HEADER: f"Give 1 to {MAX_KEY_LENGTH} printable characters."})
     canonical = json.dumps(
         {"path": request.path, "body": request.data},
         sort_keys=True,

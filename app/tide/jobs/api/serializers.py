@@ -2,14 +2,79 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework import serializers
 
 from tide.jobs.models import Job, JobKind, JobProgress
 from tide.jobs.services import Options, RetryPolicy, Step
+
+
+def _json_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _strict_type_error(field: serializers.Field, value: Any) -> str | None:
+    """Why ``value`` (as JSON gave it) does not fit ``field`` without conversion, or None.
+
+    DRF converts on input: ``"1"`` becomes 1, ``0`` becomes False, ``5`` becomes "5". A
+    client that sends the wrong type has a bug, and a conversion hides it: refuse instead.
+    """
+    if value is None:
+        return None  # allow_null decides
+    if isinstance(field, serializers.BooleanField):
+        ok, wanted = isinstance(value, bool), "true or false"
+    elif isinstance(field, serializers.IntegerField):
+        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(field, serializers.FloatField):
+        ok, wanted = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(
+        field, serializers.CharField | serializers.ChoiceField | serializers.DateTimeField
+    ):
+        ok, wanted = isinstance(value, str), "a string"
+    else:
+        return None
+    return None if ok else f"Must be {wanted}, not {_json_name(value)}; nothing is converted."
+
+
+class StrictSerializer(serializers.Serializer):
+    """An input shape taken exactly: unknown (or read-only) fields are refused by name, and
+    booleans, numbers and strings must arrive as such (no coercion)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            writable = sorted(name for name, field in self.fields.items() if not field.read_only)
+            errors: dict[str, list[str]] = {}
+            for name, value in data.items():
+                field = self.fields.get(name)
+                if field is None or field.read_only:
+                    errors[name] = [
+                        f"Unknown field {name!r}; this takes: {', '.join(writable)}."
+                        if field is None
+                        else f"{name!r} is read-only; leave it out."
+                    ]
+                elif (wrong := _strict_type_error(field, value)) is not None:
+                    errors[name] = [wrong]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+# The furthest ahead a job may be scheduled (countdown or eta): 30 days.
+MAX_DELAY_SECONDS = 30 * 24 * 3600
 
 
 def known_queues() -> list[str]:
@@ -43,7 +108,7 @@ def _within(value: float, setting: str, what: str) -> float:
     return value
 
 
-class RetrySerializer(serializers.Serializer):
+class RetrySerializer(StrictSerializer):
     """A job's own retry policy for the errors its task retries."""
 
     max_retries = serializers.IntegerField(
@@ -76,15 +141,19 @@ class RetrySerializer(serializers.Serializer):
         return _within(value, "TIDE_JOB_MAX_RETRY_DELAY_SECONDS", "backoff_max")
 
 
-class DeliveryFields(serializers.Serializer):
+class DeliveryFields(StrictSerializer):
     queue = QueueField(required=False, max_length=200)
     priority = serializers.IntegerField(
         required=False, min_value=0, max_value=9, help_text="0 (lowest) to 9 (most urgent)."
     )
     countdown = serializers.FloatField(
-        required=False, min_value=0, max_value=30 * 24 * 3600, help_text="Seconds to wait."
+        required=False, min_value=0, max_value=MAX_DELAY_SECONDS, help_text="Seconds to wait."
     )
-    eta = serializers.DateTimeField(required=False, help_text="Run no earlier than this.")
+    eta = serializers.DateTimeField(
+        required=False,
+        help_text="Run no earlier than this: at most 30 days ahead, like countdown "
+        "(a time in the past runs now).",
+    )
     expires = serializers.DateTimeField(required=False, help_text="Discard if not run by then.")
     expires_in = serializers.FloatField(
         required=False,
@@ -105,6 +174,17 @@ class DeliveryFields(serializers.Serializer):
         "(at most time_limit).",
     )
     retry = RetrySerializer(required=False, help_text="This job's retry policy.")
+
+    def validate_eta(self, value: datetime) -> datetime:
+        # A job due in year 9999 would hold a worker (Celery keeps ETA messages in the
+        # worker's memory) for ever: the same bound as countdown.
+        latest = timezone.now() + timedelta(seconds=MAX_DELAY_SECONDS)
+        if value > latest:
+            raise serializers.ValidationError(
+                f"eta is more than 30 days ({MAX_DELAY_SECONDS} s) ahead; the latest "
+                f"accepted now is {latest.isoformat()}."
+            )
+        return value
 
     def validate_time_limit(self, value: float) -> float:
         return _within(value, "TIDE_JOB_MAX_TIME_LIMIT_SECONDS", "time_limit")
@@ -128,10 +208,6 @@ class DeliveryFields(serializers.Serializer):
 
     @staticmethod
     def options_from(data: dict[str, Any]) -> Options:
-        from datetime import timedelta
-
-        from django.utils import timezone
-
         expires = data.get("expires")
         if "expires_in" in data:
             expires = timezone.now() + timedelta(seconds=data["expires_in"])
@@ -147,7 +223,7 @@ class DeliveryFields(serializers.Serializer):
         )
 
 
-class StepSerializer(serializers.Serializer):
+class StepSerializer(StrictSerializer):
     task = serializers.CharField(max_length=200)
     args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
     kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
@@ -179,7 +255,7 @@ class SubmitTaskSerializer(DeliveryFields):
         return Step(task=data["task"], args=tuple(data["args"]), kwargs=dict(data["kwargs"]))
 
 
-class BulkSubmitSerializer(serializers.Serializer):
+class BulkSubmitSerializer(StrictSerializer):
     jobs = SubmitTaskSerializer(
         many=True,
         allow_empty=False,
@@ -326,7 +402,7 @@ class JobDetailSerializer(JobSerializer):
         return serializers.ModelSerializer.to_representation(self, instance)
 
 
-class CancelSerializer(serializers.Serializer):
+class CancelSerializer(StrictSerializer):
     terminate = serializers.BooleanField(
         required=False, default=False, help_text="Also stop the task if it is running."
     )
@@ -359,7 +435,7 @@ class QueueInfoSerializer(serializers.Serializer):
 PERIODS = ["days", "hours", "minutes", "seconds"]
 
 
-class ScheduleSerializer(serializers.Serializer):
+class ScheduleSerializer(StrictSerializer):
     """When a periodic task runs: exactly one of ``every`` (+ ``period``), ``crontab``
     (+ ``timezone``) or ``at``."""
 
@@ -429,7 +505,7 @@ class ScheduleSerializer(serializers.Serializer):
         return Schedule(at=data["at"])
 
 
-class PeriodicTaskSerializer(serializers.Serializer):
+class PeriodicTaskSerializer(StrictSerializer):
     """A periodic task as the API shows and takes it (stored by django-celery-beat)."""
 
     id = serializers.IntegerField(read_only=True)

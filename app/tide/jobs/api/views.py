@@ -68,10 +68,30 @@ class InvalidCursor(ValidationError):
     default_code = "invalid_cursor"
 
 
-class NewestFirst(CursorPagination):
-    ordering = "-created_at"
+class StrictPageSize(CursorPagination):
+    """``page_size`` from 1 to ``max_page_size``, or a 400 naming the bound (DRF falls
+    back to the default size for ``page_size=null`` and cuts ``page_size=9999`` silently)."""
+
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def get_page_size(self, request: Request) -> int | None:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        size = int(raw) if raw.isascii() and raw.isdigit() else 0
+        if not 1 <= size <= self.max_page_size:
+            raise ValidationError(
+                {
+                    self.page_size_query_param: f"Give an integer from 1 to "
+                    f"{self.max_page_size}, not {raw[:40]!r}."
+                }
+            )
+        return size
+
+
+class NewestFirst(StrictPageSize):
+    ordering = "-created_at"
     invalid_cursor_message = (
         "Invalid cursor: pass the `next` or `previous` URL of a listing back unchanged."
     )
@@ -390,10 +410,8 @@ class WorkflowView(APIView):
         return _submit_once(request, make, lambda job: _detail(request, job))
 
 
-class ById(CursorPagination):
+class ById(StrictPageSize):
     ordering = "id"
-    page_size_query_param = "page_size"
-    max_page_size = 500
 
     def decode_cursor(self, request: Request) -> Cursor | None:
         try:
