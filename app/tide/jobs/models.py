@@ -89,6 +89,10 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When a client asked to cancel. A job that was running then keeps its state until
+    # the worker reports how it ended (revoked when terminated, else as it finished):
+    # the row never shows a finish time for a task still running.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

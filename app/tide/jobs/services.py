@@ -479,21 +479,57 @@ def rerun_job(job: Job, *, owner: Any = None, idempotency: Idempotency | None = 
     )
 
 
+#: What a cancelled job that never ran (or was stopped by the worker) says.
+CANCELLED = "revoked by client"
+
+
 def cancel_job(job: Job, *, terminate: bool = False) -> Job:
-    """Revoke a job (and its steps). Waiting work will not run; with ``terminate`` the
-    running task is sent SIGTERM too. Finished jobs are left as they are."""
-    ids = [job.id, *job.steps.values_list("id", flat=True)]
+    """Cancel a job: the same request whatever its state; what it changes depends on it.
+
+    - Waiting (queued, scheduled by eta/countdown, or between retries): it ends
+      ``revoked`` now and never starts: every worker refuses it from its row, and the
+      worker holding a scheduled message is told to let go of it (``release_revoked``).
+    - Running: ``cancel_requested_at`` is set and the state is left to the worker. With
+      ``terminate`` the worker stops the task (SIGTERM) and reports it ``revoked`` when it
+      has stopped; without, the task runs to its end and reports as it ended.
+    - Finished: nothing changes.
+
+    A workflow is cancelled with its steps. A step cancels its workflow's rest as Celery
+    would leave it: in a chain the later steps, in a chord the callback (a chord body
+    never runs without all its header); a group's other members run on. Either way the
+    workflow settles (a final state) once its running steps end.
+    """
     now = timezone.now()
+    targets = [job.id, *job.steps.values_list("id", flat=True)]
+    workflow_id = job.id if job.kind != JobKind.TASK else job.parent_id
+    if job.parent_id is not None:
+        parent = Job.objects.only("kind").get(id=job.parent_id)
+        siblings = parent.steps.exclude(id=job.id)
+        if parent.kind == JobKind.CHAIN:
+            targets += list(siblings.filter(position__gt=job.position).values_list("id", flat=True))
+        elif parent.kind == JobKind.CHORD:
+            last = parent.steps.order_by("-position").values_list("id", flat=True).first()
+            if last is not None and last != job.id:
+                targets.append(last)
     with transaction.atomic():
-        Job.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES).update(
-            state=JobState.REVOKED, finished_at=now, error="revoked by client"
+        open_rows = Job.objects.filter(id__in=targets).exclude(state__in=FINAL_STATES)
+        open_rows.filter(cancel_requested_at__isnull=True).update(cancel_requested_at=now)
+        # Not running: final now. The state filter makes this race-free against a
+        # worker's mark_started (one conditional UPDATE or the other wins the row).
+        open_rows.filter(kind=JobKind.TASK, state__in=[JobState.PENDING, JobState.RETRYING]).update(
+            state=JobState.REVOKED, finished_at=now, error=CANCELLED
         )
-    # The row already says revoked, and JobTask.before_start honours it on every worker;
-    # the broadcast only spares workers the message and stops running tasks if asked.
+    ids = [str(i) for i in targets]
     try:
-        app.control.revoke([str(i) for i in ids], terminate=terminate)
+        # Celery's revoke flags the ids on every worker (and stops running ones with
+        # terminate); release_revoked makes a worker holding one of them until its eta
+        # acknowledge it now, so its slot and the exporter's scheduled count free up.
+        app.control.revoke(ids, terminate=terminate)
+        app.control.broadcast("release_revoked", arguments={"task_ids": ids})
     except (KombuOperationalError, OSError) as exc:
         logger.warning("revoke broadcast for %s failed: %s", job.id, exc)
+    if workflow_id is not None:
+        refresh_workflow(workflow_id)
     job.refresh_from_db()
     return job
 
@@ -671,11 +707,12 @@ def refresh_workflow(parent_id: Any) -> None:
         parent = Job.objects.select_for_update().get(id=parent_id)
         steps = list(parent.steps.order_by("position"))
         now = timezone.now()
-        failed = [s for s in steps if s.state == JobState.FAILED]
-        if failed and parent.kind in (JobKind.CHAIN, JobKind.CHORD):
-            # A failed chain step stops the chain, a failed chord header stops the body:
-            # mark the steps that will now never run, so the workflow can finish.
-            first = failed[0]
+        stopped = [s for s in steps if s.state in (JobState.FAILED, JobState.REVOKED)]
+        if stopped and parent.kind in (JobKind.CHAIN, JobKind.CHORD):
+            # A failed or revoked chain step stops the chain, a failed or revoked chord
+            # header stops the body: mark the steps that will now never run, so the
+            # workflow can finish.
+            first = stopped[0]
             doomed = [
                 s.id
                 for s in steps
@@ -688,7 +725,7 @@ def refresh_workflow(parent_id: Any) -> None:
                 Job.objects.filter(id__in=doomed).update(
                     state=JobState.REVOKED,
                     finished_at=now,
-                    error=f"skipped: step {first.position} failed",
+                    error=f"skipped: step {first.position} {first.state}",
                 )
                 steps = list(parent.steps.order_by("position"))
         states = {s.state for s in steps}

@@ -22,10 +22,13 @@ from tide_celery.redeliveries import Redelivery, redelivered
 
 
 @task_revoked.connect
-def on_task_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+def on_task_revoked(
+    request: Any = None, expired: bool = False, terminated: bool = False, **_: Any
+) -> None:
     task_id = getattr(request, "id", None)
     if task_id:
-        services.mark_revoked(task_id, reason="expired" if expired else "revoked")
+        reason = "expired" if expired else "terminated by client" if terminated else "revoked"
+        services.mark_revoked(task_id, reason=reason)
 
 
 @redelivered.connect

@@ -21,12 +21,14 @@ start, once: the first run was cut, not finished.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 from typing import Any
 
 from celery import Task, bootsteps
 from celery.exceptions import Ignore
+from celery.worker.control import control_command
 from celery.worker.request import Request
 
 from tide.jobs import services
@@ -84,6 +86,48 @@ class RequeueCut(bootsteps.StartStopStep):
                 continue
             _cut_tags.discard(tag)
             logger.info("requeued the message of a run cut by the connection loss: %s", tag)
+
+
+@control_command(args=[("task_ids", list)], signature="<task_ids>")
+def release_revoked(state: Any, task_ids: list[str] | None = None, **_: Any) -> dict[str, Any]:
+    """Let go of scheduled (eta/countdown) messages of revoked jobs now, not at their eta.
+
+    Celery's revoke only flags the id: a worker holding the message until its eta keeps
+    it (unacknowledged, a prefetch slot taken, the exporter's ``scheduled`` count up, the
+    worker kept busy for the autoscaler) until then, which may be 30 days. This hands each
+    held request of these ids to Celery's own eta path at once: it finds the request
+    revoked, acknowledges the message, announces ``task_revoked`` and frees the slot.
+    """
+    from celery.worker import state as worker_state
+
+    ids = set(task_ids or [])
+    # Flag first, so a request handed over below can only be discarded, never run,
+    # whichever of revoke and this command the worker hears first.
+    worker_state.revoked.update(ids)
+    consumer = state.consumer
+    timer = consumer.timer
+    released: list[str] = []
+    for event in timer.queue:
+        entry = event.entry
+        request = entry.args[0] if entry.args else None
+        if (
+            request is not None
+            and getattr(entry.fun, "__name__", "") == "apply_eta_task"
+            and getattr(request, "id", None) in ids
+            and not entry.canceled
+        ):
+            entry.cancel()
+            consumer.apply_eta_task(request)
+            released.append(request.id)
+    if released:
+        # A cancelled timer entry stays in kombu's heap until its time, and Celery's
+        # ``inspect scheduled`` (Flower too) would still list it: take it out.
+        heap = getattr(timer, "_queue", None)
+        if isinstance(heap, list):
+            heap[:] = [event for event in heap if not event.entry.canceled]
+            heapq.heapify(heap)
+        logger.info("released scheduled messages of revoked jobs: %s", ", ".join(released))
+    return {"ok": f"released {len(released)}", "released": released}
 
 
 class JobTask(Task):

@@ -317,11 +317,11 @@ JOB_FIELDS = [
     "id", "url", "kind", "task_name", "args", "kwargs", "queue", "priority", "eta",
     "expires", "time_limit", "soft_time_limit", "retry_policy", "state", "progress",
     "progress_message", "result", "error", "worker", "attempts", "retries", "rerun_of",
-    "created_at", "started_at", "finished_at",
+    "created_at", "started_at", "finished_at", "cancel_requested_at",
 ]  # fmt: skip
 STEP_FIELDS = ["id", "position", "task_name", "queue", "state", "progress",
                "progress_message", "result", "error", "worker", "attempts", "retries",
-               "started_at", "finished_at"]  # fmt: skip
+               "started_at", "finished_at", "cancel_requested_at"]  # fmt: skip
 
 
 class StepJobSerializer(serializers.ModelSerializer):
@@ -382,6 +382,7 @@ class JobSerializer(serializers.ModelSerializer):
             "created_at": _datetime(instance.created_at),
             "started_at": _datetime(instance.started_at),
             "finished_at": _datetime(instance.finished_at),
+            "cancel_requested_at": _datetime(instance.cancel_requested_at),
         }
 
 
@@ -404,7 +405,11 @@ class JobDetailSerializer(JobSerializer):
 
 class CancelSerializer(StrictSerializer):
     terminate = serializers.BooleanField(
-        required=False, default=False, help_text="Also stop the task if it is running."
+        required=False,
+        default=False,
+        help_text="Also stop the task if it is running (SIGTERM); it then ends revoked once "
+        "it has stopped. Without it a running task runs to its end. Waiting jobs end "
+        "revoked either way.",
     )
 
 

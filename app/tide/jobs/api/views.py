@@ -330,14 +330,18 @@ class JobViewSet(
             lambda job: _detail(request, job),
         )
 
-    @extend_schema(request=CancelSerializer, responses={200: JobDetailSerializer})
+    @extend_schema(request=CancelSerializer, responses={200: JobDetailSerializer, 404: NOT_FOUND})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        """Cancel (revoke) a job and its steps; finished work is left as it is."""
+        """Cancel a job: waiting work (queued, scheduled, between retries) ends ``revoked``
+        now; running work keeps its state, with ``cancel_requested_at`` set, until the
+        worker reports its end (``revoked`` when ``terminate`` stopped it). A workflow is
+        cancelled with its steps; a chain step with the steps after it, a chord header
+        step with the callback. Finished work is left as it is."""
         options = CancelSerializer(data=request.data)
         options.is_valid(raise_exception=True)
         job = services.cancel_job(self.get_object(), terminate=options.validated_data["terminate"])
-        return Response(JobDetailSerializer(job, context={"request": request}).data)
+        return Response(_detail(request, job))
 
 
 def _answer(body: Any, code: int) -> Response:
