@@ -270,28 +270,28 @@ def workdir(report: Report) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def standin_kubelet(cluster: Cluster, workdir: Path, report: Report) -> Iterator[bool]:
-    """Start the stand-in kubelet where no real node runs pods (``TIDE_E2E_STANDIN_KUBELET``:
-    ``auto`` (default), ``yes`` or ``no``)."""
+def needs_standin_kubelet(cluster: Cluster) -> bool:
+    """Whether to start the stand-in kubelet (``TIDE_E2E_STANDIN_KUBELET``: ``auto``
+    (default: where no real node runs pods), ``yes`` or ``no``)."""
     mode = os.environ.get("TIDE_E2E_STANDIN_KUBELET", "auto")
     nodes = cluster.core.list_node().items
     real = [n for n in nodes if n.metadata.labels.get("tide.dev/standin-kubelet") != "true"]
-    start = mode == "yes" or (mode == "auto" and not real)
-    report.facts["nodes"] = (
-        "stand-in kubelet (pods marked Running, no containers run)"
-        if start
-        else f"{len(real)} real node(s)"
-    )
-    if not start:
-        yield False
-        return
-    log = (workdir / "standin-kubelet.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "standin_kubelet.py"), "--kubeconfig", str(cluster.kubeconfig)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return mode == "yes" or (mode == "auto" and not real)
+
+
+def start_standin_kubelet(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
+    """The stand-in kubelet, its Node Ready (its output to ``log``)."""
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "standin_kubelet.py"),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
 
     def node_ready() -> bool:
         try:
@@ -301,16 +301,32 @@ def standin_kubelet(cluster: Cluster, workdir: Path, report: Report) -> Iterator
         return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
     measure(node_ready, timeout=30)
-    assert process.poll() is None, (workdir / "standin-kubelet.log").read_text()
-    yield True
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+    assert process.poll() is None, log.read_text()
+    return process
 
 
 @pytest.fixture(scope="session")
-def namespace(cluster: Cluster, standin_kubelet: bool) -> Iterator[str]:
-    name = f"tide-e2e-{uuid.uuid4().hex[:6]}"
+def standin_kubelet(cluster: Cluster, workdir: Path, report: Report) -> Iterator[bool]:
+    """Start the stand-in kubelet where no real node runs pods (``needs_standin_kubelet``)."""
+    start = needs_standin_kubelet(cluster)
+    real = len(cluster.core.list_node(label_selector="tide.dev/standin-kubelet!=true").items)
+    report.facts["nodes"] = (
+        "stand-in kubelet (pods marked Running, no containers run)"
+        if start
+        else f"{real} real node(s)"
+    )
+    if not start:
+        yield False
+        return
+    process = start_standin_kubelet(cluster, workdir / "standin-kubelet.log")
+    yield True
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def create_namespace(cluster: Cluster, prefix: str = "tide-e2e") -> str:
+    """A fresh namespace of the run that enforces the ``restricted`` Pod Security profile."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.core.create_namespace(
         {
             "metadata": {
@@ -323,19 +339,30 @@ def namespace(cluster: Cluster, standin_kubelet: bool) -> Iterator[str]:
             }
         }
     )
+    return name
+
+
+def delete_namespace(cluster: Cluster, name: str, *, timeout: float = 120) -> None:
+    """Delete the namespace and wait while it goes (the stand-in kubelet, torn down after
+    this, still removes the pods)."""
+    cluster.core.delete_namespace(name)
+
+    def deleted() -> bool:
+        try:
+            cluster.core.read_namespace(name)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    measure(deleted, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def namespace(cluster: Cluster, standin_kubelet: bool) -> Iterator[str]:
+    name = create_namespace(cluster)
     yield name
     if os.environ.get("TIDE_E2E_KEEP") != "1":
-        cluster.core.delete_namespace(name)
-
-        def deleted() -> bool:
-            try:
-                cluster.core.read_namespace(name)
-            except ApiException as exc:
-                return exc.status == 404
-            return False
-
-        # Wait while the stand-in kubelet (torn down after this) still removes the pods.
-        measure(deleted, timeout=120)
+        delete_namespace(cluster, name)
 
 
 # -- metric sources --------------------------------------------------------------------------
@@ -516,8 +543,7 @@ class Install:
     how: str
 
 
-@pytest.fixture(scope="session")
-def chart(cluster: Cluster, namespace: str, workdir: Path) -> Install:
+def install_chart(cluster: Cluster, namespace: str) -> Install:
     """``helm install`` into the namespace. Where Helm refuses the server for the chart's
     ``kubeVersion`` floor, the chart rendered for that floor (``helm template
     --kube-version``) is applied server-side instead, and the install says so."""
@@ -569,6 +595,11 @@ def chart(cluster: Cluster, namespace: str, workdir: Path) -> Install:
         f"{doc['kind']}/{doc['metadata']['name']}" for doc in yaml.safe_load_all(listing) if doc
     ]
     return Install(namespace=namespace, seconds=seconds, objects=objects, how=how)
+
+
+@pytest.fixture(scope="session")
+def chart(cluster: Cluster, namespace: str) -> Install:
+    return install_chart(cluster, namespace)
 
 
 def token_kubeconfig(cluster: Cluster, *, namespace: str, path: Path) -> Path:
