@@ -21,6 +21,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tide.settings.local")
 app = Celery("tide")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Also puts back, after a lost broker connection, the messages of runs it cut (Redis).
 tide_celery.install(app)
-# Runs cut by a lost broker connection go back to their queues when it returns (Redis).
-app.steps["consumer"].add("tide.jobs.tracking:RequeueCut")

@@ -8,7 +8,9 @@ What it connects, and where each piece runs:
   ``celery@<host>``), the registration heartbeat (``tide_celery.workers``), and on Redis
   the lease and the record of received deliveries that dead-worker recovery reads
   (``tide_celery.holdings``, ``tide_celery.recovery``), and the notices of messages
-  recovery put back, handed to the app's receivers (``tide_celery.redeliveries``);
+  recovery put back, handed to the app's receivers (``tide_celery.redeliveries``); and a
+  consumer step that, after each reconnection to Redis, puts back the messages Celery
+  dropped with the old connection (``tide_celery.reconnect``);
 * pool processes: per task, one round trip when it starts (``task:<id>`` into the worker's
   running set) and one when it ends (out of it, ``+1`` on the queue's completion counter
   and the run's end state, runtime and wait in the same round trip;
@@ -342,4 +344,6 @@ def install(
     integration = _installed[app] = Integration(
         app, node_name=node_name, heartbeat_interval=heartbeat_interval
     )
+    # After every reconnection, the messages Celery dropped go back (tide_celery.reconnect).
+    app.steps["consumer"].add("tide_celery.reconnect:RequeueHeld")
     return integration

@@ -203,6 +203,45 @@ def recover_node(channel: Any, node: str) -> Recovered:
     return result
 
 
+def requeue_dropped(channel: Any, node: str, incarnation: str, *, keep: set[str]) -> Recovered:
+    """Put back what this run of ``node`` received and dropped without acknowledging.
+
+    Called by the worker itself after it reconnects to Redis (``tide_celery.reconnect``):
+    Celery forgets the prefetched and ETA-held messages of a lost connection ("they can't
+    be acked anyway") and counts on the broker to deliver them again, which RabbitMQ does
+    and Redis does only after the visibility timeout when the broker itself went away (kombu's
+    restore at channel close failed). ``keep``: ids of tasks the worker still holds (running
+    under late acks, to be acknowledged on the new connection); they stay. No lease is
+    consulted: the caller is the holder.
+    """
+    prefix = str(getattr(channel, "global_keyprefix", "") or "")
+    plain = _plain(channel)
+    record = held_key(node)
+    holdings = {_decode(tag): _holding(raw) for tag, raw in plain.hgetall(prefix + record).items()}
+    restored: Counter[str] = Counter()
+    task_ids: list[str] = []
+    settled = 0
+    for tag, (owner, task_id) in holdings.items():
+        if owner != incarnation or task_id in keep:
+            continue
+        queues = _restore(
+            channel, channel.qos, tag=tag, record=record, prefix=prefix, task_id=task_id, node=node
+        )
+        if queues is None:
+            continue
+        if not queues:
+            settled += 1
+            continue
+        restored.update(queues)
+        task_ids.append(task_id)
+    result = Recovered(
+        node=node, restored=dict(restored), task_ids=tuple(task_ids), settled=settled
+    )
+    if result.restored:
+        log.warning("requeued after reconnecting: %s", result.describe())
+    return result
+
+
 def _restore(
     channel: Any, qos: Any, *, tag: str, record: str, prefix: str, task_id: str, node: str
 ) -> list[str] | None:

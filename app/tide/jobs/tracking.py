@@ -14,9 +14,10 @@ as *revoked* (acknowledged, its job final, the redelivered message ignored). ``J
 cancels without the backend write, records the job as waiting again in PostgreSQL, and
 leaves the message unacknowledged. RabbitMQ requeues it when the connection closes; the
 Redis transport keeps it in its ``unacked`` hash (its restore at channel close failed while
-Redis was down), so ``RequeueCut``, a consumer step that runs after every reconnection,
-puts those messages back at the head of their queues. The job then runs again from the
-start, once: the first run was cut, not finished.
+Redis was down), so the integration's consumer step (``tide_celery.reconnect``), which
+runs after every reconnection, puts it back at the head of its queue with every other
+message the lost connection dropped. The job then runs again from the start, once: the
+first run was cut, not finished.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import random
 from typing import Any
 
-from celery import Task, bootsteps
+from celery import Task
 from celery.exceptions import Ignore
 from celery.worker.control import control_command
 from celery.worker.request import Request
@@ -34,9 +35,6 @@ from celery.worker.request import Request
 from tide.jobs import services
 
 logger = logging.getLogger(__name__)
-
-#: Delivery tags of messages whose runs the worker cut, to requeue after reconnecting.
-_cut_tags: set[str] = set()
 
 #: The job's state while its cut message waits for redelivery.
 CUT_REASON = "cut by a lost broker connection; delivered again"
@@ -51,41 +49,10 @@ class JobRequest(Request):
         # Redis it is the broker that is away, and a failed write there turns the cancel
         # into a revocation. The job row, in PostgreSQL, says what happened.
         super().cancel(pool, signal, emit_retry=False)
-        tag = getattr(self._message, "delivery_tag", None)
-        if tag is not None:
-            _cut_tags.add(str(tag))
         try:
             services.mark_retrying(self.id, error=CUT_REASON)
         except Exception:  # the database may be away too; the redelivery restarts it
             logger.warning("could not record job %s as cut", self.id, exc_info=True)
-
-
-class RequeueCut(bootsteps.StartStopStep):
-    """After each (re)connection, put the messages of cut runs back in their queues.
-
-    Redis only (RabbitMQ requeued them when the old connection closed). A tag no longer
-    in the ``unacked`` hash was restored already (the connection dropped while Redis was
-    up) and is left alone, so nothing is delivered twice.
-    """
-
-    requires = ("celery.worker.consumer.connection:Connection",)
-
-    def start(self, consumer: Any) -> None:
-        if not _cut_tags:
-            return
-        qos = getattr(consumer.connection.default_channel, "qos", None)
-        restore = getattr(qos, "restore_by_tag", None)
-        if restore is None:
-            _cut_tags.clear()
-            return
-        for tag in sorted(_cut_tags):
-            try:
-                restore(tag, leftmost=True)
-            except Exception:  # keep the rest; the next reconnection tries again
-                logger.warning("could not requeue cut message %s", tag, exc_info=True)
-                continue
-            _cut_tags.discard(tag)
-            logger.info("requeued the message of a run cut by the connection loss: %s", tag)
 
 
 @control_command(args=[("task_ids", list)], signature="<task_ids>")

@@ -19,7 +19,9 @@ leaves it out, for the "app without the integration" cases.
 Environment: ``STOCKAPP_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``),
 ``STOCKAPP_KEYPREFIX``, ``STOCKAPP_ACKS_LATE``, ``STOCKAPP_INTEGRATION``,
 ``STOCKAPP_CONTROL_URL`` (the Redis where the ``hold`` task records itself, see
-``stockapp.tasks``).
+``stockapp.tasks``), and two settings teams often turn on: ``STOCKAPP_RESULT_BACKEND`` (a
+result backend, e.g. the broker's Redis) and ``STOCKAPP_CANCEL_ON_CONNECTION_LOSS=1``
+(``worker_cancel_long_running_tasks_on_connection_loss``, Celery 6's default).
 """
 
 import os
@@ -48,7 +50,12 @@ app.conf.update(
     task_acks_late=os.environ.get("STOCKAPP_ACKS_LATE", "") == "1",
     worker_prefetch_multiplier=4,
     task_ignore_result=True,
+    worker_cancel_long_running_tasks_on_connection_loss=(
+        os.environ.get("STOCKAPP_CANCEL_ON_CONNECTION_LOSS", "") == "1"
+    ),
 )
+if os.environ.get("STOCKAPP_RESULT_BACKEND"):
+    app.conf.result_backend = os.environ["STOCKAPP_RESULT_BACKEND"]
 
 if os.environ.get("STOCKAPP_INTEGRATION", "1") != "0":
     import tide_celery
