@@ -23,6 +23,7 @@ instead of free ones, for a machine whose users each keep to a port range.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -57,6 +58,30 @@ def answers(url: str) -> bool:
         return httpx.get(url, timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def living(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that still run (zombies left to an init that does not reap
+    them hold no port and are not counted)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def group_gone(pgid: int, *, timeout: float) -> bool:
+    """True once no process of ``pgid`` is left; at the deadline, SIGKILL them and say False."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not living(pgid):
+            return True
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    return False
 
 
 def run(case: str, *, source: Path, ports: int | None) -> dict[str, object]:
@@ -121,6 +146,9 @@ def run(case: str, *, source: Path, ports: int | None) -> dict[str, object]:
             except subprocess.TimeoutExpired:
                 os.killpg(make.pid, signal.SIGKILL)
                 make.wait()
+        # The next case reuses the ports: wait until every process of the session is gone
+        # (a child still draining after make returned would hold its port).
+        outlived = not group_gone(make.pid, timeout=30)
     venv_mb = sum(f.stat().st_size for f in (clone / ".venv").rglob("*") if f.is_file()) / 2**20
     result: dict[str, object] = {
         "case": case,
@@ -128,6 +156,7 @@ def run(case: str, *, source: Path, ports: int | None) -> dict[str, object]:
         **{f"{k}_s": marks.get(k) for k in checks},
         "venv_mb": round(venv_mb),
         "within_target": marks.get("start_page", 1e9) <= TARGET_SECONDS,
+        "processes_outlived_ctrl_c_30s": outlived,
     }
     shutil.rmtree(work, ignore_errors=True)
     return result

@@ -217,6 +217,9 @@ def check_ports(ports: Mapping[str, int | None]) -> None:
         if not port:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the servers themselves bind (gunicorn, the exporter, Flower): connections
+            # of the last run left in TIME_WAIT do not make the port busy, a listener does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError as exc:

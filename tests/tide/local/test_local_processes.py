@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
+from tide.local.cli import check_ports
 from tide.local.processes import STABLE_SECONDS, Supervisor
 
 BIN = Path(sys.executable).parent
@@ -94,6 +96,35 @@ def test_a_second_tide_up_on_a_busy_port_names_it_and_fails(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
     # Refused before anything started: not even the var directory was made.
     assert not (tmp_path / "var").exists()
+
+
+def test_a_port_of_the_last_run_is_free_again_at_once() -> None:
+    # `tide up` stopped with Ctrl-C and started again: the ports its servers served from
+    # hold connections in TIME_WAIT (the server closed them), and no listener. Each server
+    # binds with SO_REUSEADDR and would start; the busy-port check must not refuse it.
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server closes first: its side waits in TIME_WAIT
+        client.recv(1)
+        client.close()
+    waiting = subprocess.run(
+        ["ss", "-tanH", "state", "time-wait", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert waiting.strip(), "the test needs a TIME_WAIT connection on the port"
+    check_ports({"exporter (--exporter-port)": port})
+    # A listener still makes it busy.
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        with pytest.raises(click.ClickException, match=f"port {port} for the exporter"):
+            check_ports({"exporter (--exporter-port)": port})
 
 
 def test_a_worker_that_dies_is_reported_and_replaced_after_its_backoff(tmp_path: Path) -> None:
