@@ -34,14 +34,29 @@ class JobKind(models.TextChoices):
     CHORD = "chord"
 
 
+class JobTrigger(models.TextChoices):
+    """What starts a callback: Celery's ``link`` (the task succeeded) or ``link_error``
+    (it failed). A workflow's steps have none."""
+
+    NONE = "", "step"
+    LINK = "link"
+    LINK_ERROR = "link_error"
+
+
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=8, choices=JobKind.choices, default=JobKind.TASK)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="steps"
     )
-    # Position of a step in its workflow (chain order; a chord's body comes last).
+    # Position of a step in its workflow (chain order; a chord's body comes last), or of a
+    # callback among its task's.
     position = models.PositiveIntegerField(default=0)
+    # Set on a callback: its ``parent`` is the task whose ``link``/``link_error`` it is,
+    # not a workflow, and it takes no part in the parent's state.
+    trigger = models.CharField(
+        max_length=10, choices=JobTrigger.choices, blank=True, default=JobTrigger.NONE
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="jobs"
     )
@@ -117,6 +132,20 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    # Both read the prefetched ``steps`` when the view prefetched them.
+    @property
+    def workflow_steps(self) -> list[Job]:
+        """The steps of a workflow, in position order (nested workflows among them)."""
+        return sorted((s for s in self.steps.all() if not s.trigger), key=lambda s: s.position)
+
+    @property
+    def callbacks(self) -> list[Job]:
+        """A task's link callbacks, then its link_error ones, each in submission order."""
+        return sorted(
+            (s for s in self.steps.all() if s.trigger),
+            key=lambda s: (s.trigger != JobTrigger.LINK, s.position),
+        )
 
 
 class JobProgress(models.Model):

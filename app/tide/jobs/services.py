@@ -30,7 +30,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from tide.celery import app
-from tide.jobs.models import FINAL_STATES, Job, JobKind, JobProgress, JobState
+from tide.jobs.models import FINAL_STATES, Job, JobKind, JobProgress, JobState, JobTrigger
 from tide.jobs.registry import (
     ArgumentsError,
     check_arguments,
@@ -43,8 +43,10 @@ logger = logging.getLogger(__name__)
 
 
 class UnknownTask(LookupError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, loc: Sequence[Any] = ()) -> None:
         self.name = name
+        # Where in the request the name was (a nested step, a callback); () at the top.
+        self.loc = list(loc)
         self.known = list(registered_tasks())
         super().__init__(f"unknown task {name!r}")
 
@@ -81,15 +83,24 @@ class Step:
     queue: str | None = None
     # A step that ignores its predecessor's result (Celery's immutable signature).
     immutable: bool = False
+    # Callbacks (Celery's ``link``/``link_error``): tasks run when this one succeeds (with
+    # its result first, unless immutable) or fails (with its task id first).
+    link: tuple[Step, ...] = ()
+    link_error: tuple[Step, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "task": self.task,
             "args": list(self.args),
             "kwargs": dict(self.kwargs),
             "queue": self.queue,
             "immutable": self.immutable,
         }
+        if self.link:
+            data["link"] = [c.as_dict() for c in self.link]
+        if self.link_error:
+            data["link_error"] = [c.as_dict() for c in self.link_error]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Step:
@@ -99,7 +110,50 @@ class Step:
             kwargs=dict(data.get("kwargs", {})),
             queue=data.get("queue"),
             immutable=bool(data.get("immutable", False)),
+            link=tuple(cls.from_dict(c) for c in data.get("link", ())),
+            link_error=tuple(cls.from_dict(c) for c in data.get("link_error", ())),
         )
+
+    @property
+    def callbacks(self) -> list[tuple[str, Step]]:
+        links: list[tuple[str, Step]] = [(JobTrigger.LINK, c) for c in self.link]
+        return links + [(JobTrigger.LINK_ERROR, c) for c in self.link_error]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A chain, group or chord whose steps are tasks or workflows of their own (Celery's
+    nested canvases: ``chain(a, group(b, c), d)``), at most ``MAX_DEPTH`` levels deep."""
+
+    kind: JobKind
+    steps: tuple[Step | Workflow, ...]
+    # A chord's body: a task, run with the list of the header's results.
+    callback: Step | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": str(self.kind),
+            "steps": [step.as_dict() for step in self.steps],
+            "callback": self.callback.as_dict() if self.callback else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Workflow:
+        callback = data.get("callback")
+        return cls(
+            kind=JobKind(data["type"]),
+            steps=tuple(
+                cls.from_dict(s) if "type" in s else Step.from_dict(s) for s in data["steps"]
+            ),
+            callback=Step.from_dict(callback) if callback else None,
+        )
+
+
+# How deep workflows nest: a workflow, a workflow among its steps, and one among those.
+# The OpenAPI schema spells each level out (it is not recursive), so this is fixed.
+MAX_DEPTH = 3
+# Callbacks of each kind one task may have.
+MAX_CALLBACKS = 5
 
 
 @dataclass(frozen=True)
@@ -150,15 +204,77 @@ class Options:
 # --- Submitting ---------------------------------------------------------------------
 
 
-def validate_step(step: Step, *, receives_result: bool) -> None:
+def validate_step(step: Step, *, receives_result: bool, loc: Sequence[Any] = ()) -> None:
+    """Check a task step and its callbacks; errors name where they are (``loc``)."""
     if get_task(step.task) is None:
-        raise UnknownTask(step.task)
+        raise UnknownTask(step.task, loc=[*loc, "task"])
     args = list(step.args)
     if receives_result and not step.immutable:
         # Celery passes the previous result as the first argument; a placeholder stands
         # in for it so the rest still binds, and its type is only known at run time.
         args = [_PREVIOUS_RESULT, *args]
-    check_arguments(step.task, args, dict(step.kwargs), placeholder=_PREVIOUS_RESULT)
+    try:
+        check_arguments(step.task, args, dict(step.kwargs), placeholder=_PREVIOUS_RESULT)
+    except ArgumentsError as exc:
+        if not loc:
+            raise
+        errors = [{**e, "loc": [*loc, *e.get("loc", [])]} for e in exc.errors]
+        raise ArgumentsError(exc.task_name, errors) from None
+    for trigger, callbacks in (("link", step.link), ("link_error", step.link_error)):
+        if len(callbacks) > MAX_CALLBACKS:
+            raise ArgumentsError(
+                step.task,
+                [{"loc": [*loc, trigger], "msg": f"at most {MAX_CALLBACKS} callbacks"}],
+            )
+        for index, callback in enumerate(callbacks):
+            if callback.link or callback.link_error:
+                raise ArgumentsError(
+                    callback.task,
+                    [{"loc": [*loc, trigger, index], "msg": "a callback takes no callbacks"}],
+                )
+            # A link gets the task's result first; a link_error the failed task's id
+            # (Celery's errback of a bound task): both stand in as the placeholder.
+            validate_step(callback, receives_result=True, loc=[*loc, trigger, index])
+
+
+def validate_workflow(
+    workflow: Workflow, *, receives_result: bool = False, loc: Sequence[Any] = (), depth: int = 1
+) -> int:
+    """Check a (nested) workflow; returns how many tasks it holds, callbacks included."""
+    kind = workflow.kind
+    if depth > MAX_DEPTH:
+        raise ArgumentsError(
+            kind,
+            [
+                {
+                    "loc": list(loc),
+                    "msg": f"workflows nest at most {MAX_DEPTH} levels deep; this one is at "
+                    f"level {depth}: flatten it or submit it as a workflow of its own",
+                }
+            ],
+        )
+    if not workflow.steps:
+        raise ArgumentsError(kind, [{"loc": [*loc, "steps"], "msg": "a workflow needs steps"}])
+    if (kind == JobKind.CHORD) != (workflow.callback is not None):
+        raise ArgumentsError(
+            kind,
+            [{"loc": [*loc, "callback"], "msg": "a chord, and only a chord, has a callback"}],
+        )
+    count = 0
+    for index, step in enumerate(workflow.steps):
+        # In a chain each step after the first gets the previous result; a group's and a
+        # chord header's members all get what the workflow itself gets.
+        gets = receives_result if kind != JobKind.CHAIN or index == 0 else True
+        where = [*loc, "steps", index]
+        if isinstance(step, Workflow):
+            count += validate_workflow(step, receives_result=gets, loc=where, depth=depth + 1)
+        else:
+            validate_step(step, receives_result=gets, loc=where)
+            count += 1 + len(step.callbacks)
+    if workflow.callback is not None:
+        validate_step(workflow.callback, receives_result=True, loc=[*loc, "callback"])
+        count += 1 + len(workflow.callback.callbacks)
+    return count
 
 
 _PREVIOUS_RESULT = object()
@@ -198,7 +314,19 @@ WORKFLOW_HEADER = "tide_workflow"
 RETRY_HEADER = "tide_retry"
 
 
-def _signature(job: Job, step: Step, options: Options, *, keep_result: bool) -> Signature:
+# Message header of a task that has callbacks: when it ends, the callbacks that will now
+# never fire (link_error of a success, link of a failure) are settled.
+CALLBACKS_HEADER = "tide_callbacks"
+
+
+def _signature(
+    job: Job,
+    step: Step,
+    options: Options,
+    *,
+    keep_result: bool,
+    callbacks: Sequence[tuple[Job, Step]] = (),
+) -> Signature:
     sig = app.signature(
         step.task,
         args=tuple(step.args),
@@ -207,8 +335,10 @@ def _signature(job: Job, step: Step, options: Options, *, keep_result: bool) -> 
     )
     delivery: dict[str, Any] = {"task_id": str(job.id), "queue": job.queue}
     headers: dict[str, Any] = {}
-    if job.parent_id:
+    if job.parent_id and not job.trigger:
         headers[WORKFLOW_HEADER] = str(job.parent_id)
+    if callbacks:
+        headers[CALLBACKS_HEADER] = "1"
     if options.retry is not None:
         headers[RETRY_HEADER] = options.retry.as_dict()
     if headers:
@@ -224,7 +354,41 @@ def _signature(job: Job, step: Step, options: Options, *, keep_result: bool) -> 
         delivery["ignore_result"] = True
     if options.priority is not None:
         delivery["priority"] = transport_priority(options.priority)
-    return sig.set(**delivery)
+    sig = sig.set(**delivery)
+    for row, callback in callbacks:
+        # Celery's own mechanism: the worker publishes them when the task ends.
+        attach = sig.link if row.trigger == JobTrigger.LINK else sig.link_error
+        attach(_signature(row, callback, options, keep_result=False))
+    return sig
+
+
+def _task_rows(
+    step: Step, options: Options, *, owner: Any, now: datetime, **extra: Any
+) -> tuple[Job, list[tuple[Job, Step]]]:
+    """A task's row and a row per callback (its ``parent``, with the ``trigger``)."""
+    row = _new_row(step, options, owner=owner, now=now, **extra)
+    callbacks = [
+        (_callback_row(callback, options, row, trigger, index, owner=owner, now=now), callback)
+        for index, (trigger, callback) in enumerate(step.callbacks)
+    ]
+    return row, callbacks
+
+
+def _callback_row(
+    callback: Step,
+    options: Options,
+    parent: Job,
+    trigger: str,
+    index: int,
+    *,
+    owner: Any,
+    now: datetime,
+) -> Job:
+    # A callback runs when its task ends, not at the submission's eta.
+    row = _new_row(callback, options, owner=owner, now=now, parent=parent, position=index)
+    row.trigger = trigger
+    row.eta = None
+    return row
 
 
 def transport_priority(priority: int) -> int:
@@ -291,12 +455,19 @@ def submit_task(
     extra: dict[str, Any] = idempotency.fields() if idempotency else {}
     if rerun_of is not None:
         extra["rerun_of"] = rerun_of
-    job = _new_row(step, options, owner=owner, now=timezone.now(), **extra)
+    if step.callbacks:
+        # Kept for a re-run: the row holds the call, the spec its callbacks.
+        extra["spec"] = {k: v for k, v in step.as_dict().items() if k.startswith("link")}
+    job, callbacks = _task_rows(step, options, owner=owner, now=timezone.now(), **extra)
     # One INSERT needs no transaction block of its own (that would add BEGIN and COMMIT
     # round trips): in autocommit it is committed when it returns, and on_commit then
     # publishes at once. Inside a caller's transaction, on_commit waits for its commit.
-    job.save(force_insert=True)
-    sig = _signature(job, step, options, keep_result=False)
+    # A task with callbacks is one multi-row INSERT (the callbacks' rows with it).
+    if callbacks:
+        Job.objects.bulk_create([job, *(row for row, _ in callbacks)])
+    else:
+        job.save(force_insert=True)
+    sig = _signature(job, step, options, keep_result=False, callbacks=callbacks)
     _publish_after_commit(job, lambda: sig.apply_async(**_delivery_options(options)))
     return job
 
@@ -323,12 +494,24 @@ def submit_tasks(
             raise ArgumentsError(exc.task_name, errors) from None
     now = timezone.now()
     keys = idempotency or [None] * len(items)
-    rows = [
-        _new_row(step, options, owner=owner, now=now, **(key.fields() if key else {}))
+    made = [
+        _task_rows(
+            step,
+            options,
+            owner=owner,
+            now=now,
+            **(key.fields() if key else {}),
+            **(
+                {"spec": {k: v for k, v in step.as_dict().items() if k.startswith("link")}}
+                if step.callbacks
+                else {}
+            ),
+        )
         for (step, options), key in zip(items, keys, strict=True)
     ]
+    rows = [row for row, _ in made]
     with transaction.atomic():
-        Job.objects.bulk_create(rows)
+        Job.objects.bulk_create([*rows, *(c for _, cbs in made for c, _ in cbs)])
 
         def publish() -> None:
             done = 0
@@ -336,8 +519,8 @@ def submit_tasks(
                 # One producer (one pooled connection) for the whole batch; each job is
                 # still its own message, as if submitted alone.
                 with app.producer_or_acquire() as producer:
-                    for (step, options), row in zip(items, rows, strict=True):
-                        sig = _signature(row, step, options, keep_result=False)
+                    for (step, options), (row, callbacks) in zip(items, made, strict=True):
+                        sig = _signature(row, step, options, keep_result=False, callbacks=callbacks)
                         sig.apply_async(producer=producer, **_delivery_options(options))
                         done += 1
             except (KombuOperationalError, OSError) as exc:
@@ -352,70 +535,128 @@ def submit_tasks(
 def submit_workflow(
     *,
     kind: JobKind,
-    steps: Sequence[Step],
+    steps: Sequence[Step | Workflow],
     options: Options,
     callback: Step | None = None,
     owner: Any = None,
     idempotency: Idempotency | None = None,
     rerun_of: Job | None = None,
 ) -> Job:
-    """Record and publish a chain, group or chord of registered tasks.
+    """Record and publish a chain, group or chord of registered tasks and of nested
+    workflows (``MAX_DEPTH`` levels at most, ``TIDE_WORKFLOW_MAX_TASKS`` tasks).
 
-    The parent row's id is the group's id; each step row's id is that step's task id.
+    Every workflow, nested ones too, is a row whose steps are its children (``parent``,
+    ``position``); every task's row id is its Celery task id. The top row's id is the
+    group's id.
     """
-    if not steps:
-        raise ArgumentsError(kind, [{"loc": ["steps"], "msg": "a workflow needs steps"}])
-    if (kind == JobKind.CHORD) != (callback is not None):
+    workflow = Workflow(kind=kind, steps=tuple(steps), callback=callback)
+    tasks = validate_workflow(workflow)
+    bound = settings.TIDE_WORKFLOW_MAX_TASKS
+    if tasks > bound:
         raise ArgumentsError(
-            kind, [{"loc": ["callback"], "msg": "a chord, and only a chord, has a callback"}]
+            kind,
+            [
+                {
+                    "loc": ["steps"],
+                    "msg": f"{tasks} tasks (nested steps and callbacks counted) is above this "
+                    f"platform's bound of {bound} per workflow (TIDE_WORKFLOW_MAX_TASKS)",
+                }
+            ],
         )
-    for index, step in enumerate(steps):
-        validate_step(step, receives_result=kind == JobKind.CHAIN and index > 0)
-    if callback is not None:
-        validate_step(callback, receives_result=True)
-
+    nested = any(isinstance(step, Workflow) for step in steps)
     now = timezone.now()
-    all_steps = [*steps, *([callback] if callback else [])]
     with transaction.atomic():
-        parent = Job(
-            kind=kind,
+        parent = _workflow_row(kind, options, owner=owner, now=now)
+        parent.spec = workflow.as_dict()
+        parent.rerun_of = rerun_of
+        for name, value in (idempotency.fields() if idempotency else {}).items():
+            setattr(parent, name, value)
+        rows: list[Job] = []
+        # A chord counts its header's results in the result backend, and Celery turns a
+        # group followed by more steps into a chord: nested workflows keep every result.
+        canvas = _canvas(
+            workflow,
+            parent,
+            options,
+            rows=rows,
             owner=owner,
-            queue=options.queue or "",
-            priority=options.priority,
-            eta=options.eta_at(now),
-            expires=options.expires,
-            time_limit=options.time_limit,
-            soft_time_limit=options.soft_time_limit,
-            retry_policy=options.retry.as_dict() if options.retry else None,
-            spec={
-                "type": str(kind),
-                "steps": [step.as_dict() for step in steps],
-                "callback": callback.as_dict() if callback else None,
-            },
-            rerun_of=rerun_of,
-            **(idempotency.fields() if idempotency else {}),
+            now=now,
+            keep_result=nested or kind == JobKind.CHORD,
         )
         parent.save(force_insert=True)
-        rows = [
-            _new_row(step, options, owner=owner, now=now, parent=parent, position=index)
-            for index, step in enumerate(all_steps)
-        ]
         Job.objects.bulk_create(rows)
-        sigs = [
-            _signature(row, step, options, keep_result=kind == JobKind.CHORD)
-            for row, step in zip(rows, all_steps, strict=True)
-        ]
-        if kind == JobKind.CHAIN:
-            canvas = chain(*sigs)
-        elif kind == JobKind.GROUP:
-            canvas = group(*sigs)
-        else:
-            canvas = chord(group(*sigs[:-1]), sigs[-1])
         delivery = _delivery_options(options)
         if kind != JobKind.CHAIN:
             delivery["group_id"] = str(parent.id)
         _publish_after_commit(parent, lambda: canvas.apply_async(**delivery))
     return parent
+
+
+def _workflow_row(
+    kind: JobKind, options: Options, *, owner: Any, now: datetime, **extra: Any
+) -> Job:
+    return Job(
+        kind=kind,
+        owner=owner,
+        queue=options.queue or "",
+        priority=options.priority,
+        eta=options.eta_at(now),
+        expires=options.expires,
+        time_limit=options.time_limit,
+        soft_time_limit=options.soft_time_limit,
+        retry_policy=options.retry.as_dict() if options.retry else None,
+        **extra,
+    )
+
+
+def _canvas(
+    workflow: Workflow,
+    row: Job,
+    options: Options,
+    *,
+    rows: list[Job],
+    owner: Any,
+    now: datetime,
+    keep_result: bool,
+) -> Signature:
+    """The Celery canvas of ``workflow`` (whose row is ``row``); appends the rows of its
+    steps, nested workflows and callbacks to ``rows``, parents before children."""
+    sigs: list[Signature] = []
+    members: list[Step | Workflow] = [
+        *workflow.steps,
+        *([workflow.callback] if workflow.callback else []),
+    ]
+    for position, member in enumerate(members):
+        if isinstance(member, Workflow):
+            child = _workflow_row(
+                member.kind, options, owner=owner, now=now, parent=row, position=position
+            )
+            rows.append(child)
+            sigs.append(
+                _canvas(
+                    member,
+                    child,
+                    options,
+                    rows=rows,
+                    owner=owner,
+                    now=now,
+                    keep_result=keep_result,
+                )
+            )
+            continue
+        task_row, callbacks = _task_rows(
+            member, options, owner=owner, now=now, parent=row, position=position
+        )
+        rows.append(task_row)
+        rows.extend(callback_row for callback_row, _ in callbacks)
+        sigs.append(
+            _signature(task_row, member, options, keep_result=keep_result, callbacks=callbacks)
+        )
+    if workflow.kind == JobKind.CHAIN:
+        return chain(*sigs)
+    if workflow.kind == JobKind.GROUP:
+        return group(*sigs)
+    return chord(group(*sigs[:-1]), sigs[-1])
 
 
 def _finished_top_level(job: Job, *, doing: str) -> None:
@@ -456,7 +697,10 @@ def rerun_job(job: Job, *, owner: Any = None, idempotency: Idempotency | None = 
         retry=RetryPolicy(**job.retry_policy) if job.retry_policy else None,
     )
     if job.kind == JobKind.TASK:
-        step = Step(task=job.task_name, args=tuple(job.args), kwargs=dict(job.kwargs))
+        links = job.spec or {}
+        step = Step.from_dict(
+            {"task": job.task_name, "args": job.args, "kwargs": job.kwargs, **links}
+        )
         return submit_task(
             step=step, options=options, owner=owner, idempotency=idempotency, rerun_of=job
         )
@@ -466,12 +710,11 @@ def rerun_job(job: Job, *, owner: Any = None, idempotency: Idempotency | None = 
             "This workflow was submitted before Tide recorded workflows for re-runs; "
             "submit it again instead.",
         )
-    spec = job.spec
-    callback = spec.get("callback")
+    workflow = Workflow.from_dict({**job.spec, "type": job.kind})
     return submit_workflow(
-        kind=JobKind(job.kind),
-        steps=[Step.from_dict(step) for step in spec.get("steps", [])],
-        callback=Step.from_dict(callback) if callback else None,
+        kind=workflow.kind,
+        steps=workflow.steps,
+        callback=workflow.callback,
         options=options,
         owner=owner,
         idempotency=idempotency,
@@ -494,32 +737,55 @@ def cancel_job(job: Job, *, terminate: bool = False) -> Job:
       has stopped; without, the task runs to its end and reports as it ended.
     - Finished: nothing changes.
 
-    A workflow is cancelled with its steps. A step cancels its workflow's rest as Celery
-    would leave it: in a chain the later steps, in a chord the callback (a chord body
-    never runs without all its header); a group's other members run on. Either way the
-    workflow settles (a final state) once its running steps end.
+    A workflow is cancelled with its steps, nested workflows with theirs. A step cancels
+    its workflow's rest as Celery would leave it: in a chain the later steps, in a chord
+    the callback (a chord body never runs without all its header); a group's other
+    members run on. Either way the workflow settles (a final state) once its running
+    steps end, and the workflows around it follow. The link/link_error callbacks of a job
+    revoked here will not run either and end revoked.
     """
     now = timezone.now()
-    targets = [job.id, *job.steps.values_list("id", flat=True)]
+    targets = [job.id]
+    # The workflow to settle: the job's own, or the one it is a step of (a callback's
+    # parent is its task, not a workflow).
     workflow_id = job.id if job.kind != JobKind.TASK else job.parent_id
-    if job.parent_id is not None:
+    if job.trigger:
+        workflow_id = None
+    if job.parent_id is not None and not job.trigger:
         parent = Job.objects.only("kind").get(id=job.parent_id)
-        siblings = parent.steps.exclude(id=job.id)
+        siblings = parent.steps.filter(trigger="").exclude(id=job.id)
         if parent.kind == JobKind.CHAIN:
             targets += list(siblings.filter(position__gt=job.position).values_list("id", flat=True))
         elif parent.kind == JobKind.CHORD:
-            last = parent.steps.order_by("-position").values_list("id", flat=True).first()
+            last = (
+                parent.steps.filter(trigger="")
+                .order_by("-position")
+                .values_list("id", flat=True)
+                .first()
+            )
             if last is not None and last != job.id:
                 targets.append(last)
+    levels = _step_levels(targets)
+    every = [row_id for level in levels for row_id in level]
     with transaction.atomic():
-        open_rows = Job.objects.filter(id__in=targets).exclude(state__in=FINAL_STATES)
+        open_rows = Job.objects.filter(id__in=every).exclude(state__in=FINAL_STATES)
         open_rows.filter(cancel_requested_at__isnull=True).update(cancel_requested_at=now)
         # Not running: final now. The state filter makes this race-free against a
         # worker's mark_started (one conditional UPDATE or the other wins the row).
-        open_rows.filter(kind=JobKind.TASK, state__in=[JobState.PENDING, JobState.RETRYING]).update(
+        waiting = [JobState.PENDING, JobState.RETRYING]
+        revoked = list(
+            open_rows.filter(kind=JobKind.TASK, state__in=waiting).values_list("id", flat=True)
+        )
+        Job.objects.filter(id__in=revoked, state__in=waiting).update(
             state=JobState.REVOKED, finished_at=now, error=CANCELLED
         )
-    ids = [str(i) for i in targets]
+        # A task revoked here never ends through the worker's hooks: settle its callbacks.
+        Job.objects.filter(parent_id__in=revoked, parent__state=JobState.REVOKED).exclude(
+            trigger=""
+        ).exclude(state__in=FINAL_STATES).update(
+            state=JobState.REVOKED, finished_at=now, error="not run: the task revoked"
+        )
+    ids = [str(i) for i in every]
     try:
         # Celery's revoke flags the ids on every worker (and stops running ones with
         # terminate); release_revoked makes a worker holding one of them until its eta
@@ -528,10 +794,40 @@ def cancel_job(job: Job, *, terminate: bool = False) -> Job:
         app.control.broadcast("release_revoked", arguments={"task_ids": ids})
     except (KombuOperationalError, OSError) as exc:
         logger.warning("revoke broadcast for %s failed: %s", job.id, exc)
+    # Nested workflows settle innermost first; then the workflow of the job, and the
+    # workflows around it.
+    for level in reversed(levels[1:] if job.kind == JobKind.TASK else levels):
+        nested = Job.objects.filter(id__in=level).exclude(kind=JobKind.TASK)
+        for row_id in nested.values_list("id", flat=True):
+            if row_id != workflow_id:
+                refresh_workflow(row_id, upward=False)
     if workflow_id is not None:
         refresh_workflow(workflow_id)
     job.refresh_from_db()
     return job
+
+
+def _step_levels(ids: Sequence[Any]) -> list[list[Any]]:
+    """``ids``, then their steps, then those steps' steps...: callbacks left out."""
+    levels = [list(ids)]
+    while levels[-1]:  # one query per level: MAX_DEPTH at most
+        levels.append(
+            list(
+                Job.objects.filter(parent_id__in=levels[-1], trigger="").values_list(
+                    "id", flat=True
+                )
+            )
+        )
+    return levels[:-1]
+
+
+def _with_descendants(ids: Sequence[Any]) -> list[Any]:
+    """The jobs ``ids`` and every row below them: steps, nested steps, callbacks."""
+    found, level = list(ids), list(ids)
+    while level:  # one query per level: MAX_DEPTH and a callback level at most
+        level = list(Job.objects.filter(parent_id__in=level).values_list("id", flat=True))
+        found.extend(level)
+    return found
 
 
 # --- Worker-side updates ------------------------------------------------------------
@@ -656,12 +952,15 @@ def mark_redelivered(task_id: str, *, worker: str, at: datetime) -> bool:
     )
 
 
-def mark_succeeded(task_id: str, *, result: Any, workflow: str | None = None) -> None:
+def mark_succeeded(
+    task_id: str, *, result: Any, workflow: str | None = None, callbacks: bool | None = None
+) -> None:
     # A job that reported progress ends at 100%; one that never did keeps none.
     progress = Case(When(progress__isnull=False, then=Value(100.0)), default=None)
     _finish(
         task_id,
         workflow=workflow,
+        callbacks=callbacks,
         state=JobState.SUCCEEDED,
         result=_jsonable(result),
         error="",
@@ -669,22 +968,48 @@ def mark_succeeded(task_id: str, *, result: Any, workflow: str | None = None) ->
     )
 
 
-def mark_failed(task_id: str, *, error: str, workflow: str | None = None) -> None:
-    _finish(task_id, workflow=workflow, state=JobState.FAILED, error=error)
+def mark_failed(
+    task_id: str, *, error: str, workflow: str | None = None, callbacks: bool | None = None
+) -> None:
+    _finish(task_id, workflow=workflow, callbacks=callbacks, state=JobState.FAILED, error=error)
 
 
 def mark_revoked(task_id: str, *, reason: str, workflow: str | None = None) -> None:
-    _finish(task_id, workflow=workflow, state=JobState.REVOKED, error=reason)
+    _finish(task_id, workflow=workflow, callbacks=None, state=JobState.REVOKED, error=reason)
 
 
-def _finish(task_id: str, *, workflow: str | None, state: str, **values: Any) -> None:
-    updated = _not_final(task_id).update(state=state, finished_at=timezone.now(), **values)
+# The callbacks a task's end leaves unfired, by the state it ended in.
+_UNFIRED = {
+    JobState.SUCCEEDED: [JobTrigger.LINK_ERROR],
+    JobState.FAILED: [JobTrigger.LINK],
+    JobState.REVOKED: [JobTrigger.LINK, JobTrigger.LINK_ERROR],
+}
+
+
+def _finish(
+    task_id: str, *, workflow: str | None, callbacks: bool | None, state: str, **values: Any
+) -> None:
+    now = timezone.now()
+    updated = _not_final(task_id).update(state=state, finished_at=now, **values)
     if not updated:
         return
+    if callbacks is not False:
+        # Celery publishes a task's link callbacks when it succeeds and its link_error
+        # ones when it fails; the others will never run and are settled here. The
+        # worker's hooks say (a message header) whether there are any; None: look.
+        _not_final_callbacks = Job.objects.filter(
+            parent_id=task_id, trigger__in=_UNFIRED[state]
+        ).exclude(state__in=FINAL_STATES)
+        _not_final_callbacks.update(
+            state=JobState.REVOKED, finished_at=now, error=f"not run: the task {state}"
+        )
     if workflow is None:
         # Unknown (a revocation arrives without the message's headers): look it up. The
-        # worker-side hooks pass "" for a task that is not a workflow step.
-        workflow = Job.objects.filter(id=task_id).values_list("parent_id", flat=True).first()
+        # worker-side hooks pass "" for a task that is not a workflow step; a callback's
+        # parent is its task, not a workflow.
+        workflow = (
+            Job.objects.filter(id=task_id, trigger="").values_list("parent_id", flat=True).first()
+        )
     if workflow:
         refresh_workflow(workflow)
 
@@ -697,21 +1022,23 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def refresh_workflow(parent_id: Any) -> None:
-    """Derive a workflow's state, progress and result from its steps.
+def refresh_workflow(parent_id: Any, *, upward: bool = True) -> None:
+    """Derive a workflow's state, progress and result from its steps, then its parent
+    workflow's (nested workflows are steps of the one around them).
 
-    The parent row is locked so steps finishing at once on different workers apply their
-    updates one after another, each seeing the others'.
+    The row is locked so steps finishing at once on different workers apply their
+    updates one after another, each seeing the others'. Locks are taken from a step up
+    to the top, each in its own transaction, so two paths never wait on each other.
     """
     with transaction.atomic():
         parent = Job.objects.select_for_update().get(id=parent_id)
-        steps = list(parent.steps.order_by("position"))
+        steps = _steps_of(parent)
         now = timezone.now()
         stopped = [s for s in steps if s.state in (JobState.FAILED, JobState.REVOKED)]
         if stopped and parent.kind in (JobKind.CHAIN, JobKind.CHORD):
             # A failed or revoked chain step stops the chain, a failed or revoked chord
-            # header stops the body: mark the steps that will now never run, so the
-            # workflow can finish.
+            # header stops the body, as in Celery: mark the steps that will now never run,
+            # with everything nested in them, so the workflow can finish.
             first = stopped[0]
             doomed = [
                 s.id
@@ -722,12 +1049,14 @@ def refresh_workflow(parent_id: Any) -> None:
                 )
             ]
             if doomed:
-                Job.objects.filter(id__in=doomed).update(
+                Job.objects.filter(id__in=_with_descendants(doomed)).exclude(
+                    state__in=FINAL_STATES
+                ).update(
                     state=JobState.REVOKED,
                     finished_at=now,
                     error=f"skipped: step {first.position} {first.state}",
                 )
-                steps = list(parent.steps.order_by("position"))
+                steps = _steps_of(parent)
         states = {s.state for s in steps}
         done = [s for s in steps if s.state in FINAL_STATES]
         parent.progress = round(100.0 * len(done) / len(steps), 2)
@@ -750,6 +1079,13 @@ def refresh_workflow(parent_id: Any) -> None:
                 (s.started_at for s in steps if s.started_at), default=now
             )
         parent.save()
+        outer = parent.parent_id
+    if outer is not None and upward:
+        refresh_workflow(outer)
+
+
+def _steps_of(workflow: Job) -> list[Job]:
+    return list(Job.objects.filter(parent=workflow, trigger="").order_by("position"))
 
 
 # --- Housekeeping -------------------------------------------------------------------

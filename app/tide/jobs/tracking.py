@@ -134,6 +134,10 @@ class JobTask(Task):
         # message: no workflow", so finishing a plain task costs no parent lookup.
         return getattr(self.request, services.WORKFLOW_HEADER, None) or ""
 
+    def _callbacks(self) -> bool:
+        # Only a task submitted with link/link_error carries the header.
+        return bool(getattr(self.request, services.CALLBACKS_HEADER, None))
+
     def report_progress(self, percent: float, message: str = "") -> None:
         """Record progress (0-100) of the running job; clients see it at once."""
         if self.request.id:
@@ -170,7 +174,9 @@ class JobTask(Task):
         )
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        services.mark_succeeded(task_id, result=retval, workflow=self._workflow())
+        services.mark_succeeded(
+            task_id, result=retval, workflow=self._workflow(), callbacks=self._callbacks()
+        )
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -180,7 +186,9 @@ class JobTask(Task):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        services.mark_failed(task_id, error=_describe(exc), workflow=self._workflow())
+        services.mark_failed(
+            task_id, error=_describe(exc), workflow=self._workflow(), callbacks=self._callbacks()
+        )
 
 
 def _backoff(policy: dict[str, Any], *, retries: int) -> float:

@@ -133,6 +133,12 @@ def total(self: Any, values: list[float]) -> float:
     return sum(values)
 
 
+@job_task(name="tide.samples.note_failure")
+def note_failure(self: Any, task_id: str, note: str = "handled") -> str:
+    """A link_error callback: Celery calls it with the failed task's id."""
+    return f"{note} {task_id}"
+
+
 @job_task(name="tide.samples.fail")
 def fail(self: Any, message: str = "failed on purpose") -> None:
     """Raise an error: for failure paths in workflows."""

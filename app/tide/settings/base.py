@@ -198,6 +198,9 @@ TIDE_JOB_MAX_RETRY_DELAY_SECONDS = env_int("TIDE_JOB_MAX_RETRY_DELAY_SECONDS", 3
 # The most jobs one bulk submission may carry: one transaction and one response hold
 # them all, so the bound keeps a request's time and memory in proportion.
 TIDE_BULK_MAX_JOBS = env_int("TIDE_BULK_MAX_JOBS", 1000)
+# The most tasks one workflow may hold, counted through its nested chains, groups and
+# chords, with their link/link_error callbacks: each is a row and a message.
+TIDE_WORKFLOW_MAX_TASKS = env_int("TIDE_WORKFLOW_MAX_TASKS", 1000)
 # kombu's default Redis key layout (priority lists ``queue``, ``queue\x06\x163``, ``…6``,
 # ``…9``; bindings joined by ``\x06\x16``): every process on a shared broker must agree on
 # it, or remote control between them breaks (a stock worker stops answering and

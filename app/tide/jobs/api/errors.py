@@ -39,6 +39,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             f"No registered task is called {exc.name!r}.",
             400,
             known_tasks=exc.known,
+            **({"loc": exc.loc} if exc.loc else {}),
         )
     if isinstance(exc, ArgumentsError):
         return _refuse(

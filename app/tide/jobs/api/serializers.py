@@ -9,10 +9,11 @@ from typing import Any
 from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
-from tide.jobs.models import Job, JobKind, JobProgress
-from tide.jobs.services import Options, RetryPolicy, Step
+from tide.jobs.models import Job, JobKind, JobProgress, JobTrigger
+from tide.jobs.services import MAX_CALLBACKS, MAX_DEPTH, Options, RetryPolicy, Step, Workflow
 
 
 def _json_name(value: Any) -> str:
@@ -223,36 +224,188 @@ class DeliveryFields(StrictSerializer):
         )
 
 
-class StepSerializer(StrictSerializer):
-    task = serializers.CharField(max_length=200)
+class CallbackSerializer(StrictSerializer):
+    """A callback: a registered task run by Celery's link (when its task succeeds, with
+    the result as first argument) or link_error (when it fails, with the failed task's id)."""
+
+    task = serializers.CharField(max_length=200, help_text="A registered task name.")
     args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
     kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
     queue = QueueField(required=False, max_length=200)
     immutable = serializers.BooleanField(
-        required=False, default=False, help_text="Ignore the previous step's result."
+        required=False,
+        default=False,
+        help_text="Called without the previous result (a step) or the task's result or id "
+        "(a callback).",
     )
 
-    def to_step(self, data: dict[str, Any]) -> Step:
+    @staticmethod
+    def to_step(data: dict[str, Any]) -> Step:
         return Step(
             task=data["task"],
-            args=tuple(data["args"]),
-            kwargs=dict(data["kwargs"]),
+            args=tuple(data.get("args", ())),
+            kwargs=dict(data.get("kwargs", {})),
             queue=data.get("queue"),
-            immutable=data["immutable"],
+            immutable=data.get("immutable", False),
+            link=tuple(CallbackSerializer.to_step(c) for c in data.get("link", ())),
+            link_error=tuple(CallbackSerializer.to_step(c) for c in data.get("link_error", ())),
         )
+
+
+def _callbacks(help_text: str) -> serializers.ListField:
+    # A ListField, not many=True: the schema then says maxItems too.
+    return serializers.ListField(
+        child=CallbackSerializer(), required=False, max_length=MAX_CALLBACKS, help_text=help_text
+    )
+
+
+LINK_HELP = f"Tasks run when this one succeeds, its result first (at most {MAX_CALLBACKS})."
+LINK_ERROR_HELP = (
+    f"Tasks run when this one fails for good, the failed task's id first (at most {MAX_CALLBACKS})."
+)
+WORKFLOW_KEYS = ("type", "steps", "callback")
+NOT_ON_WORKFLOW = (
+    "link and link_error are taken by a task submission (POST /api/jobs/ and bulk), not by "
+    "a workflow or its steps: in a workflow, run what follows a step as the next step of a "
+    "chain, or as a chord's callback."
+)
+
+
+class StepSerializer(CallbackSerializer):
+    """A task step of a workflow."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and ("link" in data or "link_error" in data):
+            # Callbacks on steps would multiply a workflow's size in the schema (and in
+            # what fuzzing sends) for what a chain or a chord already says.
+            raise serializers.ValidationError({"link": NOT_ON_WORKFLOW})
+        if isinstance(data, dict) and any(k in data for k in WORKFLOW_KEYS):
+            raise serializers.ValidationError(
+                {
+                    "type": f"Workflows nest at most {MAX_DEPTH} levels deep; this step would "
+                    "make a deeper one: flatten it or submit it as a workflow of its own."
+                }
+            )
+        return super().to_internal_value(data)
+
+
+def _nested_step(name: str, inner: type[serializers.Serializer], level: int) -> type[Any]:
+    """A workflow's step: a task (``task``, ...) or a workflow of level ``level`` (``type``,
+    ``steps``, ``callback``) whose own steps are ``inner``. Spelt out per level, so the
+    schema is bounded, not recursive: ``anyOf`` the task form (``Step``) and this level's
+    workflow form (``NestedWorkflowLevelN``), each with its required fields."""
+
+    class WorkflowForm(serializers.Serializer):
+        __doc__ = f"A workflow nested at level {level} of {MAX_DEPTH}."
+        type = serializers.ChoiceField(choices=[JobKind.CHAIN, JobKind.GROUP, JobKind.CHORD])
+        steps = inner(many=True, allow_empty=False, max_length=1000)
+        callback = StepSerializer(required=False, help_text="A chord's body.")
+
+    WorkflowForm.__name__ = WorkflowForm.__qualname__ = f"NestedWorkflowLevel{level}Serializer"
+
+    class NestedStep(StepSerializer):
+        workflow_form = WorkflowForm
+        __doc__ = (
+            f"A step: a task (task, args, kwargs, queue, immutable) or a "
+            f"nested workflow at level {level} of {MAX_DEPTH} (type, steps, callback)."
+        )
+        task = serializers.CharField(
+            required=False, max_length=200, help_text="A task step: a registered task name."
+        )
+        type = serializers.ChoiceField(
+            required=False,
+            choices=[JobKind.CHAIN, JobKind.GROUP, JobKind.CHORD],
+            help_text="A nested workflow: its shape.",
+        )
+        steps = inner(
+            many=True,
+            required=False,
+            allow_empty=False,
+            max_length=1000,
+            help_text="A nested workflow: its steps.",
+        )
+        callback = StepSerializer(required=False, help_text="A nested chord's body.")
+
+        def to_internal_value(self, data: Any) -> Any:
+            if isinstance(data, dict) and ("link" in data or "link_error" in data):
+                raise serializers.ValidationError({"link": NOT_ON_WORKFLOW})
+            if not isinstance(data, dict) or not any(k in data for k in WORKFLOW_KEYS):
+                if isinstance(data, dict) and "task" not in data:
+                    raise serializers.ValidationError(
+                        {"task": "Give a task, or type and steps for a nested workflow."}
+                    )
+                return super(StepSerializer, self).to_internal_value(data)
+            mixed = sorted(k for k in data if k not in WORKFLOW_KEYS)
+            if mixed:
+                raise serializers.ValidationError(
+                    dict.fromkeys(mixed, "A nested workflow takes type, steps and callback only.")
+                )
+            for key in ("type", "steps"):
+                if key not in data:
+                    raise serializers.ValidationError({key: "A nested workflow needs it."})
+            attrs = super(StepSerializer, self).to_internal_value(data)
+            for key in ("args", "kwargs", "immutable"):
+                attrs.pop(key, None)
+            if (attrs["type"] == JobKind.CHORD) != ("callback" in attrs):
+                raise serializers.ValidationError(
+                    {"callback": "A chord needs a callback; chains and groups take none."}
+                )
+            return attrs
+
+    NestedStep.__name__ = NestedStep.__qualname__ = name
+    return NestedStep
+
+
+class NestedStepSchema(OpenApiSerializerExtension):
+    """The schema of a nested level's step: ``anyOf`` its two forms (see ``_nested_step``).
+    A schema of every optional field of both made fuzzing (schemathesis) ten times slower."""
+
+    target_class = "tide.jobs.api.serializers.StepSerializer"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> Any:
+        form = getattr(self.target, "workflow_form", None)
+        if form is None:  # the task step itself
+            return auto_schema._map_basic_serializer(self.target, direction)
+        return {
+            "description": self.target.__doc__,
+            "anyOf": [
+                auto_schema.resolve_serializer(StepSerializer, direction).ref,
+                auto_schema.resolve_serializer(form, direction).ref,
+            ],
+        }
+
+
+StepLevel3Serializer = _nested_step("StepLevel3Serializer", StepSerializer, 3)
+StepLevel2Serializer = _nested_step("StepLevel2Serializer", StepLevel3Serializer, 2)
+
+
+def to_workflow_step(data: dict[str, Any]) -> Step | Workflow:
+    if "type" not in data:
+        return CallbackSerializer.to_step(data)
+    callback = data.get("callback")
+    return Workflow(
+        kind=JobKind(data["type"]),
+        steps=tuple(to_workflow_step(s) for s in data["steps"]),
+        callback=CallbackSerializer.to_step(callback) if callback else None,
+    )
 
 
 class SubmitTaskSerializer(DeliveryFields):
     task = serializers.CharField(max_length=200, help_text="A registered task name.")
     args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
     kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
+    link = _callbacks(LINK_HELP)
+    link_error = _callbacks(LINK_ERROR_HELP)
 
     def step(self) -> Step:
         return self.step_from(self.validated_data)
 
     @staticmethod
     def step_from(data: dict[str, Any]) -> Step:
-        return Step(task=data["task"], args=tuple(data["args"]), kwargs=dict(data["kwargs"]))
+        return CallbackSerializer.to_step(
+            {k: data[k] for k in ("task", "args", "kwargs", "link", "link_error") if k in data}
+        )
 
 
 class BulkSubmitSerializer(StrictSerializer):
@@ -285,8 +438,19 @@ class BulkSubmitSerializer(StrictSerializer):
 
 class SubmitWorkflowSerializer(DeliveryFields):
     type = serializers.ChoiceField(choices=[JobKind.CHAIN, JobKind.GROUP, JobKind.CHORD])
-    steps = StepSerializer(many=True, allow_empty=False, max_length=1000)
+    steps = StepLevel2Serializer(
+        many=True,
+        allow_empty=False,
+        max_length=1000,
+        help_text=f"Tasks, or workflows nested in this one ({MAX_DEPTH} levels at most in all; "
+        "TIDE_WORKFLOW_MAX_TASKS tasks, default 1000).",
+    )
     callback = StepSerializer(required=False, help_text="A chord's body: gets all results.")
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and ("link" in data or "link_error" in data):
+            raise serializers.ValidationError({"link": NOT_ON_WORKFLOW})
+        return super().to_internal_value(data)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -296,13 +460,12 @@ class SubmitWorkflowSerializer(DeliveryFields):
             )
         return attrs
 
-    def steps_and_callback(self) -> tuple[list[Step], Step | None]:
+    def steps_and_callback(self) -> tuple[list[Step | Workflow], Step | None]:
         data = self.validated_data
-        step = StepSerializer()
         callback = data.get("callback")
         return (
-            [step.to_step(s) for s in data["steps"]],
-            step.to_step(callback) if callback else None,
+            [to_workflow_step(s) for s in data["steps"]],
+            CallbackSerializer.to_step(callback) if callback else None,
         )
 
 
@@ -324,10 +487,49 @@ STEP_FIELDS = ["id", "position", "task_name", "queue", "state", "progress",
                "started_at", "finished_at", "cancel_requested_at"]  # fmt: skip
 
 
-class StepJobSerializer(serializers.ModelSerializer):
+class CallbackJobSerializer(serializers.ModelSerializer):
+    """A callback's job: ``trigger`` says link (ran on success) or link_error (on failure);
+    one that will never run (its task ended the other way) ends revoked."""
+
+    trigger = serializers.ChoiceField(
+        choices=[JobTrigger.LINK, JobTrigger.LINK_ERROR], read_only=True
+    )
+
     class Meta:
         model = Job
-        fields = STEP_FIELDS
+        fields = [*STEP_FIELDS, "trigger"]
+
+
+class StepJobTaskSerializer(serializers.ModelSerializer):
+    """A task step of the innermost nested workflow."""
+
+    callbacks = CallbackJobSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [*STEP_FIELDS, "kind", "callbacks"]
+
+
+class StepJobLevel3Serializer(serializers.ModelSerializer):
+    """A step of a nested workflow: a task, or a workflow at level 3 with its steps."""
+
+    callbacks = CallbackJobSerializer(many=True, read_only=True)
+    steps = StepJobTaskSerializer(many=True, read_only=True, source="workflow_steps")
+
+    class Meta:
+        model = Job
+        fields = [*STEP_FIELDS, "kind", "steps", "callbacks"]
+
+
+class StepJobSerializer(serializers.ModelSerializer):
+    """A workflow's step: a task, or a nested workflow (level 2) with its steps."""
+
+    callbacks = CallbackJobSerializer(many=True, read_only=True)
+    steps = StepJobLevel3Serializer(many=True, read_only=True, source="workflow_steps")
+
+    class Meta:
+        model = Job
+        fields = [*STEP_FIELDS, "kind", "steps", "callbacks"]
 
 
 def _datetime(value: Any) -> str | None:
@@ -391,11 +593,19 @@ class BulkResultSerializer(serializers.Serializer):
 
 
 class JobDetailSerializer(JobSerializer):
-    steps = StepJobSerializer(many=True, read_only=True)
+    steps = StepJobSerializer(
+        many=True,
+        read_only=True,
+        source="workflow_steps",
+        help_text="A workflow's steps in submission order, nested workflows with theirs.",
+    )
+    callbacks = CallbackJobSerializer(
+        many=True, read_only=True, help_text="A task's link and link_error callbacks."
+    )
     progress_history = ProgressSerializer(many=True, read_only=True, source="progress_events")
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "steps", "progress_history"]
+        fields = [*JobSerializer.Meta.fields, "steps", "callbacks", "progress_history"]
         read_only_fields = fields
 
     def to_representation(self, instance: Job) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -179,6 +179,9 @@ def list_filters(params: Any) -> dict[str, Any]:
     return lookups
 
 
+# A job's rows below it: steps, nested workflows' steps (MAX_DEPTH levels) and callbacks.
+TREE = ["steps", "steps__steps", "steps__steps__steps", "steps__steps__steps__steps"]
+
 CONFLICT = OpenApiResponse(
     description="job_not_finished (wait or cancel first), job_is_a_step (act on its "
     "workflow) or not_rerunnable."
@@ -209,9 +212,7 @@ class JobViewSet(
         if self.action == "list":
             jobs = jobs.filter(**list_filters(self.request.query_params))
         if self.action == "retrieve":
-            jobs = jobs.prefetch_related(
-                Prefetch("steps", queryset=Job.objects.order_by("position")), "progress_events"
-            )
+            jobs = jobs.prefetch_related(*TREE, "progress_events")
         return jobs
 
     def get_serializer_class(self) -> type[Any]:
@@ -377,9 +378,7 @@ def _detail(request: Request, job: Job) -> Any:
 
 def with_steps(job: Job) -> Job:
     """The job with its steps in workflow order and its progress history, for rendering."""
-    return Job.objects.prefetch_related(
-        Prefetch("steps", queryset=Job.objects.order_by("position")), "progress_events"
-    ).get(id=job.id)
+    return Job.objects.prefetch_related(*TREE, "progress_events").get(id=job.id)
 
 
 class WorkflowView(APIView):
@@ -395,8 +394,8 @@ class WorkflowView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        """Submit a chain, group or chord of registered tasks (``Idempotency-Key`` makes a
-        retry safe)."""
+        """Submit a chain, group or chord of registered tasks and nested workflows
+        (``Idempotency-Key`` makes a retry safe)."""
 
         def make(key: Idempotency | None) -> Job:
             submission = SubmitWorkflowSerializer(data=request.data)
