@@ -41,6 +41,9 @@ PLATFORM_OBJECTS = {
     ("ServiceMonitor", "tide-exporter"),
     ("ServiceMonitor", "tide-flower"),
     ("ServiceMonitor", "tide-operator"),
+    ("Role", "tide-operator-lease"),
+    ("RoleBinding", "tide-operator-lease"),
+    ("PodDisruptionBudget", "tide-operator"),
     ("WorkerPool", "tide-orders"),
     ("WorkerPool", "tide-reports"),
 }

@@ -149,17 +149,57 @@ def test_queues_include_every_pool_queue(rendered: dict[str, Render]) -> None:
     assert queues.split(",") == ["default", "reports", "emails"]
 
 
-def test_beat_flower_operator_and_exporter_run_one_replica(rendered: dict[str, Render]) -> None:
+def test_beat_flower_and_exporter_run_one_replica(rendered: dict[str, Render]) -> None:
     render = rendered["default"]
-    for component in ("beat", "flower", "operator", "exporter"):
+    for component in ("beat", "flower", "exporter"):
         deployment = render.named("Deployment", component)
         assert deployment["spec"]["replicas"] == 1, component
-    for component in ("beat", "flower", "operator"):
+    for component in ("beat", "flower"):
         # Recreate: a rollout must never run two of them at once.
         assert render.named("Deployment", component)["spec"]["strategy"]["type"] == "Recreate"
     beat = render.named("Deployment", "beat")["spec"]["template"]["spec"]["containers"][0]
     # The schedule is read from the database (DatabaseScheduler), not a file.
     assert beat["args"] == ["beat"]
+
+
+def test_operator_runs_two_replicas_that_elect_one_with_a_lease(
+    rendered: dict[str, Render],
+) -> None:
+    render = rendered["default"]
+    deployment = render.named("Deployment", "operator")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    # A rollout starts the new pod before stopping an old one (which releases the Lease).
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = spec["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    )
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["TIDE_OPERATOR_LEASE_DURATION"]["value"] == "8"
+    assert env["TIDE_OPERATOR_LEASE_RENEW"]["value"] == "2"
+    (pdb,) = [
+        p for p in render.kind("PodDisruptionBudget") if p["metadata"]["name"].endswith("operator")
+    ]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    # One replica: no PodDisruptionBudget (a drain could never proceed), no anti-affinity.
+    single = template("--set", "operator.replicas=1")
+    assert not [
+        o
+        for o in single
+        if o["kind"] == "PodDisruptionBudget" and "operator" in o["metadata"]["name"]
+    ]
+    (alone,) = [
+        o for o in single if o["kind"] == "Deployment" and o["metadata"]["name"] == "tide-operator"
+    ]
+    assert "affinity" not in alone["spec"]["template"]["spec"]
 
 
 def test_flower_forgets_workers_the_operator_scaled_in(rendered: dict[str, Render]) -> None:
@@ -263,11 +303,29 @@ def test_monitoring_objects_only_where_their_crds_are() -> None:
 
 
 def operator_roles(render: Render, kind: str) -> list[dict]:
+    """The operator's roles for its pools (not the one for its Lease)."""
     return [
         r
         for r in render.kind(kind)
         if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+        and not r["metadata"]["name"].endswith("-lease")
     ]
+
+
+def lease_role(render: Render) -> dict:
+    (role,) = [r for r in render.kind("Role") if r["metadata"]["name"].endswith("operator-lease")]
+    return role
+
+
+LEASE_RULES = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["tide-operator"],
+        "verbs": ["get", "update"],
+    },
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
 
 
 def test_operator_rbac_follows_its_scope(rendered: dict[str, Render]) -> None:
@@ -280,14 +338,30 @@ def test_operator_rbac_follows_its_scope(rendered: dict[str, Render]) -> None:
     assert args(default) == ["operator", "--namespace", NAMESPACE]
     assert operator_roles(default, "ClusterRole") == []
     assert default.kind("ClusterRoleBinding") == []
-    assert [r["metadata"]["namespace"] for r in default.kind("Role")] == [NAMESPACE]
+    assert [r["metadata"]["namespace"] for r in operator_roles(default, "Role")] == [NAMESPACE]
     # Two watched namespaces: a Role and RoleBinding in each.
     gitops = rendered["gitops"]
     assert args(gitops) == ["operator", "--namespace", "tide", "--namespace", "tide-batch"]
-    assert sorted(r["metadata"]["namespace"] for r in gitops.kind("RoleBinding")) == [
-        "tide",
-        "tide-batch",
-    ]
+    assert sorted(
+        r["metadata"]["namespace"]
+        for r in gitops.kind("RoleBinding")
+        if not r["metadata"]["name"].endswith("-lease")
+    ) == ["tide", "tide-batch"]
+    # In every scope, the Lease's Role in the release namespace: that one Lease by name.
+    for render in (default, gitops, rendered["production"]):
+        role = lease_role(render)
+        assert (
+            role["metadata"]["namespace"]
+            == render.named("Deployment", "operator")["metadata"]["namespace"]
+        )
+        assert role["rules"] == LEASE_RULES
+        (binding,) = [
+            b
+            for b in render.kind("RoleBinding")
+            if b["metadata"]["name"] == role["metadata"]["name"]
+        ]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"][0]["name"] == "tide-operator"
     # scope=cluster: one ClusterRole with the Role's rules, and --all-namespaces.
     prod = rendered["production"]
     assert args(prod) == ["operator", "--all-namespaces"]
@@ -342,12 +416,14 @@ def test_workerpools_join_the_built_in_user_roles(rendered: dict[str, Render]) -
     # A namespace admin can grant the operator's Role only holding all of it: what the
     # built-in admin role lacks (WorkerPools, their status, creating Events) comes from here.
     (role,) = operator_roles(default, "Role")
-    for rule in role["rules"]:
+    for rule in role["rules"] + lease_role(default)["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                if group == "tide.dev" or resource == "events":
+                if group in ("tide.dev", "coordination.k8s.io") or resource == "events":
                     for verb in rule["verbs"]:
                         assert (group, resource, verb) in holds("admin"), (resource, verb)
+    # Leases to admin only: whoever may write one may take over any leader election.
+    assert not {t for t in holds("edit") if t[1] == "leases"}
     # They are cluster-scoped and belong with the CRD: without it, none.
     without = template("--set", "crds.enabled=false")
     assert not [o for o in without if o["kind"] == "ClusterRole"]
@@ -394,7 +470,7 @@ def test_the_operator_docs_state_the_charts_rbac(rendered: dict[str, Render]) ->
     (role,) = operator_roles(rendered["default"], "Role")
     granted = {
         (g, r, v)
-        for rule in role["rules"]
+        for rule in role["rules"] + lease_role(rendered["default"])["rules"]
         for g in rule["apiGroups"]
         for r in rule["resources"]
         for v in rule["verbs"]

@@ -657,10 +657,14 @@ class Operator:
     started_at: float = 0.0
     starts: int = 0
     log: Path = Path()
+    #: The replica's identity (``POD_ID``: the Lease's holderIdentity and the pools'
+    #: ``status.actingReplica``); empty: the operator's default, the hostname.
+    identity: str = ""
 
     def start(self) -> None:
         self.starts += 1
         self.metrics_port, self.liveness_port = free_port(), free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = self.workdir / f"operator-{self.starts}.log"
         env = {
             **os.environ,
@@ -670,6 +674,9 @@ class Operator:
             "CELERY_BROKER_KEYPREFIX": self.broker.keyprefix,
         }
         env.pop("DJANGO_SETTINGS_MODULE", None)
+        env.pop("POD_ID", None)
+        if self.identity:
+            env["POD_ID"] = self.identity
         self.started_at = time.monotonic()
         with self.log.open("w") as log:
             self.process = subprocess.Popen(

@@ -139,6 +139,12 @@ def audit_entries(
     return list(seen.values())
 
 
+def is_lease(entry: dict[str, Any]) -> bool:
+    """A request about the operator's Lease (``coordination.k8s.io`` leases)."""
+    ref = entry.get("objectRef") or {}
+    return ref.get("apiGroup") == "coordination.k8s.io" and ref.get("resource") == "leases"
+
+
 def describe_requests(entries: list[dict[str, Any]]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for entry in entries:
@@ -337,6 +343,10 @@ def test_idle_steady_state(
             f"status fields changed: {moved or 'none'}",
         )
     else:
+        # The Lease's renewals (coordination.k8s.io leases, GET/PUT every 2 s) are the
+        # operator's own bookkeeping, the same at one pool as at a thousand: not pool writes.
+        leases = [e for e in entries if is_lease(e)]
+        entries = [e for e in entries if not is_lease(e)]
         writes = [e for e in entries if e["verb"] in ("create", "update", "patch", "delete")]
         minutes = STEADY / 60
         counts = describe_requests(entries)
@@ -351,6 +361,7 @@ def test_idle_steady_state(
             detail=f"{len(entries) / pools / minutes:.1f} requests/pool/min, "
             f"{len(writes) / minutes:.0f} writes/min; "
             + ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+            + f"; Lease (not counted): {len(leases) / minutes:.0f} requests/min"
             + (f"; status fields changed: {moved}" if moved else ""),
         )
     assert ok, (replicas_before, replicas_after, moved)
@@ -404,6 +415,144 @@ def test_restart_without_spurious_scale(
         f"scale patches in audit log {patches}",
     )
     assert ok, operator.logs()[-3000:]
+
+
+#: The operator's Lease (docs/operator.md, "High availability") and the failover bound
+#: (issue 14: a killed acting replica is replaced within 15 s).
+LEASE = "tide-operator"
+TAKEOVER_BOUND = 15.0
+
+
+def lease_holder(cluster: Cluster, namespace: str) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease(LEASE, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return lease.spec.holder_identity or None
+
+
+def all_name(cluster: Cluster, namespace: str, identity: str) -> bool:
+    """Every pool's ``status.actingReplica`` names ``identity``."""
+    statuses = pool_statuses(cluster, namespace)
+    return bool(statuses) and all(s.get("actingReplica") == identity for s in statuses.values())
+
+
+def acting(replica: Operator) -> float | None:
+    """``tide_operator_acting{replica=<identity>}`` of a running replica."""
+    if not replica.alive():
+        return None
+    try:
+        found = replica.samples("tide_operator_acting")
+    except Exception:
+        return None
+    return found.get((("replica", replica.identity),))
+
+
+def reconciles(replica: Operator) -> float:
+    try:
+        return sum(replica.samples("tide_operator_reconcile_duration_seconds_count").values())
+    except Exception:
+        return 0.0
+
+
+def pool_events_since(cluster: Cluster, namespace: str, since: datetime) -> list[str]:
+    found = []
+    for event in cluster.core.list_namespaced_event(namespace).items:
+        if event.involved_object.kind != "WorkerPool":
+            continue
+        stamp = event.last_timestamp or event.event_time or event.first_timestamp
+        if stamp is not None and stamp >= since:
+            found.append(f"{event.involved_object.name}: {event.reason}")
+    return found
+
+
+def test_failover_to_the_standby(
+    cluster: Cluster, chart: Install, operator: Operator, report: Report
+) -> None:
+    """Two replicas; SIGKILL the one acting: the standby holds the Lease and every pool's
+    status names it within 15 s, with no scale patch and no Event after the kill."""
+    require_operator(operator, report, "operator failover")
+    namespace = chart.namespace
+    operator.stop()  # the session's replica releases the Lease; these two take it
+    a, b = (
+        Operator(
+            namespace=namespace,
+            kubeconfig=operator.kubeconfig,
+            broker=operator.broker,
+            workdir=operator.workdir / f"failover-{name}",
+            identity=f"tide-e2e-{name}",
+        )
+        for name in ("a", "b")
+    )
+    try:
+        a.start()
+        held, _ = measure(
+            lambda: (
+                lease_holder(cluster, namespace) == a.identity
+                and all_name(cluster, namespace, a.identity)
+            ),
+            timeout=60,
+        )
+        assert held, a.logs()[-3000:]
+        b.start()
+        # The standby is up, stands by, and its pools have run two shadow ticks each.
+        warm, _ = measure(lambda: acting(b) == 0.0 and reconciles(b) >= 2 * POOLS, timeout=60)
+        assert warm, b.logs()[-3000:]
+        before = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
+        killed_at = now_utc()
+        assert a.process is not None
+        a.process.kill()
+        _, lease_seconds = measure(
+            lambda: lease_holder(cluster, namespace) == b.identity, timeout=60
+        )
+        named, named_seconds = measure(lambda: all_name(cluster, namespace, b.identity), timeout=60)
+        named_seconds = max(named_seconds, lease_seconds)  # measured one after the other
+        # Two ticks of every pool as the acting replica.
+        ticks = reconciles(b)
+        measure(lambda: reconciles(b) >= ticks + 2 * POOLS, timeout=60)
+        after = {d: cluster.replicas(namespace, d) for d in TARGETS.values()}
+        events = pool_events_since(cluster, namespace, killed_at)
+        entries = audit_entries(namespace, killed_at)
+        if entries is None:
+            audited = "no audit log (TIDE_E2E_AUDIT_LOG): scale patches not counted"
+            patches = 0
+        else:
+            patches = sum(
+                1
+                for e in entries
+                if (e.get("objectRef") or {}).get("subresource") == "scale" and e["verb"] == "patch"
+            )
+            writes = describe_requests(
+                [
+                    e
+                    for e in entries
+                    if not is_lease(e) and e["verb"] in ("create", "update", "patch", "delete")
+                ]
+            )
+            audited = f"scale patches {patches}; writes after the kill: {dict(writes)}"
+        ok = report.record(
+            "operator failover: SIGKILL of the acting replica → the standby acts",
+            ok=bool(named)
+            and named_seconds <= TAKEOVER_BOUND
+            and before == after
+            and not events
+            and patches == 0,
+            seconds=named_seconds,
+            bound=f"{TAKEOVER_BOUND:g}",
+            detail=f"Lease taken over after {lease_seconds:.1f} s, every pool's "
+            f"status.actingReplica after {named_seconds:.1f} s; replicas "
+            f"{'unchanged' if before == after else f'{before} → {after}'}; Events after the "
+            f"kill: {events or 'none'}; {audited}",
+        )
+        assert ok, b.logs()[-3000:]
+    finally:
+        for replica in (a, b):
+            if replica.alive():
+                replica.stop()
+        operator.start()
+        measure(lambda: operator.healthy() or not operator.alive(), timeout=60)
 
 
 def scaled_to(cluster: Cluster, namespace: str, deployment: str, replicas: int) -> Any:

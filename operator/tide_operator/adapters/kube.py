@@ -3,10 +3,10 @@
 kopf watches WorkerPools and the operator runs one loop per pool, but kopf's API client is
 private (``kopf._cogs``), and the handful of calls the operator makes — get/create/patch a
 Deployment, patch its ``scale`` subresource, list and annotate pods, patch a WorkerPool's
-``status`` — are made here, as JSON over HTTP on ``aiohttp`` (kopf's own transport, already
-in the process), with the TLS context and ``Authorization`` header of
-``credentials.Credentials`` (resolved by the ``kubernetes`` package; kopf's session is
-built from the same object in ``edge/handlers.py``).
+``status``, read and write the operator's Lease — are made here, as JSON over HTTP on
+``aiohttp`` (kopf's own transport, already in the process), with the TLS context and
+``Authorization`` header of ``credentials.Credentials`` (resolved by the ``kubernetes``
+package; kopf's session is built from the same object in ``edge/handlers.py``).
 
 Why not the official client for the calls too, or httpx: measured at 1,000 pools
 (``bench/bench_operator.py --client``, figures in docs/operator.md, "Design"), one GET of a
@@ -188,6 +188,12 @@ class KubeApi:
         return await self._send(
             "POST", path, params={"fieldManager": FIELD_MANAGER}, body=dict(body)
         )
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> Any:
+        """PUT: a conditional write when the body carries ``metadata.resourceVersion``
+        (a 409 Conflict, raised at once, says the object changed since it was read)."""
+        params = {"fieldManager": FIELD_MANAGER}
+        return await self._send("PUT", path, params=params, body=dict(body))
 
     async def patch(self, path: str, body: Any, *, content_type: str = MERGE_PATCH) -> Any:
         """PATCH, retrying 409 Conflict a few times before giving up."""

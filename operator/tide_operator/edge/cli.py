@@ -1,4 +1,4 @@
-"""``tide operator``: run the WorkerPool operator (one replica, kopf in standalone mode).
+"""``tide operator``: run the WorkerPool operator (kopf in standalone mode, one acting replica).
 
 The command wires the pieces and runs kopf in-process (no ``kopf run`` of a file): the
 handlers from ``handlers.build_registry``, the settings from ``handlers.make_settings``
@@ -7,7 +7,10 @@ endpoint for the pod's probe, and the operator's own metrics on ``:9091/metrics`
 
 It watches either the namespaces given with ``--namespace`` (repeatable; RBAC can then be
 a Role per namespace) or the whole cluster with ``--all-namespaces``. Standalone means no
-peering objects: run exactly one replica (the Deployment in the chart uses ``Recreate``).
+kopf peering objects: replicas elect the one that acts with a ``coordination.k8s.io`` Lease
+(``tide-operator`` in the operator's namespace, ``adapters/leases.py``); the others keep
+their pools' policy state warm and take over within a lease duration if it dies. The
+replica's identity is ``POD_ID`` (the chart sets the pod's name), else the hostname.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 import socket
 
 import click
+
+from tide_operator.adapters.leases import LEASE_DURATION, LEASE_RENEW
 
 __all__ = ["operator_command"]
 
@@ -52,6 +57,28 @@ __all__ = ["operator_command"]
 @click.option("--context", help="kubeconfig context (default: its current-context).")
 @click.option("--metrics-port", type=int, default=9091, show_default=True)
 @click.option("--metrics-addr", default="0.0.0.0", show_default=True)
+@click.option(
+    "--lease-namespace",
+    envvar="TIDE_OPERATOR_LEASE_NAMESPACE",
+    help="Namespace of the Lease tide-operator that elects the acting replica (default: "
+    "POD_NAMESPACE, else the first namespace watched).",
+)
+@click.option(
+    "--lease-duration",
+    type=click.IntRange(min=2),
+    default=LEASE_DURATION,
+    show_default=True,
+    envvar="TIDE_OPERATOR_LEASE_DURATION",
+    help="Seconds a Lease not renewed stays with its holder before a standby takes it over.",
+)
+@click.option(
+    "--lease-renew",
+    type=click.FloatRange(min=0.1),
+    default=LEASE_RENEW,
+    show_default=True,
+    envvar="TIDE_OPERATOR_LEASE_RENEW",
+    help="Seconds between renewals of the Lease (and between a standby's reads of it).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every handler run.")
 @click.option("--debug", is_flag=True, help="Log the API traffic too.")
 def operator_command(
@@ -62,6 +89,9 @@ def operator_command(
     context: str | None,
     metrics_port: int,
     metrics_addr: str,
+    lease_namespace: str | None,
+    lease_duration: int,
+    lease_renew: float,
     verbose: bool,
     debug: bool,
 ) -> None:
@@ -69,6 +99,7 @@ def operator_command(
     import kopf
 
     from tide_operator.adapters.credentials import LoginFailed, login
+    from tide_operator.adapters.leases import LeaseSettings
     from tide_operator.edge.handlers import (
         Runtime,
         build_registry,
@@ -89,6 +120,22 @@ def operator_command(
     # KeyError for a uid without a passwd entry: the image runs as 10001 with none, as in
     # a pod. The hostname is the pod's name in Kubernetes and the machine's elsewhere.
     os.environ.setdefault("POD_ID", socket.gethostname())
+    watched = [n for item in namespaces for n in item.split()]
+    lease_home = lease_namespace or os.environ.get("POD_NAMESPACE") or next(iter(watched), None)
+    if not lease_home:
+        raise click.UsageError(
+            "with --all-namespaces, say where the operator's Lease lives: POD_NAMESPACE "
+            "(the chart sets it) or --lease-namespace NAME"
+        )
+    try:
+        lease = LeaseSettings(
+            namespace=lease_home,
+            identity=os.environ["POD_ID"],
+            duration=lease_duration,
+            renew_every=lease_renew,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     kopf.configure(verbose=verbose, debug=debug)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -108,6 +155,7 @@ def operator_command(
         login=lambda: credentials,
         busy_probe=probe,
         worker_probe=probe,
+        lease=lease,
     )
     runtime.recoveries = recoveries_from_env(runtime)
     kopf.run(
@@ -115,6 +163,6 @@ def operator_command(
         settings=runtime.settings,
         standalone=True,
         clusterwide=all_namespaces,
-        namespaces=[n for item in namespaces for n in item.split()],
+        namespaces=watched,
         liveness_endpoint=liveness,
     )

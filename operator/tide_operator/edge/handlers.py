@@ -61,6 +61,7 @@ from tide_celery.recovery import Recovered, Recoveries
 from tide_operator.adapters.credentials import Credentials, LoginFailed
 from tide_operator.adapters.credentials import login as login_with_kubernetes_package
 from tide_operator.adapters.kube import ApiError, KubeApi, NotFound, Unreachable
+from tide_operator.adapters.leases import LeaseElector, LeaseSettings
 from tide_operator.adapters.sources import MetricSource, SharedQueries, SharedScrapes, source_for
 from tide_operator.adapters.targets import (
     BusyProbe,
@@ -121,6 +122,10 @@ CRD_MISSING: Final = (
 # row, before the pool's Ready condition says so (see _persistent_api_error).
 API_ERROR_GRACE = 30.0
 API_ERROR_TICKS = 2
+# Worker pod losses a standby remembers for a takeover (the oldest are dropped).
+MISSED_LOSSES: Final = 1000
+# The status field naming the replica that acts (the Lease's holderIdentity).
+ACTING_REPLICA: Final = "actingReplica"
 
 
 def default_login() -> Credentials:
@@ -217,6 +222,66 @@ class Runtime:
     #: Puts back what dead worker pods held (Redis brokers); None: the operator knows no
     #: broker, and the transport's visibility timeout applies.
     recoveries: Recoveries | None = None
+    #: The Lease that elects the acting replica (``adapters/leases.py``); None: this
+    #: process always acts (local tools that run the handlers on their own).
+    lease: LeaseSettings | None = None
+    elector: LeaseElector | None = None
+    _lease_task: asyncio.Task[None] | None = None
+    #: Worker pods reported gone while this replica stood by, recovered if it takes over
+    #: (a node lost with the acting replica on it takes that replica's watch with it).
+    _missed_losses: dict[str, tuple[str, Any]] = field(default_factory=dict)
+
+    def remember_loss(self, hostname: str, reason: str, key: Any) -> None:
+        """A worker pod gone while standing by; forgotten after ``MISSED_LOSSES``."""
+        self._missed_losses[hostname] = (reason, key)
+        while len(self._missed_losses) > MISSED_LOSSES:
+            del self._missed_losses[next(iter(self._missed_losses))]
+
+    def acting(self) -> bool:
+        """Whether this replica may scale, write statuses and post Events now."""
+        return self.elector is None or self.elector.holding
+
+    @property
+    def identity(self) -> str | None:
+        return self.lease.identity if self.lease is not None else None
+
+    def lease_changed(self, acting: bool) -> None:
+        """The elector's news: count it, show it, and wake the pools at a takeover."""
+        identity = self.identity or ""
+        self.metrics.acting.labels(identity).set(1 if acting else 0)
+        if not acting:
+            return
+        self.metrics.lease_acquisitions.inc()
+        if self.loops is not None:
+            self.loops.wake_all()
+        if self.recoveries is not None:
+            missed, self._missed_losses = self._missed_losses, {}
+            for hostname, (reason, key) in missed.items():
+                self.recoveries.lost(hostname, reason=reason, context=key)
+
+    async def start_lease(self) -> None:
+        """Try the Lease once (so a lone replica acts before its pools start), then keep
+        trying in the background."""
+        if self.lease is None or self.elector is not None:
+            return
+        elector = self.elector = LeaseElector(self.lease, self.api, on_change=self.lease_changed)
+        self.metrics.acting.labels(self.lease.identity).set(0)
+        with contextlib.suppress(ApiError, Unreachable, TimeoutError):
+            async with asyncio.timeout(self.lease.acting_window):
+                await elector.step()
+        self._lease_task = asyncio.create_task(elector.run(), name="operator lease")
+
+    async def stop_lease(self) -> None:
+        """Stop renewing and release the Lease (after the pools' loops have stopped)."""
+        elector, task = self.elector, self._lease_task
+        if elector is None:
+            return
+        elector.stop()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._lease_task = None
+        await elector.release()
 
     async def credentials(self) -> Credentials:
         """Log in once; kopf's re-logins refresh the header, not the whole login."""
@@ -288,6 +353,8 @@ class _Pool:
     trouble_since: float | None = None
     errors_since: float | None = None
     errors_in_a_row: int = 0
+    # Whether the last tick was a standby's (this replica did not hold the Lease).
+    standing_by: bool = False
 
     def trouble(self, *, namespace: str, name: str, now: float, what: str) -> None:
         """Remember an API failure; the first of an outage is the one logged line."""
@@ -399,6 +466,71 @@ async def _tick(runtime: Runtime, pool_memory: _Pool, body: Any) -> tuple[StepRe
     return result, spec.polling_interval
 
 
+class _Watched:
+    """A pool's Deployment as the watch shows it, for a replica that does not act: it reads
+    the size the acting replica set and never writes (``scale`` and the marks do nothing)."""
+
+    def __init__(self, runtime: Runtime, namespace: str, name: str) -> None:
+        self.workloads = runtime.workloads
+        self.namespace = namespace
+        self.name = name
+
+    async def current(self) -> int:
+        found = self.workloads.deployment(self.namespace, self.name)
+        if found is None:
+            raise TargetUnavailable(
+                "TargetNotFound", f"Deployment {self.namespace}/{self.name} not found"
+            )
+        replicas = (found.get("spec") or {}).get("replicas")
+        return 1 if replicas is None else int(replicas)
+
+    async def scale(self, replicas: int, *, reason: str) -> None:
+        return None
+
+    async def mark_idle_first(self, count: int) -> None:
+        return None
+
+
+async def _shadow(runtime: Runtime, memory: _Pool, body: Any) -> float:
+    """A standby's tick: keep the policy's memory warm, write nothing.
+
+    The standby reads the queues (one shared query per source, as the acting replica does)
+    and the size the acting replica set (from the watch), and runs the same decision, but
+    keeps only the policy's state. So at a takeover the new holder decides with the
+    history, rates and stabilisation windows the old one had, instead of starting afresh,
+    and does not scale where the old holder would not have. The stored status is taken as
+    the last one written, so conditions already announced are not announced again.
+    """
+    memory.status = dict(body.get("status") or {}) or None
+    if not runtime.workloads.watching:
+        return memory.interval
+    try:
+        pool = WorkerPool.from_body(body)
+    except ValidationError:
+        return INVALID_SPEC_RETRY
+    spec = pool.spec
+    memory.interval = spec.polling_interval
+    if memory.source is None or memory.source_spec != spec.metrics:
+        memory.source = source_for(
+            spec.metrics, client=runtime.http(), shared=runtime.scrapes, queries=runtime.queries
+        )
+        memory.source_spec = spec.metrics
+    result = await reconcile_step(
+        spec=spec,
+        source=memory.source,
+        target=_Watched(runtime, pool.namespace, deployment_name(pool)),
+        state=memory.state,
+        now=asyncio.get_running_loop().time(),
+        wall=runtime.wall_clock(),
+        previous_status=memory.status,
+        generation=pool.generation,
+        stored_status=body.get("status"),
+    )
+    if result.decision is not None:
+        memory.state = result.state
+    return spec.polling_interval
+
+
 async def _persistent_api_error(
     runtime: Runtime, memory: _Pool, body: Any, exc: ApiError, *, now: float
 ) -> None:
@@ -484,11 +616,21 @@ async def _run_pool(runtime: Runtime, handle: PoolHandle) -> None:
                         handle.stop(deleted=True)
                         break
                 body = handle.body
-                result, interval = await _tick(runtime, memory, body)
-                if handle.stopping:
-                    break  # deleted during the tick: nothing more to say about it
-                await _report(runtime, memory, body, result)
-                memory.recovered(namespace=namespace, name=name, now=loop.time())
+                if not runtime.acting():
+                    # Standing by: no request, no write; the policy's memory kept warm.
+                    interval = await _shadow(runtime, memory, body)
+                    memory.standing_by = True
+                else:
+                    if memory.standing_by:
+                        # Taken over: what the last holder wrote (the watch's latest) is
+                        # what this replica's first status and Events are compared with.
+                        memory.status = dict(body.get("status") or {}) or None
+                        memory.standing_by = False
+                    result, interval = await _tick(runtime, memory, body)
+                    if handle.stopping:
+                        break  # deleted during the tick: nothing more to say about it
+                    await _report(runtime, memory, body, result)
+                    memory.recovered(namespace=namespace, name=name, now=loop.time())
             except Unreachable as exc:
                 # Nothing was said about the pool: hold everything, log once per outage.
                 runtime.metrics.api_failures.labels("unreachable").inc()
@@ -539,9 +681,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if not any(r.get("name") == PLURAL for r in discovery.get("resources") or []):
             raise kopf.PermanentError(CRD_MISSING)
 
+    @kopf.on.startup(registry=registry)
+    async def lease(**_: Any) -> None:
+        # After crd_installed (kopf runs startup handlers in order), before the watches.
+        await runtime.start_lease()
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await loops.stop_all(timeout=STOP_TIMEOUT)
+        # Released only once no loop can write any more: the next holder starts clean.
+        await runtime.stop_lease()
         await runtime.close()
 
     # The pools read their Deployments and pods from these indexes, which kopf fills from
@@ -578,7 +727,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if key is None:
             return  # not a worker of a pool this operator serves
         meta = pod.get("metadata") or {}
-        runtime.recoveries.lost(worker_hostname(meta.get("name") or ""), reason=reason, context=key)
+        hostname = worker_hostname(meta.get("name") or "")
+        if not runtime.acting():
+            # The acting replica recovers it; kept in case this one takes over first.
+            runtime.remember_loss(hostname, reason, key)
+            return
+        runtime.recoveries.lost(hostname, reason=reason, context=key)
 
     return registry
 
@@ -639,7 +793,7 @@ def _report_recovery(runtime: Runtime, result: Recovered, reason: str, key: Any)
     namespace, name = key
     runtime.metrics.record_recovery(namespace, name, result.restored)
     body = runtime.loops.body(key) if runtime.loops is not None else None
-    if body is None:
+    if body is None or not runtime.acting():
         return
     if result.restored:
         _post(
@@ -693,15 +847,20 @@ async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult
     memory.state = result.state
     paused = bool((body.get("spec") or {}).get("paused", False))
     runtime.metrics.record(namespace, name, result, paused=paused)
+    if not runtime.acting():
+        return  # the Lease was lost during the tick: the new holder reports
+    status = result.status
+    if runtime.identity is not None:
+        status = {**status, ACTING_REPLICA: runtime.identity}
     for event in result.events:
         _post(body, event)
-    if status_changed(memory.status, result.status):
+    if status_changed(memory.status, status):
         api = await runtime.api()
         try:
-            await api.patch(_status_path(namespace, name), {"status": result.status})
+            await api.patch(_status_path(namespace, name), {"status": status})
         except NotFound:
             return  # the pool was deleted meanwhile; its loop is being stopped
-        memory.status = result.status
+        memory.status = status
 
 
 def busy_probe_from_env(environ: Mapping[str, str] | None = None) -> CeleryInspectProbe | None:

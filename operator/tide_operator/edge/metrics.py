@@ -104,6 +104,19 @@ class OperatorMetrics:
             ("cause",),
             registry=r,
         )
+        self.acting = Gauge(
+            "tide_operator_acting",
+            "1 while this replica holds the operator's Lease and acts (scales, writes "
+            "statuses, posts Events); 0 while it stands by.",
+            ("replica",),
+            registry=r,
+        )
+        self.lease_acquisitions = Counter(
+            "tide_operator_lease_acquisitions",
+            "Times this replica acquired the operator's Lease (created it, took it over, or "
+            "took it back after losing it).",
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             "tide_operator_reconcile_duration_seconds",
             "Duration of one pool's reconcile step.",

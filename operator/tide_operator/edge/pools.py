@@ -30,7 +30,6 @@ small enough to be certain about.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ class PoolHandle:
         # True when the pool itself is gone (not merely the operator stopping).
         self.deleted = False
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
@@ -62,10 +62,24 @@ class PoolHandle:
         self.deleted = self.deleted or deleted
         self._stop.set()
 
+    def wake(self) -> None:
+        """End the current ``sleep`` now (this replica just started acting)."""
+        self._wake.set()
+
     async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if the loop is told to stop meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+        """Wait ``seconds``, or less if the loop is told to stop or woken meanwhile."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waits = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(
+                waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        self._wake.clear()
 
 
 RunFn = Callable[[PoolHandle], Awaitable[None]]
@@ -123,6 +137,11 @@ class PoolLoops:
         handle = PoolHandle(key, uid, body)
         task = asyncio.create_task(self._guarded(handle), name=f"workerpool {key[0]}/{key[1]}")
         self._live[key] = _Live(handle, task)
+
+    def wake_all(self) -> None:
+        """Wake every loop from its sleep (the replica just took the Lease)."""
+        for live in self._live.values():
+            live.handle.wake()
 
     async def stop_all(self, *, timeout: float) -> None:
         """Tell every loop to stop; wait up to ``timeout``, then cancel the rest."""

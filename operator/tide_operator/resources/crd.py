@@ -196,6 +196,12 @@ def _printer_columns() -> list[dict[str, Any]]:
             "type": "string",
             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
         },
+        {
+            # The replica holding the operator's Lease (docs/operator.md, "High availability").
+            "name": "Operator",
+            "type": "string",
+            "jsonPath": ".status.actingReplica",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

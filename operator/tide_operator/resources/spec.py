@@ -658,6 +658,11 @@ class WorkerPoolStatus(_Model):
         description="The arrivals forecast's seasonal profile, restored when the operator "
         "restarts.",
     )
+    acting_replica: str | None = Field(
+        default=None,
+        description="The operator replica that acts on this pool: the holder of the Lease "
+        "tide-operator in the operator's namespace (its pod name).",
+    )
     conditions: tuple[Condition, ...] = Field(
         default=(),
         description="Ready, Active, Fallback, Paused and SafeScaleIn.",

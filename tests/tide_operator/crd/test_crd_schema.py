@@ -330,5 +330,7 @@ def test_crd_shape() -> None:
         "Waiting",
         "Oldest",
         "Ready",
+        # The operator replica that acts (status.actingReplica: the Lease's holder).
+        "Operator",
         "Age",
     ]

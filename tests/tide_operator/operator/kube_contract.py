@@ -42,7 +42,13 @@ RESOURCES: dict[str, set[str]] = {
     "apps/v1": {"deployments"},
     "events.k8s.io/v1": {"events"},
     "apiextensions.k8s.io/v1": {"customresourcedefinitions"},
+    # The operator's Lease (adapters/leases.py).
+    "coordination.k8s.io/v1": {"leases"},
 }
+# Kinds whose bodies are held to their OpenAPI schema field by field (the others by kind).
+SCHEMAS = ("io.k8s.api.coordination.v1.Lease",)
+# Definitions kept as plain objects rather than inlined (they are large and not ours).
+OPAQUE = {"io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
 SUBRESOURCES = {"scale", "status"}
 METHODS = ("get", "post", "put", "patch", "delete")
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
@@ -114,11 +120,36 @@ def extract(document: Mapping[str, Any]) -> dict[str, Any]:
                 spec["body"] = kind
             verbs[method] = spec
         paths[path.rstrip("/") or "/"] = verbs
+    schemas: dict[str, Any] = {}
+    for name in SCHEMAS:
+        definition = document["definitions"][name]
+        kind = _kind(document, {"$ref": f"#/definitions/{name}"})
+        assert kind is not None, name
+        schemas[kind] = _compact(document, definition)
     return {
         "source": f"{DOCUMENT_NAME}: /openapi/v2 of kube-apiserver v1.26.0 (built-in groups)",
         "regenerate": "python tests/tide_operator/operator/kube_contract.py",
         "paths": paths,
+        "schemas": schemas,
     }
+
+
+def _compact(document: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema with its ``$ref``s inlined (but ``OPAQUE``), descriptions dropped."""
+    ref = schema.get("$ref")
+    if ref is not None:
+        name = ref.rsplit("/", 1)[-1]
+        if name in OPAQUE:
+            return {"type": "object"}
+        return _compact(document, document["definitions"][name])
+    out: dict[str, Any] = {k: schema[k] for k in ("type", "format") if k in schema}
+    if "properties" in schema:
+        out["properties"] = {
+            key: _compact(document, value) for key, value in sorted(schema["properties"].items())
+        }
+    if "items" in schema:
+        out["items"] = _compact(document, schema["items"])
+    return out
 
 
 def custom_resource_paths(
@@ -199,11 +230,64 @@ def _parse_int(value: str) -> str | None:
 _BOOLEANS = {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}
 
 
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_MICRO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+
+
+def schema_errors(schema: Mapping[str, Any], value: Any, where: str) -> tuple[list[str], list[str]]:
+    """(decoding errors, unknown fields) of ``value`` against a compact schema.
+
+    A decoding error is what the API server's JSON decoder refuses with a 400 (a string
+    where an int32 goes, a time it cannot parse); an unknown field is dropped with a
+    warning (fieldValidation=Warn, v1.26's default), which is still a client bug here.
+    """
+    errors: list[str] = []
+    unknown: list[str] = []
+    kind = schema.get("type")
+    if value is None:
+        return errors, unknown  # null is the zero value for every field
+    if kind == "object":
+        if not isinstance(value, dict):
+            return [f"{where}: expected an object, got {type(value).__name__}"], unknown
+        properties = schema.get("properties")
+        if properties is None:
+            return errors, unknown
+        for key, item in value.items():
+            if key not in properties:
+                unknown.append(f"{where}.{key}" if where else key)
+                continue
+            more, extra = schema_errors(properties[key], item, f"{where}.{key}" if where else key)
+            errors += more
+            unknown += extra
+    elif kind == "string":
+        if not isinstance(value, str):
+            errors.append(f"{where}: expected a string, got {type(value).__name__}")
+        elif schema.get("format") == "date-time" and not _MICRO_TIME.fullmatch(value):
+            errors.append(f'{where}: parsing time "{value}" as RFC 3339: cannot parse')
+    elif kind == "integer":
+        low, high = _INT_RANGES.get(str(schema.get("format")), _INT_RANGES["int64"])
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{where}: expected an integer, got {type(value).__name__}")
+        elif not low <= value <= high:
+            errors.append(f"{where}: {value} overflows {schema.get('format')}")
+    elif kind == "boolean" and not isinstance(value, bool):
+        errors.append(f"{where}: expected a boolean, got {type(value).__name__}")
+    elif kind == "array":
+        if not isinstance(value, list):
+            return [f"{where}: expected an array, got {type(value).__name__}"], unknown
+        for index, item in enumerate(value):
+            more, extra = schema_errors(schema.get("items") or {}, item, f"{where}[{index}]")
+            errors += more
+            unknown += extra
+    return errors, unknown
+
+
 class Contract:
     """Path templates with their verbs; ``check`` judges one request as the server would."""
 
-    def __init__(self, paths: Mapping[str, Any]) -> None:
+    def __init__(self, paths: Mapping[str, Any], schemas: Mapping[str, Any] | None = None) -> None:
         self.paths = dict(paths)
+        self.schemas = dict(schemas or {})
         self._patterns: list[tuple[int, re.Pattern[str], str]] = []
         for template in self.paths:
             regex = re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(template))
@@ -218,13 +302,15 @@ class Contract:
         """The full document when it is beside the clone, else the carried extract."""
         document = shared_document()
         if document is not None:
-            paths = extract(json.loads(document.read_text()))["paths"]
+            compact = extract(json.loads(document.read_text()))
         else:
-            paths = json.loads(EXTRACT.read_text())["paths"]
-        return cls(paths)
+            compact = json.loads(EXTRACT.read_text())
+        return cls(compact["paths"], compact.get("schemas"))
 
     def with_custom_resource(self, **resource: Any) -> Contract:
-        return Contract({**self.paths, **custom_resource_paths(self.paths, **resource)})
+        return Contract(
+            {**self.paths, **custom_resource_paths(self.paths, **resource)}, self.schemas
+        )
 
     def template(self, path: str) -> str | None:
         path = path.rstrip("/") or "/"
@@ -301,6 +387,16 @@ class Contract:
                 )
             else:
                 message = ""
+                schema = self.schemas.get(expected)
+                if schema is not None:
+                    errors, unknown = schema_errors(schema, body, "")
+                    verdict.violations += [
+                        f"{method} {path}: unknown field {name!r} (dropped by the server)"
+                        for name in unknown
+                    ]
+                    if errors:
+                        message = f'{kind} in version "{group_version.rsplit("/", 1)[-1]}" '
+                        message += f"cannot be handled as a {kind}: " + "; ".join(errors)
             if message:
                 verdict.refusal = Refusal(400, "BadRequest", message)
                 verdict.violations.append(f"{method} {path}: {message}")

@@ -27,6 +27,17 @@ on every write, answers a failed JSON-patch ``test`` with 422, subscribes a watc
 taking its snapshot and skips objects not newer than the requested version, lists with the
 current version, and deletes dependents of a deleted owner (foreground details aside) like
 the garbage collector. ``faults`` injects API errors (409s) for tests.
+
+Leases (``coordination.k8s.io/v1``, the operator's leader election) are served here rather
+than by kmock, whose writes merge where a PUT replaces and which ignores preconditions:
+create (201; 409 AlreadyExists), get (404 NotFound), replace (PUT: 409 Conflict when
+``metadata.resourceVersion`` is not the current one, 404 when absent, 400 when the name
+or namespace disagrees with the URL), delete; bodies are held to the Lease's OpenAPI
+schema (``kube_contract``: 400 for a field of the wrong type, a violation for an unknown
+one) and to the server's validation (422 Invalid: a name that is not a DNS subdomain,
+``leaseDurationSeconds`` not above 0, ``leaseTransitions`` below 0). Their traffic is
+counted apart (``lease_reads``, ``lease_writes``): it is the operator's own bookkeeping,
+the same at one pool as at a thousand, not a pool's writes.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import datetime
 import functools
 import itertools
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -46,7 +58,7 @@ import attrs
 import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
-from kube_contract import Address, Contract, Refusal, address
+from kube_contract import Address, Contract, Refusal, address, schema_errors
 from kube_rbac import Grants
 
 WORKERPOOLS = "tide.dev/v1alpha1/workerpools"
@@ -54,6 +66,11 @@ WORKERPOOLS = "tide.dev/v1alpha1/workerpools"
 # tests' own (a cluster admin's): logged, held to the contract, never to the chart's RBAC.
 OPERATOR_TOKEN = "tide-operator-token"
 ADMIN = "system:admin"
+LEASE_PATH = re.compile(
+    r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<namespace>[^/]+)/leases(?:/(?P<name>[^/]+))?$"
+)
+LEASE_KIND = "coordination.k8s.io/v1/Lease"
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @functools.cache
@@ -73,6 +90,9 @@ class Logged:
     path: str
     address: Address | None
     refused: int | None = None
+    # Which of several operator processes sent it: the token's suffix after OPERATOR_TOKEN
+    # ("tide-operator-token.a" -> "a"), so tests with replicas tell their requests apart.
+    client: str = ""
 
 
 def _rv(raw: Any) -> int:
@@ -98,6 +118,10 @@ class TideEmulator(kmock.KubernetesEmulator):
     # RBAC for the operator's token, once ``authorize`` is called; 403s answered under it.
     grants: Grants | None = attrs.field(default=None, init=False)
     forbidden: list[str] = attrs.field(factory=list, init=False)
+    # Leases by (namespace, name), and their traffic: (method, path, holderIdentity sent).
+    leases: dict[tuple[str, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
+    lease_writes: list[tuple[str, str, str | None]] = attrs.field(factory=list, init=False)
+    lease_reads: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -116,9 +140,20 @@ class TideEmulator(kmock.KubernetesEmulator):
         self.grants = grants
 
     def user(self, headers: Mapping[str, str]) -> str:
-        if headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}":
+        if self.client(headers) is not None:
             return self.grants.user if self.grants is not None else "tide-operator"
         return ADMIN
+
+    @staticmethod
+    def client(headers: Mapping[str, str]) -> str | None:
+        """The operator process's name (``OPERATOR_TOKEN`` or ``OPERATOR_TOKEN.<name>``)."""
+        header = headers.get("Authorization") or ""
+        token = header.removeprefix("Bearer ")
+        if token == OPERATOR_TOKEN:
+            return ""
+        if token.startswith(f"{OPERATOR_TOKEN}."):
+            return token.removeprefix(f"{OPERATOR_TOKEN}.")
+        return None
 
     def operator_requests(self) -> list[Logged]:
         return [entry for entry in self.log if entry.user != ADMIN]
@@ -129,8 +164,165 @@ class TideEmulator(kmock.KubernetesEmulator):
         refused = await self._judge(raw_request)
         if refused is not None:
             return refused
+        lease = LEASE_PATH.match(raw_request.path)
+        if lease is not None:
+            return await self._serve_lease(raw_request, lease["namespace"], lease["name"])
         response: aiohttp.web.StreamResponse = await super().__call__(raw_request)
         return response
+
+    def lease(self, namespace: str, name: str = "tide-operator") -> dict[str, Any] | None:
+        return self.leases.get((namespace, name))
+
+    async def _serve_lease(
+        self, raw: aiohttp.web.BaseRequest, namespace: str, name: str | None
+    ) -> aiohttp.web.StreamResponse:
+        """A Lease request as kube-apiserver v1.26 serves it (see the module's docstring)."""
+
+        def refuse(status: int, reason: str, message: str) -> aiohttp.web.StreamResponse:
+            return aiohttp.web.json_response(Refusal(status, reason, message).body(), status=status)
+
+        def not_found(what: str) -> aiohttp.web.StreamResponse:
+            return refuse(404, "NotFound", f'leases.coordination.k8s.io "{what}" not found')
+
+        method = raw.method
+        if method == "GET":
+            self.lease_reads += 1
+            if name is None:
+                items = [v for (ns, _), v in sorted(self.leases.items()) if ns == namespace]
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "LeaseList",
+                        "metadata": {"resourceVersion": str(self._last_version)},
+                        "items": items,
+                    }
+                )
+            found = self.leases.get((namespace, name))
+            return not_found(name) if found is None else aiohttp.web.json_response(found)
+        try:
+            body = json.loads(await raw.read() or b"null")
+        except ValueError:
+            body = None
+        spec = body.get("spec") if isinstance(body, dict) else None
+        holder = spec.get("holderIdentity") if isinstance(spec, dict) else None
+        self.lease_writes.append((method, raw.path, holder))
+        if method == "DELETE":
+            if name is None or (namespace, name) not in self.leases:
+                return not_found(name or "")
+            return aiohttp.web.json_response(self.leases.pop((namespace, name)))
+        if not isinstance(body, dict):
+            return refuse(400, "BadRequest", "the body of the request is not a Lease object")
+        # The schema's decoding errors were refused by the contract (400) already.
+        errors, _ = schema_errors(contract().schemas[LEASE_KIND], body, "")
+        assert not errors, errors
+        meta = body.get("metadata") or {}
+        sent_name, sent_namespace = meta.get("name"), meta.get("namespace")
+        if sent_namespace and sent_namespace != namespace:
+            return refuse(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request",
+            )
+        invalid = self._lease_invalid(body)
+        if method == "POST":
+            if name is not None:
+                return refuse(405, "MethodNotAllowed", "POST names no object")
+            if not sent_name:
+                invalid.insert(0, "metadata.name: Required value: name or generateName is required")
+            if invalid:
+                return self._invalid(sent_name or "", invalid)
+            if (namespace, sent_name) in self.leases:
+                return refuse(
+                    409, "AlreadyExists", f'leases.coordination.k8s.io "{sent_name}" already exists'
+                )
+            stored = self._lease_stored(body, namespace, sent_name, previous=None)
+            self.leases[(namespace, sent_name)] = stored
+            return aiohttp.web.json_response(stored, status=201)
+        if method != "PUT" or name is None:
+            # A real server patches Leases too; nothing of Tide's does, so nothing here.
+            self.violations.append(f"{method} {raw.path}: not served by the emulator")
+            return refuse(405, "MethodNotAllowed", f"{method} of a Lease is not emulated")
+        if sent_name != name:
+            return refuse(
+                400,
+                "BadRequest",
+                f"the name of the object ({sent_name}) does not match the name on the URL ({name})",
+            )
+        if invalid:
+            return self._invalid(name, invalid)
+        current = self.leases.get((namespace, name))
+        if current is None:
+            return not_found(name)
+        version = meta.get("resourceVersion")
+        if version and version != current["metadata"]["resourceVersion"]:
+            return refuse(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": the '
+                "object has been modified; please apply your changes to the latest version "
+                "and try again",
+            )
+        stored = self._lease_stored(body, namespace, name, previous=current)
+        self.leases[(namespace, name)] = stored
+        return aiohttp.web.json_response(stored)
+
+    @staticmethod
+    def _lease_invalid(body: Mapping[str, Any]) -> list[str]:
+        """The server's validation of a Lease (``ValidateLease`` in v1.26)."""
+        problems = []
+        name = (body.get("metadata") or {}).get("name")
+        if name and (len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name)):
+            problems.append(
+                f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
+                "consist of lower case alphanumeric characters, '-' or '.'"
+            )
+        spec = body.get("spec") or {}
+        duration = spec.get("leaseDurationSeconds")
+        if duration is not None and duration <= 0:
+            problems.append(
+                f"spec.leaseDurationSeconds: Invalid value: {duration}: must be greater than 0"
+            )
+        transitions = spec.get("leaseTransitions")
+        if transitions is not None and transitions < 0:
+            problems.append(
+                f"spec.leaseTransitions: Invalid value: {transitions}: must be greater than or "
+                "equal to 0"
+            )
+        return problems
+
+    @staticmethod
+    def _invalid(name: str, problems: list[str]) -> aiohttp.web.StreamResponse:
+        message = f'Lease.coordination.k8s.io "{name}" is invalid: ' + ", ".join(problems)
+        return aiohttp.web.json_response(Refusal(422, "Invalid", message).body(), status=422)
+
+    def _lease_stored(
+        self,
+        body: Mapping[str, Any],
+        namespace: str,
+        name: str,
+        *,
+        previous: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The object as stored: the body sent, with the server's metadata (a PUT replaces
+        the spec whole; uid and creationTimestamp stay)."""
+        meta = dict(body.get("metadata") or {})
+        before = (previous or {}).get("metadata") or {}
+        meta.update(
+            name=name,
+            namespace=namespace,
+            resourceVersion=self._next_version(),
+            uid=before.get("uid") or str(uuid.uuid4()),
+            creationTimestamp=before.get("creationTimestamp")
+            or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        spec = {k: v for k, v in (body.get("spec") or {}).items() if v is not None}
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": spec,
+        }
 
     async def _judge(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse | None:
         """The real server's refusal of this request, if it would refuse it; logs it."""
@@ -176,6 +368,7 @@ class TideEmulator(kmock.KubernetesEmulator):
                 path=path,
                 address=where,
                 refused=None if refusal is None else refusal.status,
+                client=self.client(raw.headers) or "",
             )
         )
         if refusal is None:

@@ -240,6 +240,10 @@ async def running_operator(
     """
     emulator.authorize(operator_grants(scope))
     url = str(emulator.url)
+    # No Lease here: looptime fakes the clock from the test's start, while kopf's startup
+    # (and a renewal loop's first timer) ran on the real one in the fixture, so a Lease
+    # would be renewed at fake second ~800. The Lease is exercised where clocks are real:
+    # test_operator_ha.py (two ``tide operator`` processes) and test_leases.py.
     runtime = Runtime(
         metrics=OperatorMetrics(),
         login=login or (lambda: Credentials(url, authorization=f"Bearer {OPERATOR_TOKEN}")),

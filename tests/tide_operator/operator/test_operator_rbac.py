@@ -24,18 +24,20 @@ HERE = Path(__file__).resolve().parent
 
 
 def granted(scope: Scope) -> set[Pair]:
-    """What the chart's operator Role (or ClusterRole) grants, rule by rule, as triples."""
-    kind = "ClusterRole" if scope == "cluster" else "Role"
+    """What the chart's operator roles grant, rule by rule, as triples: its Role (or
+    ClusterRole) for the pools, and the Role for its Lease in its own namespace."""
+    kinds = {"ClusterRole", "Role"} if scope == "cluster" else {"Role"}
     roles: list[dict[str, Any]] = [
         o
         for o in chart_objects(scope)
-        if o["kind"] == kind
+        if o["kind"] in kinds
         and o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
     ]
-    assert len(roles) == 1, [r["metadata"]["name"] for r in roles]
+    assert len(roles) == 2, [r["metadata"]["name"] for r in roles]
     triples: set[Pair] = set()
-    for raw in roles[0]["rules"]:
-        triples |= Rule.parse(raw).pairs()
+    for role in roles:
+        for raw in role["rules"]:
+            triples |= Rule.parse(raw).pairs()
     return triples
 
 
