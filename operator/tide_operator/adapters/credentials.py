@@ -21,7 +21,11 @@ What this module adds is where the secrets live:
 * the ``Authorization`` header comes from the loader's refresh hook, asked at most every
   ``TOKEN_CHECK_SECONDS`` (the hook re-reads the service-account token a minute after it
   last did, and re-runs an exec plugin five minutes before its token expires) and at once
-  after a 401. The hook may run a subprocess, so it runs in a thread.
+  after a 401. The hook may run a subprocess, so it runs in a thread: a thread of its own,
+  not the event loop's default executor, which the pools' worker probes (``celery
+  inspect``, 2 s each when nobody answers) fill at 100 pools. A refresh queued behind them
+  held every API request for seconds (on a real API server, the acting replica's Lease
+  renewals missed their deadline and the replicas handed the Lease back and forth).
 
 Which credentials: an explicit kubeconfig (``--kubeconfig`` or ``$KUBECONFIG``) first, then
 the in-cluster service account when ``$KUBERNETES_SERVICE_HOST`` is set, then
@@ -31,6 +35,7 @@ the in-cluster service account when ``$KUBERNETES_SERVICE_HOST`` is set, then
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import ssl
@@ -51,6 +56,11 @@ SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_KUBECONFIG: Final = "~/.kube/config"
 # How stale a cached Authorization header may be before the loader's hook is asked again.
 TOKEN_CHECK_SECONDS: Final = 10.0
+# The refresh hook's own thread (created at the first refresh), apart from the default
+# executor that blocking work elsewhere in the operator may keep busy.
+_REFRESHER: Final = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="tide-credentials"
+)
 
 
 class LoginFailed(Exception):
@@ -110,7 +120,9 @@ class Credentials:
         if fresh and not force:
             return self._header
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(asyncio.to_thread(self.current_authorization))
+            self._refreshing = asyncio.ensure_future(
+                loop.run_in_executor(_REFRESHER, self.current_authorization)
+            )
         header = await asyncio.shield(self._refreshing)
         self._checked_at = loop.time()
         return header

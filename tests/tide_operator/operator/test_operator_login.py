@@ -14,13 +14,16 @@ certificate or bearer token, 401 otherwise) that:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import functools
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -386,3 +389,32 @@ def test_the_header_is_never_in_the_repr() -> None:
     assert "secret" not in repr(credentials)
     # The header itself is what requests carry.
     assert credentials.current_authorization() == "Bearer secret"
+
+
+def test_a_token_refresh_never_waits_behind_blocking_work() -> None:
+    # The loader's hook runs on a thread of its own. At 100 pools on a real API server the
+    # workers' probes (blocking `celery inspect` calls, 2 s each when nobody answers) filled
+    # the loop's default executor, and a refresh queued behind them held every request,
+    # the Lease's renewals too: the acting replica lost the Lease while it was alive.
+    threads: list[str] = []
+
+    def hook() -> str:
+        threads.append(threading.current_thread().name)
+        return "Bearer fresh"
+
+    credentials = Credentials("https://127.0.0.1:6443", authorization="Bearer old", refresh=hook)
+    release = threading.Event()
+
+    async def refresh_while_busy() -> str | None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+        probes = [loop.run_in_executor(None, release.wait, 30) for _ in range(4)]
+        try:
+            return await asyncio.wait_for(credentials.authorization(), timeout=2)
+        finally:
+            release.set()
+            await asyncio.gather(*probes)
+
+    assert asyncio.run(refresh_while_busy()) == "Bearer fresh"
+    assert threads
+    assert all(name.startswith("tide-credentials") for name in threads)
