@@ -23,6 +23,7 @@ Prints the table and writes ``bench/results/faults.json``; docs/faults.md quotes
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -45,7 +47,7 @@ BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
 RESULTS = BENCH / "results"
 DB = "tide_bench_faults"
-REDIS_PORT = 18301
+REDIS_PORT = int(os.environ.get("BENCH_FAULTS_REDIS_PORT", "18301"))
 RABBIT_VHOST = "tide_bench_faults"
 BURST = 120
 TASK_SECONDS = 2.0
@@ -407,9 +409,32 @@ def kill_children(plat: Platform, server: Any, broker: str) -> list[tuple[float,
     return faults
 
 
+def _recover_in_background(plat: Platform, node: str) -> threading.Thread:
+    """Hand a dead worker to dead-worker recovery, as the operator (its pod deleted) or
+    local mode (its process reaped) does: it waits for the lease to lapse, then puts back
+    what the worker held (Redis; on RabbitMQ the broker requeued it already)."""
+    from django.conf import settings
+
+    from tide_celery.recovery import recover, recover_when_lapsed
+
+    options = dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS)
+
+    def run() -> None:
+        result = asyncio.run(
+            recover_when_lapsed(lambda: recover(plat.broker_url, node, transport_options=options))
+        )
+        if result is not None:
+            log(f"recovery: {result.describe()}")
+
+    thread = threading.Thread(target=run, name=f"recover {node}", daemon=True)
+    thread.start()
+    return thread
+
+
 def kill_workers(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[str]]]:
     """SIGKILL a whole worker (main process and pool), as a lost node does; a new worker
-    takes its place, as a Deployment's would. Twice."""
+    takes its place, as a Deployment's would, and the dead one is handed to dead-worker
+    recovery, as the operator or local mode hands it. Twice."""
     faults = []
     for index in range(2):
         if not (running := wait_running(WORKERS * CONCURRENCY // 2)):
@@ -421,6 +446,7 @@ def kill_workers(plat: Platform, server: Any, broker: str) -> list[tuple[float, 
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         faults.append((time.time(), running))
+        _recover_in_background(plat, victim.name)
         plat.start_worker()
         time.sleep(5)
     return faults
@@ -443,7 +469,7 @@ def scale_in(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[
     return faults
 
 
-EXPORTER_PORT = 18320
+EXPORTER_PORT = int(os.environ.get("BENCH_FAULTS_EXPORTER_PORT", "18320"))
 LOCAL_POOL = """\
 apiVersion: tide.dev/v1alpha1
 kind: WorkerPool
@@ -488,7 +514,10 @@ def local_exporter_outage(plat: Platform, server: Any, broker: str) -> list[tupl
 FAULTS: dict[str, tuple[str, Callable[[Platform, Any, str], list[tuple[float, set[str]]]]]] = {
     "broker-restart": ("broker restart mid-burst (persistent broker, 3 s down)", broker_restart),
     "kill-children": ("SIGKILL of a random pool process running a task, 5 times", kill_children),
-    "kill-workers": ("SIGKILL of a whole worker (main and pool), replaced, twice", kill_workers),
+    "kill-workers": (
+        "SIGKILL of a whole worker (main and pool), replaced and recovered, twice",
+        kill_workers,
+    ),
     "scale-in": ("scale-in during load: warm shutdown of a worker, 6 times in 24 s", scale_in),
     "exporter-outage": (
         "local mode: exporter SIGKILLed twice mid-burst (tide up restarts it)",

@@ -111,7 +111,9 @@ def one_kill(broker: StockBroker, folder: Path) -> dict[str, float]:
         victim.process.wait(10)
         # The killed pool processes are gone: every token released from now on ends a run
         # of the other worker, so the first one done is the first re-run that completed.
-        broker.release(HELD)
+        # Twice as many as needed: a token Redis hands to a killed process's BLPOP before it
+        # sees the socket closed is lost with it (one run in five stalled that way).
+        broker.release(2 * HELD)
         figures: dict[str, float] = {}
         if broker.is_redis:
             node = victim.name.replace("%h", os.uname().nodename)
