@@ -26,5 +26,10 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
 ]
 
+# A URL no route matches (``/api/jobs/0.5/``: not an id) answers like any API refusal,
+# JSON, not Django's HTML page; an unhandled error too.
+handler404 = "tide.jobs.api.errors.not_found"
+handler500 = "tide.jobs.api.errors.server_error"
+
 if getattr(settings, "TIDE_ADMIN_ENABLED", False):
     urlpatterns.append(path("admin/", admin.site.urls))

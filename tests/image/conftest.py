@@ -95,6 +95,8 @@ def chart(database: str) -> Render:
             "redis.enabled=false",
             f"broker.url=redis://{HOST_LOOPBACK}:6379/{REDIS_DB}",
             f"config.brokerKeyPrefix={KEY_PREFIX}",
+            # The smoke test submits a sample task: opt in, as the chart asks.
+            "config.sampleTasks=true",
         ]
     )
     return Render("image-smoke", template("--set", values), 0.0)

@@ -152,6 +152,51 @@ def test_unknown_and_read_only_fields_are_refused_by_name(
 
 
 @pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # Callbacks and nested workflows are taken as strictly as the rest.
+        (
+            "/api/jobs/",
+            {"task": "tide.samples.add", "args": [1, 2], "link": [{"task": "x", "kw": {}}]},
+            "kw",
+        ),
+        (
+            "/api/jobs/",
+            {
+                "task": "tide.samples.add",
+                "args": [1, 2],
+                "link": [{"task": "tide.samples.add", "args": [1], "immutable": 0}],
+            },
+            "immutable",
+        ),
+        (
+            "/api/workflows/",
+            {
+                "type": "chain",
+                "steps": [
+                    {"type": "group", "steps": [{"task": "tide.samples.add", "args": [1, 2]}]},
+                    {"task": "tide.samples.add", "args": [1], "queue": 3},
+                ],
+            },
+            "queue",
+        ),
+        (
+            "/api/workflows/",
+            {"type": "chain", "steps": [{"type": 1, "steps": [{"task": "tide.samples.add"}]}]},
+            "type",
+        ),
+    ],
+)
+def test_callbacks_and_nested_steps_are_strict_too(
+    api: APIClient, path: str, body: dict[str, Any], field: str
+) -> None:
+    response = api.post(path, body, format="json")
+    assert response.status_code == 400, response.content
+    assert field in json.dumps(response.json()["detail"])
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"task": "tide.samples.add", "args": [1, 2], "priority": "5"}, "priority"),
@@ -261,6 +306,92 @@ def test_sample_tasks_are_opt_in(api: APIClient, settings: Any) -> None:
         ).status_code
         == 201
     )
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/jobs/?stat=pending", "/api/jobs/?=0", "/api/periodic-tasks/?name=x"]
+)
+def test_an_unknown_query_parameter_of_a_listing_is_400(api: APIClient, path: str) -> None:
+    # Listing everything would answer a question that was not asked.
+    response = api.get(path)
+    assert response.status_code == 400, response.content
+    assert "Unknown query parameter" in json.dumps(response.json()["detail"])
+
+
+def test_an_empty_cursor_is_the_first_page_and_an_empty_state_is_400(api: APIClient) -> None:
+    assert api.get("/api/jobs/?cursor=").status_code == 200
+    assert api.get("/api/periodic-tasks/?cursor=").status_code == 200
+    assert api.get("/api/jobs/?state=").status_code == 400
+    assert api.get("/api/jobs/?created_after=").status_code == 400
+
+
+def test_a_path_no_route_matches_is_a_json_404(api: APIClient) -> None:
+    response = api.get("/api/jobs/0.5/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("key", ["caf\u00e9", "a\tb", "x" * 256])
+def test_an_idempotency_key_is_printable_ascii(api: APIClient, key: str) -> None:
+    key = key.encode().decode("unicode_escape")
+    response = api.post(
+        "/api/jobs/",
+        {"task": "tide.samples.add", "args": [1, 2]},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
+    assert response.status_code == 400, response.content
+    assert "Idempotency-Key" in response.json()["detail"]
+
+
+def test_a_bulk_key_leaves_room_for_every_index(api: APIClient, settings: Any) -> None:
+    # The same bound whatever the number of jobs, as the schema states it.
+    room = 255 - 1 - len(str(settings.TIDE_BULK_MAX_JOBS - 1))
+    body = {"jobs": [{"task": "tide.samples.add", "args": [1, 2]}]}
+    too_long = api.post(
+        "/api/jobs/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="k" * (room + 1)
+    )
+    assert too_long.status_code == 400, too_long.content
+    fits = api.post("/api/jobs/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="k" * room)
+    assert fits.status_code == 201, fits.content
+
+
+def test_a_null_argument_reaches_the_task_check(api: APIClient) -> None:
+    # null is JSON: refused by the task's types (add takes numbers), not as a field error.
+    response = api.post(
+        "/api/jobs/", {"task": "tide.samples.add", "args": [None, 1]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_arguments"
+
+
+def test_an_interval_beyond_the_database_column_is_400(api: APIClient) -> None:
+    # every is a 32-bit column in django-celery-beat: 2**31 was a 500.
+    body = {"name": "n", "task": "tide.samples.add", "args": [1, 2], "schedule": {"every": 2**31}}
+    response = api.post("/api/periodic-tasks/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert "every" in json.dumps(response.json()["detail"])
+
+
+def test_the_schema_documents_every_refusal(api: APIClient) -> None:
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    submit = schema["paths"]["/api/jobs/"]["post"]["responses"]
+    assert {"400", "401", "413", "415", "422", "503"} <= set(submit)
+    assert submit["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert "404" in schema["paths"]["/api/jobs/{id}/cancel/"]["post"]["responses"]
+    request = schema["components"]["schemas"]["SubmitTaskRequest"]
+    assert request["additionalProperties"] is False
+    assert "default" in request["properties"]["queue"]["enum"]
+    assert "tide.samples.add" in request["properties"]["task"]["enum"]
+    workflow = schema["components"]["schemas"]["SubmitWorkflowRequest"]
+    assert workflow["properties"]["steps"]["minItems"] == 1
+    page_size = next(
+        p for p in schema["paths"]["/api/jobs/"]["get"]["parameters"] if p["name"] == "page_size"
+    )
+    assert (page_size["schema"]["minimum"], page_size["schema"]["maximum"]) == (1, 500)
 
 
 # --- The real server ---------------------------------------------------------------

@@ -93,3 +93,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     # sending bad fields or a stale token shows on the dashboard as what it is.
     JOBS_REJECTED.labels(code).inc()
     return response
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """Django's 404 for a path no route matches, in the API's error shape."""
+    from django.http import JsonResponse
+
+    JOBS_REJECTED.labels("not_found").inc()
+    return JsonResponse({"error": "not_found", "detail": "No such URL."}, status=404)
+
+
+def server_error(request: Any) -> Any:
+    """Django's 500, in the API's error shape (a bug: the log has the traceback)."""
+    from django.http import JsonResponse
+
+    return JsonResponse(
+        {"error": "server_error", "detail": "An internal error; it is logged."}, status=500
+    )

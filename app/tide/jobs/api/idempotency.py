@@ -42,8 +42,8 @@ def from_request(request: Request) -> Idempotency | None:
     if raw is None:
         return None
     key = raw.strip()
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise ValidationError({HEADER: f"Give 1 to {MAX_KEY_LENGTH} printable characters."})
+    if not key or len(raw) > MAX_KEY_LENGTH or not (raw.isascii() and raw.isprintable()):
+        raise ValidationError({HEADER: f"Give 1 to {MAX_KEY_LENGTH} printable ASCII characters."})
     canonical = json.dumps(
         {"path": request.path, "body": request.data},
         sort_keys=True,
@@ -61,16 +61,23 @@ def earlier(request: Request, idempotency: Idempotency) -> Job | None:
     return job
 
 
+def bulk_key_length() -> int:
+    """The longest key a bulk submission takes: room for ``#<index>`` of its last job."""
+    from django.conf import settings
+
+    return MAX_KEY_LENGTH - 1 - len(str(settings.TIDE_BULK_MAX_JOBS - 1))
+
+
 def for_items(idempotency: Idempotency, count: int) -> list[Idempotency]:
     """A bulk submission's key, one per item (``key#0``, ``key#1``, …), same digest.
 
     Each job row carries its own key, so the database's one-job-per-key rule covers bulk
     submissions too, and a retry after a partial failure finds which items are queued.
     """
+    room = bulk_key_length()
+    if len(idempotency.key) > room:
+        raise ValidationError({HEADER: f"A bulk submission's key has at most {room} characters."})
     keys = [f"{idempotency.key}#{index}" for index in range(count)]
-    if count and len(keys[-1]) > MAX_KEY_LENGTH:
-        room = MAX_KEY_LENGTH - (len(keys[-1]) - len(idempotency.key))
-        raise ValidationError({HEADER: f"With {count} jobs, give at most {room} characters."})
     return [Idempotency(key=key, digest=idempotency.digest) for key in keys]
 
 
@@ -83,6 +90,10 @@ def earlier_items(request: Request, items: list[Idempotency]) -> dict[int, Job]:
             raise KeyReused()
         found[index[job.idempotency_key]] = job
     return found
+
+
+#: The header's value as the schema states it: printable ASCII, no space at either end.
+KEY_PATTERN = "^[!-~]([ -~]*[!-~])?$"
 
 
 def describe_header() -> dict[str, Any]:

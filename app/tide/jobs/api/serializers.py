@@ -52,8 +52,9 @@ def _strict_type_error(field: serializers.Field, value: Any) -> str | None:
 
 
 class StrictSerializer(serializers.Serializer):
-    """An input shape taken exactly: unknown (or read-only) fields are refused by name, and
-    booleans, numbers and strings must arrive as such (no coercion)."""
+    # An input shape taken exactly: unknown (or read-only) fields are refused by name, and
+    # booleans, numbers and strings must arrive as such (no coercion). A comment, not a
+    # docstring: the schema would give it as the description of every request body.
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
@@ -229,8 +230,12 @@ class CallbackSerializer(StrictSerializer):
     the result as first argument) or link_error (when it fails, with the failed task's id)."""
 
     task = serializers.CharField(max_length=200, help_text="A registered task name.")
-    args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
-    kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
+    args = serializers.ListField(
+        child=serializers.JSONField(allow_null=True), required=False, default=list
+    )
+    kwargs = serializers.DictField(
+        child=serializers.JSONField(allow_null=True), required=False, default=dict
+    )
     queue = QueueField(required=False, max_length=200)
     immutable = serializers.BooleanField(
         required=False,
@@ -393,8 +398,12 @@ def to_workflow_step(data: dict[str, Any]) -> Step | Workflow:
 
 class SubmitTaskSerializer(DeliveryFields):
     task = serializers.CharField(max_length=200, help_text="A registered task name.")
-    args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
-    kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
+    args = serializers.ListField(
+        child=serializers.JSONField(allow_null=True), required=False, default=list
+    )
+    kwargs = serializers.DictField(
+        child=serializers.JSONField(allow_null=True), required=False, default=dict
+    )
     link = _callbacks(LINK_HELP)
     link_error = _callbacks(LINK_ERROR_HELP)
 
@@ -655,7 +664,11 @@ class ScheduleSerializer(StrictSerializer):
     (+ ``timezone``) or ``at``."""
 
     every = serializers.IntegerField(
-        required=False, min_value=1, help_text="Run every N periods (with period)."
+        required=False,
+        min_value=1,
+        # django-celery-beat stores it in a 32-bit column (a 500 above it before).
+        max_value=2**31 - 1,
+        help_text="Run every N periods (with period).",
     )
     period = serializers.ChoiceField(choices=PERIODS, required=False, default="seconds")
     crontab = serializers.CharField(
@@ -727,8 +740,12 @@ class PeriodicTaskSerializer(StrictSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="periodic-task-detail")
     name = serializers.CharField(max_length=200, help_text="Unique name.")
     task = serializers.CharField(max_length=200, help_text="A registered task name.")
-    args = serializers.ListField(child=serializers.JSONField(), required=False, default=list)
-    kwargs = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
+    args = serializers.ListField(
+        child=serializers.JSONField(allow_null=True), required=False, default=list
+    )
+    kwargs = serializers.DictField(
+        child=serializers.JSONField(allow_null=True), required=False, default=dict
+    )
     schedule = ScheduleSerializer()
     queue = QueueField(required=False, allow_null=True, max_length=200)
     priority = serializers.IntegerField(

@@ -75,6 +75,24 @@ class StrictPageSize(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    #: Query parameters the listing takes besides the pagination's own.
+    filters: frozenset[str] = frozenset()
+
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
+        # An unknown parameter is a typo or a filter this API does not have: listing
+        # everything instead would answer a question that was not asked.
+        known = {self.cursor_query_param, self.page_size_query_param, *self.filters}
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise ValidationError(
+                {
+                    name[:100]: f"Unknown query parameter; this listing takes: "
+                    f"{', '.join(sorted(known))}."
+                    for name in unknown
+                }
+            )
+        return super().paginate_queryset(queryset, request, view)
+
     def get_page_size(self, request: Request) -> int | None:
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
@@ -92,6 +110,9 @@ class StrictPageSize(CursorPagination):
 
 class NewestFirst(StrictPageSize):
     ordering = "-created_at"
+    filters = frozenset(
+        ["state", "kind", "task", "queue", "periodic_task", "created_after", "created_before"]
+    )
     invalid_cursor_message = (
         "Invalid cursor: pass the `next` or `previous` URL of a listing back unchanged."
     )
@@ -100,6 +121,8 @@ class NewestFirst(StrictPageSize):
         # DRF answers a malformed cursor with 404, which reads as "no such list"; it is
         # a bad request parameter. A cursor whose position is not a time (the ordering's
         # field) would reach the database and fail there: refuse it here too.
+        if not request.query_params.get(self.cursor_query_param):
+            return None  # absent or empty: the first page
         try:
             cursor = super().decode_cursor(request)
         except NotFound:
@@ -152,7 +175,8 @@ def list_filters(params: Any) -> dict[str, Any]:
         ("periodic_task", "periodic_task"),
     ):
         value = params.get(param)
-        if not value:
+        # An empty name filter is no filter; an empty state or kind names none (400 below).
+        if value is None or (not value and param not in CHOICES):
             continue
         if "\x00" in value:
             # No name holds a NUL, and PostgreSQL refuses one in a query (a 500 otherwise).
@@ -164,7 +188,7 @@ def list_filters(params: Any) -> dict[str, Any]:
         lookups[field] = value
     for param, lookup in DATE_RANGE.items():
         value = params.get(param)
-        if not value:
+        if value is None:
             continue
         when = _when(value)
         if when is None:
@@ -417,6 +441,8 @@ class ById(StrictPageSize):
     ordering = "id"
 
     def decode_cursor(self, request: Request) -> Cursor | None:
+        if not request.query_params.get(self.cursor_query_param):
+            return None  # absent or empty: the first page
         try:
             cursor = super().decode_cursor(request)
         except NotFound:
