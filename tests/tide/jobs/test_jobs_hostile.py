@@ -366,9 +366,19 @@ def test_a_null_argument_reaches_the_task_check(api: APIClient) -> None:
     assert response.json()["error"] == "invalid_arguments"
 
 
-def test_an_interval_beyond_the_database_column_is_400(api: APIClient) -> None:
-    # every is a 32-bit column in django-celery-beat: 2**31 was a 500.
-    body = {"name": "n", "task": "tide.samples.add", "args": [1, 2], "schedule": {"every": 2**31}}
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        # every is a 32-bit column in django-celery-beat: 2**31 was a 500.
+        {"every": 2**31},
+        # Within the column, but no timedelta holds it: beat would fail on every tick.
+        {"every": 2**31 - 1, "period": "days"},
+    ],
+)
+def test_an_interval_beyond_what_beat_can_hold_is_400(
+    api: APIClient, schedule: dict[str, Any]
+) -> None:
+    body = {"name": "n", "task": "tide.samples.add", "args": [1, 2], "schedule": schedule}
     response = api.post("/api/periodic-tasks/", body, format="json")
     assert response.status_code == 400, response.content
     assert "every" in json.dumps(response.json()["detail"])

@@ -48,6 +48,7 @@ ACROSS_FIELDS = {
     "callback",  # a chord has one, chains and groups none
     "crontab",  # each field within its range (a regex of cron's grammar would be the API)
     "name",  # not taken by another periodic task
+    "every",  # every x period within what beat can count (timedelta's 999,999,999 days)
 }
 
 

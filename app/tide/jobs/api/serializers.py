@@ -721,6 +721,15 @@ class ScheduleSerializer(StrictSerializer):
             raise serializers.ValidationError(
                 "Give exactly one of every (with period), crontab (with timezone) or at."
             )
+        if "every" in attrs:
+            period = attrs.get("period", "seconds")
+            try:
+                # Beat builds this timedelta on every tick: one it cannot build stops beat.
+                timedelta(**{period: attrs["every"]})
+            except OverflowError:
+                raise serializers.ValidationError(
+                    {"every": f"{attrs['every']} {period} is longer than an interval can be."}
+                ) from None
         return attrs
 
     def to_schedule(self, data: dict[str, Any]) -> Any:
