@@ -9,12 +9,17 @@ transport options (kombu's default layout, a ``global_keyprefix``). Two figures:
 * the handlers alone, in-process: ``task_prerun`` and ``task_postrun`` handlers called for a
   fake delivered task (acquire from ``app.pool``, one pipelined round trip each, release),
   against a bare ``HINCRBY`` on a ready client (one round trip, what any count pays);
-* end to end: a real ``celery worker`` drains ``TASKS`` no-op tasks with and without the
-  integration installed, for the ``solo`` pool (the task runs in the consuming process, so
-  the handlers' cost is least hidden) and ``prefork -c 1`` (how Tide's workers run). Variants
-  alternate (with, without, with, …) ``ROUNDS`` times in one run, so drift on a shared
-  machine hits both; each figure is the median. Throughput is measured by the tasks
-  themselves: the first stamps its start, the last its end.
+* the record of a received delivery (``tide_celery.holdings``: ``HSET`` + ``EXPIRE`` on
+  ``_tide.held.<node>``, the extra round trip per message dead-worker recovery needs),
+  in-process, in µs;
+* end to end: a real ``celery worker`` drains ``TASKS`` no-op tasks with the integration,
+  with it but without the record of received deliveries (``with_no_record``: what the
+  integration cost before dead-worker recovery), and without it, for the ``solo`` pool
+  (the task runs in the consuming process, so the handlers' cost is least hidden) and
+  ``prefork -c 1`` (how Tide's workers run). Variants alternate (with, with_no_record,
+  without, with, …) ``ROUNDS`` times in one run, so drift on a shared machine hits all;
+  each figure is the median. Throughput is measured by the tasks themselves: the first
+  stamps its start, the last its end.
 
 Prints a table and writes ``bench/results/completions.json``.
 """
@@ -80,10 +85,13 @@ def make_app(url: str) -> Celery:
 # The app a worker subprocess loads (``celery -A bench_completions``).
 if os.environ.get("BENCH_COMPLETIONS_URL"):
     app = make_app(os.environ["BENCH_COMPLETIONS_URL"])
-    if os.environ.get("BENCH_COMPLETIONS_COUNT") == "1":
+    if os.environ.get("BENCH_COMPLETIONS_COUNT") in ("1", "2"):
         import tide_celery
 
-        tide_celery.install(app)
+        integration = tide_celery.install(app)
+        if os.environ["BENCH_COMPLETIONS_COUNT"] == "2":
+            # Everything but the record of received deliveries (dead-worker recovery's).
+            integration.task_received = lambda **_: None  # type: ignore[method-assign]
 
 
 def handler_cost(url: str) -> dict[str, float]:
@@ -97,6 +105,7 @@ def handler_cost(url: str) -> dict[str, float]:
 
     class Request:
         is_eager = False
+        eta = None
         id = "bench-task"
         hostname = "worker@bench"
         delivery_info = {"exchange": QUEUE, "routing_key": QUEUE}
@@ -124,10 +133,23 @@ def handler_cost(url: str) -> dict[str, float]:
     for _ in range(CALLS):
         client.hincrby("bare", QUEUE, 1)
     bare = (time.perf_counter() - started) / CALLS * 1e6
-    return {"handler_us": round(handler, 1), "bare_hincrby_us": round(bare, 1)}
+    from tide_celery.broker import BrokerRedis
+    from tide_celery.holdings import Holdings
+
+    holdings = Holdings(BrokerRedis(bench_app), node="worker@bench")
+    holdings.received(tag="warm", task_id="bench-task")
+    started = time.perf_counter()
+    for index in range(CALLS):
+        holdings.received(tag=str(index), task_id="bench-task")
+    received = (time.perf_counter() - started) / CALLS * 1e6
+    return {
+        "handler_us": round(handler, 1),
+        "bare_hincrby_us": round(bare, 1),
+        "received_record_us": round(received, 1),
+    }
 
 
-def drain(url: str, *, pool: list[str], count: bool) -> float:
+def drain(url: str, *, pool: list[str], count: bool, record: bool = True) -> float:
     """Tasks per second of one worker draining ``TASKS`` no-op tasks."""
     client = redis.Redis.from_url(url)
     client.flushall()
@@ -140,7 +162,7 @@ def drain(url: str, *, pool: list[str], count: bool) -> float:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT.parent / "app")]),
         "BENCH_COMPLETIONS_URL": url,
-        "BENCH_COMPLETIONS_COUNT": "1" if count else "0",
+        "BENCH_COMPLETIONS_COUNT": ("1" if record else "2") if count else "0",
     }
     argv = [
         str(Path(sys.executable).with_name("celery")), "-A", "bench_completions", "worker",
@@ -177,13 +199,18 @@ def main() -> None:
         try:
             handler = handler_cost(url)
             samples: dict[str, dict[str, list[float]]] = {
-                name: {"with": [], "without": []} for name in pools
+                name: {"with": [], "with_no_record": [], "without": []} for name in pools
             }
             for _ in range(ROUNDS):
                 for name, argv in pools.items():
-                    for variant in ("with", "without"):
+                    for variant in ("with", "with_no_record", "without"):
                         samples[name][variant].append(
-                            drain(url, pool=argv, count=variant == "with")
+                            drain(
+                                url,
+                                pool=argv,
+                                count=variant != "without",
+                                record=variant == "with",
+                            )
                         )
             version = redis.Redis.from_url(url).info("server")["redis_version"]
         finally:
@@ -193,9 +220,15 @@ def main() -> None:
     for name, variants in samples.items():
         with_ = statistics.median(variants["with"])
         without = statistics.median(variants["without"])
+        no_record = statistics.median(variants["with_no_record"])
         throughput[name] = {
             "with_handler_tasks_per_s": round(with_, 1),
+            "with_no_record_tasks_per_s": round(no_record, 1),
             "without_handler_tasks_per_s": round(without, 1),
+            # The record of received deliveries alone: with over with_no_record.
+            "record_cost_per_task_us": round((1 / with_ - 1 / no_record) * 1e6, 1),
+            "record_throughput_ratio": round(with_ / no_record, 3),
+            "integration_throughput_ratio": round(with_ / without, 3),
             "cost_per_task_us": round((1 / with_ - 1 / without) * 1e6, 1),
             "throughput_change_pct": round(100 * (with_ - without) / without, 1),
             "samples": {k: [round(v, 1) for v in vs] for k, vs in variants.items()},
@@ -210,14 +243,20 @@ def main() -> None:
     print(f"Redis {version}; {TASKS} no-op tasks per run, median of {ROUNDS} alternating runs")
     print(
         f"handlers in-process (start + end): {handler['handler_us']} µs per task "
-        f"(a bare HINCRBY: {handler['bare_hincrby_us']} µs)"
+        f"(a bare HINCRBY: {handler['bare_hincrby_us']} µs); the record of a received "
+        f"delivery: {handler['received_record_us']} µs"
     )
-    print(f"{'pool':<12} {'with /s':>9} {'without /s':>11} {'cost µs':>8} {'change':>8}")
+    print(
+        f"{'pool':<12} {'with /s':>9} {'no rec /s':>10} {'without /s':>11} {'cost µs':>8} "
+        f"{'change':>8} {'rec µs':>7} {'rec ratio':>9}"
+    )
     for name, row in throughput.items():
         print(
             f"{name:<12} {row['with_handler_tasks_per_s']:>9.1f} "
+            f"{row['with_no_record_tasks_per_s']:>10.1f} "
             f"{row['without_handler_tasks_per_s']:>11.1f} {row['cost_per_task_us']:>8.1f} "
-            f"{row['throughput_change_pct']:>7.1f}%"
+            f"{row['throughput_change_pct']:>7.1f}% {row['record_cost_per_task_us']:>7.1f} "
+            f"{row['record_throughput_ratio']:>9.3f}"
         )
     out = ROOT / "results" / "completions.json"
     out.parent.mkdir(parents=True, exist_ok=True)
