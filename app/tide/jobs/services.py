@@ -288,6 +288,18 @@ def _route_queue(task_name: str, options: Options, step: Step | None = None) -> 
     return default_queue(task_name)
 
 
+def _option_fields(options: Options, now: datetime) -> dict[str, Any]:
+    """The columns a task row and a workflow row both take from the submission's options."""
+    return {
+        "priority": options.priority,
+        "eta": options.eta_at(now),
+        "expires": options.expires,
+        "time_limit": options.time_limit,
+        "soft_time_limit": options.soft_time_limit,
+        "retry_policy": options.retry.as_dict() if options.retry else None,
+    }
+
+
 def _new_row(step: Step, options: Options, *, owner: Any, now: datetime, **extra: Any) -> Job:
     return Job(
         kind=JobKind.TASK,
@@ -296,12 +308,7 @@ def _new_row(step: Step, options: Options, *, owner: Any, now: datetime, **extra
         args=list(step.args),
         kwargs=dict(step.kwargs),
         queue=_route_queue(step.task, options, step),
-        priority=options.priority,
-        eta=options.eta_at(now),
-        expires=options.expires,
-        time_limit=options.time_limit,
-        soft_time_limit=options.soft_time_limit,
-        retry_policy=options.retry.as_dict() if options.retry else None,
+        **_option_fields(options, now),
         **extra,
     )
 
@@ -596,16 +603,7 @@ def _workflow_row(
     kind: JobKind, options: Options, *, owner: Any, now: datetime, **extra: Any
 ) -> Job:
     return Job(
-        kind=kind,
-        owner=owner,
-        queue=options.queue or "",
-        priority=options.priority,
-        eta=options.eta_at(now),
-        expires=options.expires,
-        time_limit=options.time_limit,
-        soft_time_limit=options.soft_time_limit,
-        retry_policy=options.retry.as_dict() if options.retry else None,
-        **extra,
+        kind=kind, owner=owner, queue=options.queue or "", **_option_fields(options, now), **extra
     )
 
 
