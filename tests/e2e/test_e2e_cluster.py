@@ -360,7 +360,7 @@ def test_idle_steady_state(
             bound="0 writes",
             detail=f"{len(entries) / pools / minutes:.1f} requests/pool/min, "
             f"{len(writes) / minutes:.0f} writes/min; "
-            + ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+            + (", ".join(f"{k}: {v}" for k, v in counts.most_common()) or "no request")
             + f"; Lease (not counted): {len(leases) / minutes:.0f} requests/min"
             + (f"; status fields changed: {moved}" if moved else ""),
         )
