@@ -100,6 +100,7 @@ def operator_command(
 
     from tide_operator.adapters.credentials import LoginFailed, login
     from tide_operator.adapters.leases import LeaseSettings
+    from tide_operator.adapters.targets import SharedReports
     from tide_operator.edge.handlers import (
         Runtime,
         build_registry,
@@ -148,13 +149,14 @@ def operator_command(
         raise click.ClickException(str(error)) from error
     metrics = OperatorMetrics(process=True)
     serve(metrics, port=metrics_port, addr=metrics_addr)
-    # One Celery probe asks the workers both what they hold and what they run.
+    # One Celery probe asks the workers both what they hold and what they run; what they
+    # run is asked for every pool of a moment at once (SharedReports).
     probe = busy_probe_from_env()
     runtime = Runtime(
         metrics=metrics,
         login=lambda: credentials,
         busy_probe=probe,
-        worker_probe=probe,
+        worker_probe=SharedReports(probe) if probe is not None else None,
         lease=lease,
     )
     runtime.recoveries = recoveries_from_env(runtime)
