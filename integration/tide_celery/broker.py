@@ -30,11 +30,16 @@ class BrokerRedis:
         self._clients: Any = weakref.WeakKeyDictionary()
         #: kombu's name for the unacked hash and the visibility timeout, from the channel.
         self._unacked_key = "unacked"
+        self._unacked_index_key = "unacked_index"
         self._visibility_timeout = 3600
 
     def unacked_key(self) -> str:
         """kombu's ``unacked`` hash (unprefixed), as the app's channel names it."""
         return self._unacked_key
+
+    def unacked_index_key(self) -> str:
+        """kombu's ``unacked_index`` sorted set (unprefixed): delivery tag -> delivered at."""
+        return self._unacked_index_key
 
     def visibility_timeout(self) -> int:
         """The transport's visibility timeout in whole seconds (at least one)."""
@@ -58,6 +63,9 @@ class BrokerRedis:
                 return None
             channel = connection.default_channel
             self._unacked_key = str(getattr(channel, "unacked_key", self._unacked_key))
+            self._unacked_index_key = str(
+                getattr(channel, "unacked_index_key", self._unacked_index_key)
+            )
             self._visibility_timeout = getattr(
                 channel, "visibility_timeout", self._visibility_timeout
             )

@@ -22,14 +22,22 @@ A new incarnation also recovers its predecessors' holdings (same node name, leas
 lapsed): a worker container restarted in its pod after an OOM kill puts back what the
 killed run held, without anyone reporting the death.
 
-The record's TTL is the transport's visibility timeout: past it, kombu's own sweep has
-put every one of these messages back.
+While the worker lives, every heartbeat also marks the messages it still holds as seen
+now in kombu's ``unacked_index`` (``ZADD XX``: a tag acknowledged meanwhile is not added
+back). kombu's sweep puts back any unacknowledged message older than the visibility
+timeout, even one a live worker holds: an ETA or countdown further ahead than the timeout,
+or a late-ack task running longer, would run twice (Celery's documented caveat). Held by a
+live worker, a message never looks that old; held by a dead one, it stops being refreshed,
+and Tide's recovery (or at the latest kombu's sweep, one visibility timeout after the last
+heartbeat) puts it back. The record's TTL is refreshed with it, so it outlives the
+worker's last heartbeat by the visibility timeout.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -88,8 +96,9 @@ class Holdings:
             mine = self.incarnation
             self.predecessors = any(_incarnation(raw) != mine for raw in replies[0])
 
-    def prune(self) -> int:
-        """Drop entries of this incarnation whose message is no longer unacknowledged."""
+    def prune(self, *, now: float | None = None) -> int:
+        """Drop entries of this incarnation whose message is no longer unacknowledged, and
+        mark the ones it still holds as seen ``now`` (see the module's docstring)."""
         replies = self.broker.run(lambda pipe, prefix: pipe.hgetall(prefix + self.record))
         if not replies:
             return 0
@@ -106,8 +115,20 @@ class Holdings:
 
         present = self.broker.run(check) or []
         gone = [tag for tag, there in zip(mine, present, strict=True) if not there]
-        if gone:
-            self.broker.run(lambda pipe, prefix: pipe.hdel(prefix + self.record, *gone))
+        held = [tag for tag, there in zip(mine, present, strict=True) if there]
+        seen = time.time() if now is None else now
+        index = self.broker.unacked_index_key()
+        ttl = self.broker.visibility_timeout()
+
+        def update(pipe: Any, prefix: str) -> None:
+            if gone:
+                pipe.hdel(prefix + self.record, *gone)
+            if held:
+                pipe.zadd(prefix + index, dict.fromkeys(held, seen), xx=True)
+                pipe.expire(prefix + self.record, ttl)
+
+        if gone or held:
+            self.broker.run(update)
         return len(gone)
 
     def recover_predecessors(self) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kombu import Connection
 from stockapp_harness import StockBroker, Worker, Workers, produce
 
 from tide.exporter.scrape import scrape
@@ -210,6 +211,45 @@ def test_a_slow_but_alive_worker_is_not_recovered(
     assert broker.done() == HELD
     assert _waiting(broker) == 0
     assert _recovered(broker) == 0
+
+
+def test_a_live_workers_eta_message_outlives_a_short_visibility_timeout(
+    redis_stock_broker: StockBroker, stock_workers: Workers, wait: Callable[..., Any]
+) -> None:
+    # kombu's sweep puts back every unacknowledged message older than the visibility
+    # timeout, even one a live worker holds: an ETA further ahead than the timeout would
+    # be delivered again and run twice (Celery's documented caveat). The integration marks
+    # what its worker holds as seen at every heartbeat, so the sweep of a consumer with a
+    # timeout of two heartbeats leaves a 10-minute countdown alone.
+    broker = redis_stock_broker
+    worker = stock_workers.start(broker, queues=[QUEUE], concurrency=1)
+    produce(broker, [("stockapp.tasks.hold", [broker.run], {"queue": QUEUE, "countdown": 600})])
+    node = _node(worker)
+    wait(
+        lambda: _unacked(broker) == 1 and len(_record(broker, node)) == 1,
+        timeout=60,
+        what="the worker holding the ETA message",
+        explain=worker.tail,
+    )
+    index = broker.keyprefix + "unacked_index"
+    ((tag, delivered),) = broker.client().zrange(index, 0, -1, withscores=True)
+    visibility = 2 * HEARTBEAT_INTERVAL
+    # The scenario is time passing: held for longer than that timeout (and a heartbeat).
+    wait(
+        lambda: time.time() > delivered + visibility + HEARTBEAT_INTERVAL,
+        timeout=60,
+        interval=0.5,
+        what="the message held longer than the visibility timeout",
+    )
+    seen = broker.client().zscore(index, tag)
+    assert seen is not None
+    assert seen > time.time() - visibility, (delivered, seen)
+    options = {**broker.transport_options, "visibility_timeout": visibility}
+    with Connection(broker.url, transport_options=options) as conn:
+        conn.default_channel.qos.restore_visible(num=100, interval=1)
+    assert _unacked(broker) == 1
+    assert _waiting(broker) == 0
+    assert broker.client().zscore(index, tag) == seen
 
 
 def test_a_frozen_worker_recovered_then_resumed_acks_harmlessly(
