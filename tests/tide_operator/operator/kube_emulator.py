@@ -26,13 +26,18 @@ It also stamps an increasing ``resourceVersion`` (and uid, creationTimestamp, ge
 on every write, answers a failed JSON-patch ``test`` with 422, subscribes a watch before
 taking its snapshot and skips objects not newer than the requested version, lists with the
 current version, and deletes dependents of a deleted owner (foreground details aside) like
-the garbage collector. ``faults`` injects API errors (409s) for tests.
+the garbage collector. ``faults`` injects API errors (409s) for tests. A patch of a
+Deployment's ``scale`` whose ``spec.replicas`` is not an int32 of at least 0 (``2.0``, which
+Python's ``json`` writes for a float, ``"3"``, ``true``, ``-1``) gets the server's 422 and is
+a violation: the server decodes a Scale's replicas into an int32 and validates them.
 
 Leases (``coordination.k8s.io/v1``, the operator's leader election) are served here rather
 than by kmock, whose writes merge where a PUT replaces and which ignores preconditions:
 create (201; 409 AlreadyExists), get (404 NotFound), replace (PUT: 409 Conflict when
-``metadata.resourceVersion`` is not the current one, 404 when absent, 400 when the name
-or namespace disagrees with the URL), delete; bodies are held to the Lease's OpenAPI
+``metadata.resourceVersion`` is not the current one, 422 when it is missing, 400 when the
+name or namespace disagrees with the URL; a PUT to an absent Lease creates it, 201,
+whatever resourceVersion it carries, as a Lease's update strategy allows create-on-update),
+delete; bodies are held to the Lease's OpenAPI
 schema (``kube_contract``: 400 for a field of the wrong type, a violation for an unknown
 one) and to the server's validation (422 Invalid: a name that is not a DNS subdomain,
 ``leaseDurationSeconds`` not above 0, ``leaseTransitions`` below 0). Their traffic is
@@ -79,6 +84,50 @@ def contract() -> Contract:
     return Contract.load().with_custom_resource(
         group="tide.dev", version="v1alpha1", plural="workerpools", kind="WorkerPool"
     )
+
+
+INT32 = range(-(2**31), 2**31)
+
+
+def scale_refusal(name: str, patch: Any) -> Refusal | None:
+    """kube-apiserver v1.26's answer to a patch of a Deployment's ``scale`` whose
+    ``spec.replicas`` it cannot take: it decodes the patched Scale into Go (``int32``), so
+    anything but an integer in range fails to decode, then validates it at least 0. Seen on
+    a real server, which answers both with 422; the messages are its own (the decoding one
+    without the Scale it quotes)."""
+    if isinstance(patch, list):  # a JSON patch: the values it puts at /spec/replicas
+        sent = [
+            op["value"]
+            for op in patch
+            if isinstance(op, dict) and op.get("path") == "/spec/replicas" and "value" in op
+        ]
+    else:
+        spec = patch.get("spec") if isinstance(patch, dict) else None
+        sent = [spec["replicas"]] if isinstance(spec, dict) and "replicas" in spec else []
+    for value in sent:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value not in INT32:
+            if isinstance(value, bool):
+                what = "bool"
+            elif isinstance(value, int | float):
+                what = f"number {json.dumps(value)}"
+            else:
+                what = {str: "string", list: "array", dict: "object"}.get(type(value), "value")
+            return Refusal(
+                422,
+                "Invalid",
+                f'"" is invalid: patch: Invalid value: "...": json: cannot unmarshal {what} '
+                "into Go struct field ScaleSpec.spec.replicas of type int32",
+            )
+        if value < 0:
+            return Refusal(
+                422,
+                "Invalid",
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                f"{value}: must be greater than or equal to 0",
+            )
+    return None
 
 
 @attrs.frozen
@@ -253,9 +302,20 @@ class TideEmulator(kmock.KubernetesEmulator):
             return self._invalid(name, invalid)
         current = self.leases.get((namespace, name))
         if current is None:
-            return not_found(name)
+            # Leases allow create-on-update: kube-apiserver v1.26 answers a PUT to an absent
+            # Lease with 201, even one carrying a resourceVersion (seen on a real server).
+            stored = self._lease_stored(body, namespace, name, previous=None)
+            self.leases[(namespace, name)] = stored
+            return aiohttp.web.json_response(stored, status=201)
         version = meta.get("resourceVersion")
-        if version and version != current["metadata"]["resourceVersion"]:
+        if not version:
+            return refuse(
+                422,
+                "Invalid",
+                f'leases.coordination.k8s.io "{name}" is invalid: metadata.resourceVersion: '
+                "Invalid value: 0x0: must be specified for an update",
+            )
+        if version != current["metadata"]["resourceVersion"]:
             return refuse(
                 409,
                 "Conflict",
@@ -401,6 +461,13 @@ class TideEmulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         method = str(request.method.value if request.method else "")
         path = request.url.path
+        if request.action == enums.action.UPDATE and request.subresource == "scale":
+            refusal = scale_refusal(request.name or "", request.data)
+            if refusal is not None:
+                self.violations.append(f"{method} {path}: {refusal.message}")
+                raise kmock.KubernetesError(
+                    status=refusal.status, reason=refusal.reason, message=refusal.message
+                )
         if request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             self.writes.append((method, path))
             for (fault_method, suffix), remaining in list(self.faults.items()):

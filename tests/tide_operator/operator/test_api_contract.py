@@ -185,6 +185,56 @@ async def test_the_emulator_answers_a_bad_watch_with_the_servers_400(
     emulator.violations.clear()  # seen; the fixture fails any test that leaves one
 
 
+SCALES: list[tuple[Any, int, str]] = [
+    # What the operator sends: an integer, at least 0.
+    (3, 200, ""),
+    (0, 200, ""),
+    # A float, even a whole one, does not decode into the Scale's int32: Python's json
+    # writes 2.0 for a float that slipped through, and a real server answers 422.
+    (2.0, 422, "cannot unmarshal number 2.0 into Go struct field ScaleSpec.spec.replicas"),
+    # Neither does a string, a bool, or an integer past int32.
+    ("3", 422, "cannot unmarshal string into Go struct field"),
+    (True, 422, "cannot unmarshal bool into Go struct field"),
+    (2**31, 422, "cannot unmarshal number 2147483648 into Go struct field"),
+    # Decoded, but below 0: the Scale's validation.
+    (-1, 422, 'Scale.autoscaling "d" is invalid: spec.replicas: Invalid value: -1'),
+]
+
+
+@pytest.mark.asyncio
+async def test_the_emulator_refuses_the_scales_a_server_refuses(emulator: TideEmulator) -> None:
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}}},
+    }
+    async with httpx.AsyncClient(base_url=str(emulator.url)) as client:
+        assert (await client.post(DEPLOYMENTS, json=body)).status_code < 300
+        for replicas, status, message in SCALES:
+            for content_type, patch in (
+                (MERGE, {"spec": {"replicas": replicas}}),
+                (
+                    "application/json-patch+json",
+                    [{"op": "replace", "path": "/spec/replicas", "value": replicas}],
+                ),
+            ):
+                response = await client.patch(
+                    f"{DEPLOYMENTS}/d/scale",
+                    content=json.dumps(patch),
+                    headers={"Content-Type": content_type},
+                )
+                assert response.status_code == status, (replicas, content_type, response.text)
+                if status != 200:
+                    assert response.json()["reason"] == "Invalid"
+                    assert message in response.json()["message"]
+        scale = await client.get(f"{DEPLOYMENTS}/d")
+    assert scale.json()["spec"]["replicas"] == 0  # the last accepted
+    refused = [row for row in SCALES if row[1] != 200]
+    assert len(emulator.violations) == 2 * len(refused)
+    emulator.violations.clear()  # seen; the fixture fails any test that leaves one
+
+
 def test_requests_are_addressed_as_rbac_sees_them() -> None:
     # The verb is the RBAC verb, and subresources are part of the resource.
     assert address("GET", POOLS, {"watch": "true"}) == address("GET", POOLS, {"watch": "1"})

@@ -193,8 +193,18 @@ async def test_the_emulator_serves_leases_as_the_api_server_does(
     assert modified.value.reason == "Conflict"
     with pytest.raises(NotFound):
         await client.get(f"{PATH}/y")
-    with pytest.raises(NotFound):
-        await client.replace(f"{PATH}/y", {**body, "metadata": {"name": "y"}})
+    # A Lease allows create-on-update: a PUT to an absent one creates it, even with a
+    # resourceVersion (kube-apiserver v1.26 answers 201 to both; seen on a real server).
+    made = await client.replace(f"{PATH}/y", {**body, "metadata": {"name": "y"}})
+    assert made["spec"]["holderIdentity"] == "a"
+    assert emulator.lease("default", "y") == made
+    remade = {**body, "metadata": {"name": "u", "resourceVersion": "123"}}
+    assert (await client.replace(f"{PATH}/u", remade))["metadata"]["resourceVersion"] != "123"
+    # Replacing one that exists without saying which version was read is refused.
+    with pytest.raises(ApiError) as unversioned:
+        await client.replace(f"{PATH}/x", body)
+    assert (unversioned.value.status, unversioned.value.reason) == (422, "Invalid")
+    assert "metadata.resourceVersion" in str(unversioned.value)
     with pytest.raises(ApiError) as invalid:
         await client.create(
             PATH, {**body, "metadata": {"name": "z"}, "spec": {"leaseDurationSeconds": 0}}
