@@ -9,7 +9,7 @@ and saves (``bench/results/simulator/``: ``results.json``, ``table.txt``, a PNG 
 2. the shapes added after tuning (``UNSEEN_TRACES``: floods of ~10 ms tasks, a handful of
    8-minute tasks, retry echoes after a burst, a slow ramp with a cliff, a heavy-tailed
    diurnal mix) and the diurnal trace, at seeds that were never used while tuning
-   (``--unseen-seeds``, 101 202 303), through Tide and both KEDA settings;
+   (``--unseen-seeds``, 101 202 303 404 505), through Tide and both KEDA settings;
    ``tide-consolidate`` (``shutdown.consolidate: true``) runs beside Tide's default and is
    checked against the same goals;
 3. a 24-hour trace of one million tasks replayed through Tide (target: under 60 s).
@@ -81,7 +81,7 @@ def _renamed(summary: Summary, name: str) -> Summary:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unseen-seeds", type=int, nargs="+", default=[101, 202, 303])
+    parser.add_argument("--unseen-seeds", type=int, nargs="+", default=[101, 202, 303, 404, 505])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--skip-million", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="only these traces")

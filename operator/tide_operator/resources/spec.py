@@ -468,7 +468,10 @@ class WorkerPoolSpec(_Model):
     cooldown_period: float = Field(
         default=60.0,
         ge=0,
-        description="Seconds without any task before the pool may scale to zero.",
+        description=(
+            "Seconds since a task last waited or arrived before the pool may scale to zero"
+            " (never while a task runs)."
+        ),
     )
     polling_interval: float = Field(
         default=DEFAULT_POLLING_INTERVAL,

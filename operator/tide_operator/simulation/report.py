@@ -64,6 +64,9 @@ class Summary:
     floor_replica_seconds: float
     utilisation: float
     cost_vs_floor: float
+    # The clairvoyant whole-replica pool's cost over the same floor: a reference for how
+    # much of ``cost_vs_floor`` whole replicas alone explain, not a goal.
+    ideal_vs_floor: float
     scale_events: int
     reversals: int
     flaps: int
@@ -132,6 +135,7 @@ def summarize(result: SimResult) -> Summary:
         # Useful work only: what interrupted attempts did is paid for but not counted here.
         utilisation=result.work_seconds / capacity if capacity else 0.0,
         cost_vs_floor=result.replica_seconds / floor if floor else math.inf,
+        ideal_vs_floor=result.ideal_replica_seconds / floor if floor else math.inf,
         scale_events=len(result.scale_events),
         reversals=count_reversals(result.scale_events),
         flaps=count_flaps(result.scale_events),
@@ -223,6 +227,7 @@ def render_table(summaries: Sequence[Summary], *, console: Console, title: str =
         "replica-s",
         "floor",
         "cost/floor",
+        "ideal/floor",
         "events",
         "flaps 300s",
         "reversals",
@@ -255,6 +260,7 @@ def render_table(summaries: Sequence[Summary], *, console: Console, title: str =
             f"{s.replica_seconds:,.0f}",
             f"{s.floor_replica_seconds:,.0f}",
             f"{s.cost_vs_floor:.3f}",
+            f"{s.ideal_vs_floor:.3f}",
             str(s.scale_events),
             str(s.flaps),
             str(s.reversals),

@@ -61,7 +61,15 @@ import numpy.typing as npt
 from tide_operator.resources.spec import ShutdownSpec
 from tide_operator.simulation.traces import Trace
 
-__all__ = ["DEFAULT_GRACE_PERIOD", "Controller", "SimResult", "SimSettings", "Snapshot", "simulate"]
+__all__ = [
+    "DEFAULT_GRACE_PERIOD",
+    "Controller",
+    "SimResult",
+    "SimSettings",
+    "Snapshot",
+    "simulate",
+    "whole_replica_seconds",
+]
 
 #: The WorkerPool's default ``shutdown.gracePeriodSeconds``, read from the resource model so
 #: that the simulator and the CRD cannot disagree.
@@ -169,11 +177,35 @@ class SimResult:
     removed_idle: int = 0
     removed_drained: int = 0
     removed_killed: int = 0
+    # A reference beside the floor, not a goal: ``whole_replica_seconds`` of the trace.
+    ideal_replica_seconds: float = 0.0
 
     @property
     def floor_replica_seconds(self) -> float:
         """The cost floor: the trace's own work on fully used replicas, nothing lost."""
         return self.work_seconds / self.concurrency
+
+
+def whole_replica_seconds(
+    arrivals: npt.NDArray[np.float64], durations: npt.NDArray[np.float64], *, concurrency: int
+) -> float:
+    """What a clairvoyant pool of whole replicas would pay: a reference, not the floor.
+
+    Every task starts the moment it arrives, replicas start and stop instantly, and tasks
+    are packed perfectly, so at each instant the pool holds ``ceil(running / concurrency)``
+    replicas. No autoscaler can do better in whole replicas without making tasks wait; the
+    floor (``work / concurrency``) counts fractions of a replica, which is why a quiet hour
+    carrying one task at a time costs four times its share of the floor here.
+    """
+    if len(arrivals) == 0:
+        return 0.0
+    times = np.concatenate([arrivals, arrivals + durations])
+    # Ends before starts at the same instant: a slot freed at t is reused at t.
+    steps = np.concatenate([np.ones(len(arrivals)), -np.ones(len(arrivals))])
+    order = np.lexsort((steps, times))
+    times, running = times[order], np.cumsum(steps[order])
+    replicas = np.ceil(running[:-1] / concurrency - 1e-9)
+    return float(np.sum(replicas * np.diff(times)))
 
 
 class _Replica:
@@ -480,4 +512,7 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
         removed_idle=removed[0],
         removed_drained=removed[1],
         removed_killed=removed[2],
+        ideal_replica_seconds=whole_replica_seconds(
+            trace.arrivals, trace.durations, concurrency=slots
+        ),
     )

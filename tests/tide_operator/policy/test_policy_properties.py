@@ -35,7 +35,18 @@ def test_never_below_inflight_need(config: PolicyConfig, steps: list, start: int
     decisions, _, _ = replay(config, steps, current=current)
     for (_, observation), d in zip(steps, decisions, strict=True):
         need = math.ceil(observation.inflight / config.concurrency)
-        assert d.replicas >= min(need, config.max_replicas), d.reason
+        asleep = current == 0 and (
+            observation.waiting + observation.inflight <= config.activation_threshold
+        )
+        if asleep:
+            # A pool at zero wakes only above activationThreshold (KEDA's meaning): tasks in
+            # flight with no replica are held by no worker of the pool (an unacked message
+            # of a worker gone), and the user asked not to wake for so few. This was the
+            # property's random-mode flake (``asleep-below-activation`` in the table).
+            assert d.replicas == 0, d.reason
+        else:
+            assert d.replicas >= min(need, config.max_replicas), d.reason
+        current = d.replicas
 
 
 @given(config=configs(), steps=observation_steps(), start=st.integers(0, 40))
@@ -58,19 +69,30 @@ def test_no_scale_down_inside_the_window(config: PolicyConfig, steps: list, star
 def test_zero_only_when_idle_past_the_cooldown(
     config: PolicyConfig, steps: list, start: int
 ) -> None:
+    """Zero only when nothing waits, runs or just finished, a cooldown after the last work
+    that waited or arrived (KEDA's cooldown runs from its trigger's last activity)."""
     current = min(max(start, config.min_replicas), config.max_replicas)
     state = PolicyState()
-    last_busy = steps[0][0]  # the first call seeds the pool as active
+    last_work = steps[0][0]  # the first call seeds the pool as active
+    previous: Observation | None = None
     for now, observation in steps:
         d = decide(
             config=config, state=state, observation=observation, current_replicas=current, now=now
         )
-        if observation.waiting + observation.inflight > 0:
-            last_busy = now
+        present = observation.waiting + observation.inflight
+        if previous is None or previous.completed_total is None:
+            arrived = present > 0
+        else:
+            assert observation.completed_total is not None
+            finished = observation.completed_total - previous.completed_total
+            arrived = finished + present - (previous.waiting + previous.inflight) > 0
+        if observation.waiting > 0 or arrived:
+            last_work = now
         if current > 0 and d.replicas == 0:
             assert observation.waiting == observation.inflight == 0
-            assert now - last_busy >= config.cooldown_period
-        state, current = d.state, d.replicas
+            assert previous is None or previous.completed_total == observation.completed_total
+            assert now - last_work >= config.cooldown_period
+        state, current, previous = d.state, d.replicas, observation
 
 
 @given(

@@ -101,6 +101,51 @@ CASES = [
         0,
         COOLDOWN_TO_ZERO,
     ),
+    # The cooldown runs from the last work that waited or arrived, as KEDA's runs from the
+    # last time its trigger was active: one task arrived at 0 s and ran for 600 s, ten
+    # times the cooldown, with nothing arriving after it (counter: nothing new beyond it).
+    # Nothing waits, runs or finished since the read at 605 s: the pool sleeps now, not a
+    # cooldown after the task ended.
+    Case(
+        "cooldown-from-last-arrival",
+        {"cooldown_period": 60},
+        [
+            (0.0, obs(0, 1, 0, completed_total=0.0)),
+            (5.0, obs(5, 0, 1, completed_total=0.0)),
+            (300.0, obs(300, 0, 1, completed_total=0.0)),
+            (600.0, obs(600, 0, 1, completed_total=0.0)),
+            (605.0, obs(605, 0, 0, completed_total=1.0)),
+        ],
+        1,
+        610.0,
+        obs(610, 0, 0, completed_total=1.0),
+        0,
+        COOLDOWN_TO_ZERO,
+    ),
+    # ... but never while the task runs, nor at the read that sees it finish.
+    Case(
+        "no-zero-while-a-long-task-runs",
+        {"cooldown_period": 60},
+        [(0.0, obs(0, 1, 0, completed_total=0.0)), (5.0, obs(5, 0, 1, completed_total=0.0))],
+        1,
+        600.0,
+        obs(600, 0, 1, completed_total=0.0),
+        1,
+        HELD,
+    ),
+    # At zero, two tasks in flight (unacked, held by no worker of the pool) and an activation
+    # threshold of 3: the pool stays asleep, KEDA's activation, not the in-flight floor.
+    Case(
+        "asleep-below-activation",
+        {"activation_threshold": 3, "concurrency": 2},
+        [],
+        0,
+        0.0,
+        obs(0, 0, 2),
+        0,
+        HELD,
+        "activation above 3",
+    ),
     # Idle, but the cooldown has not passed: one worker stays for the next task.
     Case(
         "cooldown-pending",

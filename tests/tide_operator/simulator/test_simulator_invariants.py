@@ -144,6 +144,36 @@ def test_flaps_are_reversals_within_300_seconds() -> None:
     assert count_flaps(events) == 2
 
 
+@pytest.mark.parametrize(
+    ("arrivals", "durations", "expected"),
+    [
+        # One task of 10 s alone: one whole replica for 10 s (the floor says 2.5 at 4 slots).
+        ([0.0], [10.0], 10.0),
+        # Four overlapping tasks fit one replica: 10 s; a fifth makes two for its 4 s.
+        ([0.0, 0.0, 0.0, 0.0], [10.0] * 4, 10.0),
+        ([0.0, 0.0, 0.0, 0.0, 3.0], [10.0] * 4 + [4.0], 14.0),
+        # A slot freed at t is reused at t: back to back tasks never need a second replica.
+        ([0.0, 5.0], [5.0, 5.0], 10.0),
+        # A gap costs nothing: the clairvoyant pool is at zero between tasks.
+        ([0.0, 100.0], [1.0, 1.0], 2.0),
+    ],
+)
+def test_whole_replica_reference(
+    arrivals: list[float], durations: list[float], expected: float
+) -> None:
+    from tide_operator.simulation.simulator import whole_replica_seconds
+
+    got = whole_replica_seconds(np.array(arrivals), np.array(durations), concurrency=4)
+    assert got == pytest.approx(expected)
+
+
+def test_whole_replica_reference_is_reported(sim_settings: SimSettings) -> None:
+    # Between the floor and what any policy paid: no whole-replica pool pays less.
+    trace = builtin_trace("steady", seed=0)
+    summary = summarize(run(trace, "tide", sim_settings))
+    assert 1.0 <= summary.ideal_vs_floor <= summary.cost_vs_floor
+
+
 def test_same_seed_same_result(sim_settings: SimSettings) -> None:
     first = summarize(run(builtin_trace("bursts", seed=7), "tide", sim_settings))
     second = summarize(run(builtin_trace("bursts", seed=7), "tide", sim_settings))
