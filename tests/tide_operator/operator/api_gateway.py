@@ -286,7 +286,12 @@ class ApiGateway:
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
             )
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:
+                # The client went away mid-stream (a killed operator's watch): nothing to
+                # answer, as on a real server.
+                pass
             return response
