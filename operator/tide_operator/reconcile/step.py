@@ -199,6 +199,42 @@ def _restored(
     return restore_season(state, profile, season_seconds=season, config=config)
 
 
+async def _keep_busy_without_metrics(
+    target: ReportsBusy, decision: Decision, *, current: int, now: float
+) -> Decision:
+    """A scale-down while the metrics are unreadable keeps every worker that holds a task.
+
+    With no observation (the fallback, or a hold below the current size) the policy knows
+    only which workers held tasks at the last good read; a worker that took tasks since
+    (one that became ready just before Prometheus went away) would be removed while it
+    runs them. The workers themselves still answer: the probe asks them through the broker,
+    not through the metrics backend. So ask them, and keep at least those that hold tasks
+    (never above the current size). Seen in the chaos bench: a fallback to 2 removed a
+    worker 3 s after it had taken 4 tasks.
+    """
+    try:
+        holding = await target.busy_replicas()
+    except Unreachable:
+        raise
+    except Exception as exc:
+        log.warning("could not ask the workers which hold tasks: %s", exc)
+        return decision
+    if holding is None or holding <= decision.replicas:
+        return decision
+    kept = min(current, holding)
+    # The policy recorded its move as made; record the one made instead (none at all when
+    # the pool keeps its size), so the step limits count only what happened.
+    events = tuple(e for e in decision.state.scale_events if e[0] != now)
+    if kept != current:
+        events = (*events, (now, kept - current))
+    return replace(
+        decision,
+        replicas=kept,
+        reason=f"{decision.reason}; kept {kept}: {holding} workers hold tasks",
+        state=replace(decision.state, scale_events=events),
+    )
+
+
 def _forecast_status(
     state: PolicyState, spec: WorkerPoolSpec, *, now: float, wall: datetime
 ) -> dict[str, Any] | None:
@@ -316,6 +352,13 @@ async def reconcile_step(
                 current_replicas=current,
                 now=now,
             )
+    if (
+        not consolidating
+        and observation is None
+        and decision.replicas < current
+        and isinstance(target, ReportsBusy)
+    ):
+        decision = await _keep_busy_without_metrics(target, decision, current=current, now=now)
     scaled = False
     # Metrics trouble is MetricsAvailable=False, not Ready=False: the pool is configured and
     # its workers exist; it holds (or falls back) until the figures return.

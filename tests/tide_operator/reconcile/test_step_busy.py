@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tide_operator.core.policy import Observation, PolicyState
+from tide_operator.adapters.sources import MetricsUnavailable
+from tide_operator.core.policy import FALLBACK, Observation, PolicyState
 from tide_operator.reconcile.step import reconcile_step
 from tide_operator.resources.spec import WorkerPoolSpec
 
@@ -95,3 +96,60 @@ async def test_the_probe_runs_only_on_scale_downs() -> None:
     await run(target, Source(inflight=20), steps=10)
     assert target.replicas == 5
     assert target.asked == 0
+
+
+# The same pool with KEDA's fallback: after 2 failed reads, 1 worker (never fewer than held
+# tasks at the last good read, the policy's own rule).
+FALLBACK_SPEC = WorkerPoolSpec.model_validate(
+    {
+        **SPEC.model_dump(by_alias=True, exclude_none=True),
+        "fallback": {"failureThreshold": 2, "replicas": 1},
+    }
+)
+
+
+class Outage:
+    """One good read (``inflight`` tasks), then the metrics backend is gone."""
+
+    def __init__(self, inflight: int) -> None:
+        self.inflight = inflight
+        self.reads = 0
+
+    async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
+        self.reads += 1
+        if self.reads > 1:
+            raise MetricsUnavailable("Prometheus unreachable")
+        return Observation(at=now, waiting=0, inflight=self.inflight)
+
+
+@pytest.mark.parametrize(
+    ("busy", "expected"),
+    [
+        # 8 tasks at the last good read (2 workers' worth); a third worker took tasks
+        # since: all 3 hold tasks, all 3 stay (the fallback alone went to 2).
+        (3, 3),
+        # Only 2 hold tasks now: the fallback's 2 (1, but never below the last read's 2).
+        (2, 2),
+        # The probe cannot tell: the fallback as the policy decided it.
+        (None, 2),
+    ],
+)
+async def test_a_fallback_keeps_workers_that_took_tasks_since_the_last_read(
+    busy: int | None, expected: int
+) -> None:
+    target = Target(3, busy)
+    source = Outage(inflight=8)
+    state = PolicyState()
+    for step in range(6):
+        result = await reconcile_step(
+            spec=FALLBACK_SPEC,
+            source=source,
+            target=target,
+            state=state,
+            now=5.0 * step,
+            wall=datetime.now(UTC),
+        )
+        state = result.state
+    assert result.decision is not None
+    assert result.decision.reason_code == FALLBACK
+    assert target.replicas == expected
