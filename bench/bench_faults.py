@@ -17,6 +17,16 @@ completed execution). Per scenario:
   a connection lost); they ran to completion once;
 * recover: seconds from the fault to the last job's end.
 
+The operator's faults (``prometheus-outage``, ``operator-restart``, ``api-unreachable``) run
+on ``faults_cluster``: ``tide operator`` as a process, the API emulator of the operator tests
+(held to a real kube-apiserver's OpenAPI document and the chart's RBAC) behind a gateway
+that can close its port, a process kubelet that runs the worker Deployment's pods as real
+workers named ``worker@<pod>``, the real exporter, and for the first a real Prometheus. A
+pool of 1 to 4 workers (one more per 10 s at most) takes a burst of 300 jobs, so each fault
+lands mid-scale-up. Their *recover* is the operator's: from the fault's end until it read
+metrics again (Prometheus), scaled again (a new operator), or was heard again (the API
+server); the details (sizes seen, pods deleted while busy, conditions) go to the JSON.
+
 Prints the table and writes ``bench/results/faults.json``; docs/faults.md quotes it.
 """
 
@@ -46,9 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
 RESULTS = BENCH / "results"
-DB = "tide_bench_faults"
+DB = os.environ.get("BENCH_FAULTS_DB", "tide_bench_faults")
 REDIS_PORT = int(os.environ.get("BENCH_FAULTS_REDIS_PORT", "18301"))
-RABBIT_VHOST = "tide_bench_faults"
+RABBIT_VHOST = os.environ.get("BENCH_FAULTS_VHOST", "tide_bench_faults")
 BURST = 120
 TASK_SECONDS = 2.0
 WORKERS = 2
@@ -153,6 +163,12 @@ class Platform:
     workers: list[Worker] = field(default_factory=list)
     #: Other processes to stop at the end (``tide up``), SIGTERM first.
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The operator scenarios' cluster (``faults_cluster.Cluster``), closed first; their
+    #: Prometheus, timeline, and the moments of the faults.
+    cluster: Any = None
+    prometheus: Any = None
+    timeline: Any = None
+    marks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ledger(self) -> Path:
@@ -174,6 +190,10 @@ class Platform:
         return worker
 
     def stop_workers(self, *, grace: float = 60) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for process in self.extra:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -197,7 +217,21 @@ class Platform:
     def completions(self) -> Counter[str]:
         if not self.ledger.exists():
             return Counter()
-        return Counter(line.split()[1] for line in self.ledger.read_text().splitlines())
+        lines = self.ledger.read_text().splitlines()
+        return Counter(line.split()[1] for line in lines if line.startswith("done "))
+
+    def busy_at(self, worker: str, moment: float) -> int:
+        """Tasks ``worker`` had started and not completed at ``moment`` (from the ledger)."""
+        if not self.ledger.exists():
+            return 0
+        started: set[str] = set()
+        ended: set[str] = set()
+        for line in self.ledger.read_text().splitlines():
+            kind, task_id, host, at = line.split()
+            if host != worker or float(at) > moment or kind == "done":
+                continue
+            (started if kind == "start" else ended).add(task_id)
+        return len(started - ended)
 
 
 def _wait(check: Callable[[], object], timeout: float, what: str) -> Any:
@@ -306,6 +340,8 @@ class Outcome:
     restarted: int
     recover_seconds: float | None
     note: str = ""
+    #: What the operator did (the operator scenarios): sizes, conditions, timings.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def tally(
@@ -351,10 +387,10 @@ def tally(
 # --- Scenarios ------------------------------------------------------------------------------
 
 
-def burst() -> tuple[list[str], set[str]]:
-    """BURST io_bound jobs, and one job in forty that fails on purpose."""
-    ids = submit(BURST, failing=0)
-    failing = set(submit(0, failing=BURST // 40))
+def burst(size: int = BURST) -> tuple[list[str], set[str]]:
+    """``size`` io_bound jobs, and one job in forty that fails on purpose."""
+    ids = submit(size, failing=0)
+    failing = set(submit(0, failing=size // 40))
     return ids + sorted(failing), failing
 
 
@@ -511,6 +547,250 @@ def local_exporter_outage(plat: Platform, server: Any, broker: str) -> list[tupl
     return faults
 
 
+# --- The operator's faults (the operator, the API emulator, a process kubelet) ---------------
+#
+# Nothing runs pods here: ``faults_cluster`` puts the operator (a ``tide operator`` process),
+# the API emulator of the operator tests and a process kubelet (the worker Deployment's pods
+# as real workers of Tide's app) together. The pool starts at 1 worker and may add one per
+# 10 s up to 4, so each fault lands while the pool is scaling up under the burst.
+
+OPERATOR_BURST = 300
+OUTAGE = 30.0
+#: Prometheus is away longer: the pool acts on its last reading for up to 30 s (the
+#: default staleAfterSeconds), then counts failed reads and falls back.
+PROMETHEUS_OUTAGE = 60.0
+PROMETHEUS_PORT = int(os.environ.get("BENCH_FAULTS_PROMETHEUS_PORT", "18330"))
+CLUSTER_EXPORTER_PORT = int(os.environ.get("BENCH_FAULTS_CLUSTER_EXPORTER_PORT", "18321"))
+
+
+@dataclass
+class Sample:
+    """The cluster as the bench saw it at one moment (every 0.5 s)."""
+
+    at: float
+    replicas: int
+    ready: int
+    fallback: str | None
+    metrics_available: str | None
+    ready_condition: str | None
+    operator_requests: int
+
+
+class Timeline:
+    """Samples the cluster in a thread of its own while a scenario runs."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="timeline", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cluster = self.cluster
+            pods = list(cluster.kubelet.pods.values())
+            self.samples.append(Sample(
+                at=time.time(),
+                replicas=cluster.replicas(),
+                ready=sum(1 for p in pods if p.ready_since and p.deleting_since is None),
+                fallback=cluster.condition("Fallback"),
+                metrics_available=cluster.condition("MetricsAvailable"),
+                ready_condition=cluster.condition("Ready"),
+                operator_requests=len(cluster.emulator.operator_requests()),
+            ))  # fmt: skip
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def first_after(self, moment: float, check: Callable[[Sample], bool]) -> float | None:
+        for sample in self.samples:
+            if sample.at >= moment and check(sample):
+                return round(sample.at - moment, 1)
+        return None
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        return [s for s in self.samples if start <= s.at <= end]
+
+
+def operator_setup(plat: Platform, *, prometheus: bool = False, **spec: Any) -> None:
+    """The exporter (and Prometheus), the cluster, the pool and one operator; returns once
+    the pool's first worker is ready."""
+    from django.conf import settings
+
+    from faults_cluster import (
+        Cluster,
+        Exporter,
+        Prometheus,
+        operator_env,
+        pool_body,
+        worker_starter,
+    )
+
+    exporter = Exporter(plat.env, plat.workdir, port=CLUSTER_EXPORTER_PORT)
+    plat.extra.append(exporter.process)
+    metrics: dict[str, Any] = {"exporter": {"url": exporter.url}}
+    if prometheus:
+        prom = Prometheus(plat.workdir, port=PROMETHEUS_PORT, target=f"127.0.0.1:{exporter.port}")
+        plat.prometheus = prom
+        _wait(prom.has_series, 60, "Prometheus to hold the exporter's series")
+        metrics = {"prometheus": {"url": prom.url}}
+    options = dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS)
+    cluster = Cluster(
+        env=operator_env(plat.env, options),
+        workdir=plat.workdir,
+        start_worker=worker_starter(plat.env, plat.workdir, concurrency=CONCURRENCY),
+    )
+    plat.cluster = cluster
+    cluster.create_pool(pool_body(metrics, **spec))
+    cluster.start_operator()
+    try:
+        _wait(lambda: any(p.ready_since for p in cluster.kubelet.pods.values()), 180,
+              "the pool's first worker ready")  # fmt: skip
+    except TimeoutError:
+        log(f"pool status: {json.dumps(cluster.pool_status())}")
+        raise
+    plat.timeline = Timeline(cluster)
+
+
+def _mid_scale(plat: Platform, size: int, timeout: float = 120) -> None:
+    _wait(lambda: plat.cluster.replicas() >= size, timeout, f"the pool at {size} workers")
+
+
+def prometheus_outage(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[str]]]:
+    """Prometheus stopped for OUTAGE seconds while the pool scales up, then started again."""
+    _mid_scale(plat, 3)
+    running = running_now()
+    at = time.time()
+    log(f"stopping Prometheus with {len(running)} jobs running, pool at {plat.cluster.replicas()}")
+    plat.prometheus.stop()
+    time.sleep(PROMETHEUS_OUTAGE)
+    back = time.time()
+    plat.prometheus.start()
+    plat.marks.update(fault=at, back=back)
+    log(f"Prometheus back after {back - at:.1f} s")
+    return [(at, running)]
+
+
+def operator_restart(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[str]]]:
+    """The operator SIGKILLed mid-scale-up (pool at 2 of 4), a new one started 2 s later;
+    then that one stopped with SIGTERM (pool at 3) and a third started."""
+    faults = []
+    for size, sig in ((2, signal.SIGKILL), (3, signal.SIGTERM)):
+        _mid_scale(plat, size)
+        running = running_now()
+        at = time.time()
+        before = plat.cluster.replicas()
+        plat.cluster.operators[-1].kill(sig)
+        log(f"operator {signal.Signals(sig).name} at {before} workers, {len(running)} running")
+        time.sleep(2)  # a Deployment's replacement pod takes that much at least
+        started = plat.cluster.start_operator().started
+        faults.append((at, running))
+        plat.marks.setdefault("restarts", []).append(
+            {"signal": signal.Signals(sig).name, "at": at, "started": started, "size": before}
+        )
+    return faults
+
+
+def api_unreachable(plat: Platform, server: Any, broker: str) -> list[tuple[float, set[str]]]:
+    """The operator's API server unreachable for OUTAGE seconds mid-scale (its port closed,
+    every open connection dropped), then back on the same port."""
+    _mid_scale(plat, 2)
+    running = running_now()
+    at = time.time()
+    log(f"API server unreachable with {len(running)} running, pool at {plat.cluster.replicas()}")
+    plat.cluster.api_down()
+    time.sleep(OUTAGE)
+    back = time.time()
+    plat.cluster.api_up()
+    plat.marks.update(fault=at, back=back)
+    return [(at, running)]
+
+
+def operator_details(plat: Platform, name: str) -> dict[str, Any]:
+    """What the operator did, from the timeline and the kubelet's record (not its logs)."""
+    from tide_operator.resources.deployments import worker_hostname
+
+    cluster, timeline = plat.cluster, plat.timeline
+    # The burst is over: wait for the pool to scale in (idle workers only), then look.
+    with contextlib.suppress(TimeoutError):
+        _wait(lambda: cluster.replicas() == 1 and len(cluster.kubelet.pods) == 1, 120,
+              "the pool back to 1 worker")  # fmt: skip
+    timeline.stop()
+    record = cluster.kubelet.record
+    deleted_busy = {pod: plat.busy_at(worker_hostname(pod), at) for at, pod in record.deleted}
+    sizes = [n for _, n in record.replicas]
+    details: dict[str, Any] = {
+        "replicas_seen": sizes,
+        "scale_downs": record.shrank(),
+        "pods_created": len(record.created),
+        "pods_deleted": len(record.deleted),
+        "pods_deleted_busy": sum(1 for n in deleted_busy.values() if n),
+        "tasks_on_deleted_pods": sum(deleted_busy.values()),
+        "container_restarts": len(record.restarts),
+        "violations": list(cluster.emulator.violations),
+        "forbidden": list(cluster.emulator.forbidden),
+    }
+    marks = plat.marks
+    if name in ("prometheus-outage", "api-unreachable"):
+        fault, back = marks["fault"], marks["back"]
+        during = timeline.between(fault, back)
+        details["replicas_during_outage"] = sorted({s.replicas for s in during})
+        details["fallback_during_outage"] = any(s.fallback == "True" for s in during)
+        details["metrics_unavailable_after_s"] = timeline.first_after(
+            fault, lambda s: s.metrics_available == "False"
+        )
+        details["metrics_available_after_back_s"] = timeline.first_after(
+            back, lambda s: s.metrics_available == "True"
+        )
+        details["fallback_after_s"] = timeline.first_after(fault, lambda s: s.fallback == "True")
+        details["metrics_healthy_after_back_s"] = timeline.first_after(
+            back, lambda s: s.fallback != "True"
+        )
+        size_at_back = next((s.replicas for s in reversed(timeline.samples) if s.at <= back), 0)
+        details["scaled_after_back_s"] = timeline.first_after(
+            back, lambda s: s.replicas != size_at_back
+        )
+        requests_at_back = next(
+            (s.operator_requests for s in reversed(timeline.samples) if s.at <= back), 0
+        )
+        details["operator_requests_during_outage"] = requests_at_back - next(
+            (s.operator_requests for s in timeline.samples if s.at >= fault), 0
+        )
+        details["first_request_after_back_s"] = timeline.first_after(
+            back, lambda s: s.operator_requests > requests_at_back
+        )
+    if name == "operator-restart":
+        restarts = []
+        for item in marks["restarts"]:
+            size = item["size"]
+            restarts.append({
+                **item,
+                "scaled_after_start_s": timeline.first_after(
+                    item["started"], lambda s, size=size: s.replicas > size
+                ),
+                "smallest_after": min(
+                    (s.replicas for s in timeline.samples if s.at >= item["at"]
+                     and s.at <= item["started"] + 20), default=None),
+            })  # fmt: skip
+        details["restarts"] = restarts
+    return details
+
+
+OPERATOR_FAULTS = {
+    "prometheus-outage": {
+        "prometheus": True,
+        # Metrics unreadable for more than 2 reads in a row: run 1 worker, but never
+        # fewer than held running tasks at the last good read (Tide's rule over KEDA's).
+        "fallback": {"failureThreshold": 2, "replicas": 1},
+    },
+    "operator-restart": {},
+    "api-unreachable": {},
+}
+
+
 FAULTS: dict[str, tuple[str, Callable[[Platform, Any, str], list[tuple[float, set[str]]]]]] = {
     "broker-restart": ("broker restart mid-burst (persistent broker, 3 s down)", broker_restart),
     "kill-children": ("SIGKILL of a random pool process running a task, 5 times", kill_children),
@@ -523,23 +803,60 @@ FAULTS: dict[str, tuple[str, Callable[[Platform, Any, str], list[tuple[float, se
         "local mode: exporter SIGKILLed twice mid-burst (tide up restarts it)",
         local_exporter_outage,
     ),
+    "prometheus-outage": (
+        "operator: Prometheus down 60 s mid-scale-up (pool on Prometheus metrics)",
+        prometheus_outage,
+    ),
+    "operator-restart": (
+        "operator: SIGKILL mid-scale-up, then SIGTERM, each replaced",
+        operator_restart,
+    ),
+    "api-unreachable": (
+        "operator: API server unreachable 30 s mid-scale-up (emulated)",
+        api_unreachable,
+    ),
 }
-#: Scenarios whose workers `tide up` starts, not the bench.
-SELF_MANAGED = {"exporter-outage"}
+#: Scenarios whose workers `tide up` or the process kubelet starts, not the bench.
+SELF_MANAGED = {"exporter-outage", *OPERATOR_FAULTS}
+#: Scenarios on Redis only (local mode; the operator's, whose faults are not the broker's).
+REDIS_ONLY = {"exporter-outage", *OPERATOR_FAULTS}
 BROKER_DOWN = 3.0
 
 
 def run_one(name: str, broker: str, workdir: Path) -> Outcome:
     title, inject = FAULTS[name]
+    load_before = os.getloadavg()
     with platform(broker, workdir) as (plat, server):
-        if name not in SELF_MANAGED:
+        if name in OPERATOR_FAULTS:
+            operator_setup(plat, **OPERATOR_FAULTS[name])
+        elif name not in SELF_MANAGED:
             start_workers(plat)
-        ids, failing = burst()
+        ids, failing = burst(OPERATOR_BURST if name in OPERATOR_FAULTS else BURST)
         # Workers start slowly on a busy machine: the faults begin once work runs.
         wait_running(1, timeout=300)
         faults = inject(plat, server, broker)
         settle(ids, deadline=DEADLINE)
-        return tally(title, broker, plat, ids, failing=failing, faults=faults)
+        outcome = tally(title, broker, plat, ids, failing=failing, faults=faults)
+        if name in OPERATOR_FAULTS:
+            outcome.details = operator_details(plat, name)
+            outcome.details["jobs_recover_s"] = outcome.recover_seconds
+            outcome.recover_seconds = _operator_recover(name, outcome.details)
+        # The machine's load average (1, 5, 15 min) before and after: the run's conditions.
+        outcome.details["load_before"] = [round(x, 2) for x in load_before]
+        outcome.details["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        outcome.details["run_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return outcome
+
+
+def _operator_recover(name: str, details: dict[str, Any]) -> float | None:
+    """The operator scenarios' *recover*: from the fault's end until the operator acted
+    again (scaled the pool, or for the API server its first request admitted)."""
+    if name == "operator-restart":
+        times = [r["scaled_after_start_s"] for r in details["restarts"]]
+        return None if None in times else max(times)
+    if name == "prometheus-outage":
+        return details.get("metrics_available_after_back_s")
+    return details.get("first_request_after_back_s")
 
 
 def main() -> None:
@@ -561,6 +878,8 @@ def main() -> None:
     outcomes: list[Outcome] = []
     for name in args.scenarios:
         for broker in args.brokers.split(","):
+            if name in REDIS_ONLY and broker != "redis":
+                continue
             out = Path(tempfile.mkstemp(suffix=".json")[1])
             log(f"scenario {name} on {broker}")
             subprocess.run([sys.executable, __file__, "--one", name, broker, str(out)],
@@ -578,6 +897,7 @@ def main() -> None:
         path.write_text(
             json.dumps({"burst": BURST, "task_seconds": TASK_SECONDS,
                         "workers": WORKERS, "concurrency": CONCURRENCY,
+                        "operator_burst": OPERATOR_BURST,
                         "outcomes": merged + [asdict(o) for o in outcomes]}, indent=2) + "\n"
         )  # fmt: skip
 
