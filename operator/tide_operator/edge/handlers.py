@@ -48,7 +48,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -355,6 +355,8 @@ class _Pool:
     errors_in_a_row: int = 0
     # Whether the last tick was a standby's (this replica did not hold the Lease).
     standing_by: bool = False
+    # The size the last standby tick read (the acting replica's), to see it move.
+    shadow_size: int | None = None
 
     def trouble(self, *, namespace: str, name: str, now: float, what: str) -> None:
         """Remember an API failure; the first of an outage is the one logged line."""
@@ -515,19 +517,32 @@ async def _shadow(runtime: Runtime, memory: _Pool, body: Any) -> float:
             spec.metrics, client=runtime.http(), shared=runtime.scrapes, queries=runtime.queries
         )
         memory.source_spec = spec.metrics
+    now = asyncio.get_running_loop().time()
+    # The size the previous standby tick saw; none after an acting tick (nothing to compare).
+    seen = memory.shadow_size if memory.standing_by else None
     result = await reconcile_step(
         spec=spec,
         source=memory.source,
         target=_Watched(runtime, pool.namespace, deployment_name(pool)),
         state=memory.state,
-        now=asyncio.get_running_loop().time(),
+        now=now,
         wall=runtime.wall_clock(),
         previous_status=memory.status,
         generation=pool.generation,
         stored_status=body.get("status"),
     )
     if result.decision is not None:
-        memory.state = result.state
+        # A standby scales nothing, so the scale events it keeps (what the step limits
+        # count) are the moves it saw the acting replica make, not its own decisions: when
+        # no replica acts (the holder just died, or this one lost the Lease in an API
+        # outage) those were never carried out, and counted as made they held back the
+        # first real scale-up after the takeover by up to a policy period (the chaos
+        # bench: 4 s of a 10 s period after a SIGKILL, 8 s after an API outage).
+        events = memory.state.scale_events
+        if seen is not None and result.current is not None and result.current != seen:
+            events = (*events, (now, result.current - seen))
+        memory.state = replace(result.state, scale_events=events)
+    memory.shadow_size = result.current
     return spec.polling_interval
 
 
