@@ -105,6 +105,8 @@ LoginFn = Callable[[], Credentials]
 
 # Seconds between ticks of a pool whose spec cannot be parsed (no pollingInterval to obey).
 INVALID_SPEC_RETRY = 30.0
+# The API server's answer to a write its validation refuses (Status reason Invalid).
+INVALID: Final = 422
 # How often a pool's loop checks that its pool and its Deployment still exist (a re-listed
 # watch does not report deletions it missed), and how long loops get to finish a tick at the
 # exit. The check reads one LIST per namespace and resource, shared by every pool in it.
@@ -875,6 +877,21 @@ async def _report(runtime: Runtime, memory: _Pool, body: Any, result: StepResult
             await api.patch(_status_path(namespace, name), {"status": status})
         except NotFound:
             return  # the pool was deleted meanwhile; its loop is being stopped
+        except ApiError as exc:
+            if exc.status != INVALID:
+                raise
+            # 422: the server holds a pool its CRD now refuses (admitted by an older CRD and
+            # kept through the upgrade; seen on kube-apiserver v1.26, which validates the
+            # whole object again on every write, a status write too). Nothing can land on it
+            # until its spec is fixed, which makes a new status. The Events posted above say
+            # why; taking the status as said keeps the write and the Events from repeating
+            # every tick (they did: a refused write and a new Event per tick).
+            log.warning(
+                "the status of WorkerPool %s/%s cannot be written (%s); fix its spec",
+                namespace,
+                name,
+                exc,
+            )
         memory.status = status
 
 

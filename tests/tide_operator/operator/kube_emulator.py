@@ -48,6 +48,7 @@ the same at one pool as at a thousand, not a pool's writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import functools
@@ -55,13 +56,14 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
+from crd_admission import decode, field_errors
 from kmock._internal import enums, rendering
 from kube_contract import Address, Contract, Refusal, address, schema_errors
 from kube_rbac import Grants
@@ -130,6 +132,63 @@ def scale_refusal(name: str, patch: Any) -> Refusal | None:
     return None
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the server applies ``application/merge-patch+json``."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def pool_refusal(
+    name: str, obj: dict[str, Any], *, lifted: frozenset[str] = frozenset()
+) -> kmock.KubernetesError | None:
+    """kube-apiserver v1.26's 422 for a WorkerPool its CRD refuses (schema, CEL rules, and
+    the name every object's metadata must have), shaped as the server's Status. ``lifted``:
+    rules (by message) the CRD did not have yet."""
+    found = [error for error in field_errors(obj) if error.detail not in lifted]
+    errors = [str(error) for error in found]
+    causes = [
+        {"reason": error.reason, "message": error.message, "field": error.field}
+        for error in found
+    ]
+    if not name:
+        errors.insert(0, "metadata.name: Required value: name or generateName is required")
+        causes.insert(
+            0,
+            {
+                "reason": "FieldValueRequired",
+                "message": "Required value: name or generateName is required",
+                "field": "metadata.name",
+            },
+        )
+    elif len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        message = (
+            f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower '
+            "case alphanumeric characters, '-' or '.', and must start and end with an "
+            "alphanumeric character (e.g. 'example.com', regex used for validation is "
+            "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        )
+        errors.insert(0, f"metadata.name: {message}")
+        causes.insert(
+            0, {"reason": "FieldValueInvalid", "message": message, "field": "metadata.name"}
+        )
+    if not errors:
+        return None
+    listed = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
+    return kmock.KubernetesError(
+        status=422,
+        reason="Invalid",
+        message=f'WorkerPool.tide.dev "{name}" is invalid: {listed}',
+        details={"name": name, "group": "tide.dev", "kind": "WorkerPool", "causes": causes},
+    )
+
+
 @attrs.frozen
 class Logged:
     """One request as the server saw it: who, what, and whether it was refused (status)."""
@@ -171,6 +230,9 @@ class TideEmulator(kmock.KubernetesEmulator):
     leases: dict[tuple[str, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     lease_writes: list[tuple[str, str, str | None]] = attrs.field(factory=list, init=False)
     lease_reads: int = attrs.field(default=0, init=False)
+    # CRD rules (by message) lifted while ``crd_without`` holds: creates admitted by an
+    # older CRD that lacked them.
+    _lifted: frozenset[str] = attrs.field(default=frozenset(), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -183,6 +245,18 @@ class TideEmulator(kmock.KubernetesEmulator):
             subresources={"status"},
             shortnames={"wp"},
         )
+
+    @contextlib.contextmanager
+    def crd_without(self, *rules: str) -> Iterator[None]:
+        """WorkerPools created inside were admitted by an older CRD without these rules
+        (named by their messages): the objects a real cluster keeps after its CRD was
+        upgraded, for the server never validates a stored object again until it is written.
+        Every later write to them (status, metadata) is judged by today's CRD, as there."""
+        self._lifted = frozenset(rules)
+        try:
+            yield
+        finally:
+            self._lifted = frozenset()
 
     def authorize(self, grants: Grants) -> None:
         """Hold the operator's requests (``OPERATOR_TOKEN``) to these RBAC grants."""
@@ -479,6 +553,11 @@ class TideEmulator(kmock.KubernetesEmulator):
         else:
             self.reads += 1
 
+        if request.resource is not None and request.resource.plural == "workerpools":
+            served = await self._admit_pool(request, method, path)
+            if served is not None:
+                return served
+
         owner_uid: str | None = None
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
             data = copy.deepcopy(request.data)
@@ -563,6 +642,74 @@ class TideEmulator(kmock.KubernetesEmulator):
             ):
                 await self._collect_garbage()
             del owner_uid
+
+    async def _admit_pool(self, request: rendering.Request, method: str, path: str) -> Any:
+        """A WorkerPool write as kube-apiserver v1.26 with Tide's CRD takes it (each step
+        seen on a real server): the body pruned of fields the schema does not know and
+        defaulted; on a create, any status dropped; a write to the main resource keeps the
+        stored status, a write to ``/status`` keeps everything but the status; the result
+        validated by the schema and the CEL rules (422, a violation); ``generation`` bumped
+        only when the spec changed; a write that changes nothing stores no new version.
+        Returns the answer when it is served here, None to let the write go on (its
+        ``request.data`` then replaces the whole object)."""
+        if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            new = decode(copy.deepcopy(request.data))
+            new.pop("status", None)
+            name = str((new.get("metadata") or {}).get("name") or "")
+            refusal = pool_refusal(name, new, lifted=self._lifted)
+            if refusal is not None:
+                self.violations.append(f"{method} {path}: {refusal.message}")
+                raise refusal
+            object.__setattr__(request, "data", new)  # frozen; kmock matches by identity
+            return None
+        if request.action != enums.action.UPDATE or request.name is None:
+            return None
+        current = self.objects._objects.get(self._key(request))
+        if current is None or current.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        old = copy.deepcopy(current.raw)
+        if isinstance(request.data, list):
+            try:
+                sent = jsonpatch.apply_patch(old, request.data, in_place=False)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid", message=f"patch failed: {exc}"
+                ) from exc
+        elif method == "PUT":
+            sent = copy.deepcopy(request.data or {})
+            sent["metadata"] = {**old["metadata"], **(sent.get("metadata") or {})}
+        else:
+            sent = merge_patch(old, request.data or {})
+        new = decode(sent)
+        if request.subresource == "status":
+            # Only the status: spec and metadata sent to /status are ignored.
+            status = new.get("status")
+            new = copy.deepcopy(old)
+            new.pop("status", None)
+            if status is not None:
+                new["status"] = status
+        else:
+            new.pop("status", None)
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+        refusal = pool_refusal(request.name, new)
+        if refusal is not None:
+            self.violations.append(f"{method} {path}: {refusal.message}")
+            raise refusal
+        if new == old:
+            return aiohttp.web.json_response(old)  # a no-op: no new version, no event
+        meta = new.setdefault("metadata", {})
+        meta["resourceVersion"] = self._next_version()
+        unchanged = {k: v for k, v in old.items() if k not in ("metadata", "status")}
+        if {k: v for k, v in new.items() if k not in ("metadata", "status")} != unchanged:
+            meta["generation"] = int(old["metadata"].get("generation") or 1) + 1
+        # The whole object, replaced (the generic path below would merge it again).
+        data = [{"op": "replace", "path": "", "value": new}]
+        object.__setattr__(request, "data", data)  # frozen; kmock matches by identity
+        response: Any = await super()._handle(request)
+        if self._is_gone(request):
+            await self._collect_garbage()
+        return response
 
     def _is_gone(self, request: rendering.Request) -> bool:
         found = self.objects._objects.get(self._key(request))
