@@ -62,6 +62,7 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "tide_operator" / "operator"))
+sys.path.insert(0, str(ROOT / "tests" / "tide_operator" / "crd"))  # the CRD admission it uses
 
 from kube_emulator import TideEmulator  # noqa: E402
 

@@ -31,6 +31,19 @@ Deployment's ``scale`` whose ``spec.replicas`` is not an int32 of at least 0 (``
 Python's ``json`` writes for a float, ``"3"``, ``true``, ``-1``) gets the server's 422 and is
 a violation: the server decodes a Scale's replicas into an int32 and validates them.
 
+WorkerPools are admitted as kube-apiserver v1.26 with Tide's CRD (``build_crd``) admits
+them, each step checked on a real server: a create or patch is pruned of fields the
+structural schema does not know and defaulted (``crd_admission.decode``), then the object
+it makes is validated by the schema and the CEL rules (``crd_admission.field_errors``): a
+422 Invalid whose message and ``details.causes`` are the server's, and a violation. The
+status subresource is the CRD's: a create drops the status, a write to the main resource
+keeps the stored status, a write to ``/status`` keeps all but the status (spec and
+metadata sent there are ignored), and the status is validated like the spec (the whole
+object is, on every write, so a pool an older CRD admitted takes no write at all:
+``crd_without`` creates one); ``generation`` grows only when the spec changes, and a write
+that changes nothing stores no new version and streams no event. A PUT of a pool is not
+served (kmock answers 404; nothing of Tide's replaces a pool).
+
 Leases (``coordination.k8s.io/v1``, the operator's leader election) are served here rather
 than by kmock, whose writes merge where a PUT replaces and which ignores preconditions:
 create (201; 409 AlreadyExists), get (404 NotFound), replace (PUT: 409 Conflict when
@@ -154,8 +167,7 @@ def pool_refusal(
     found = [error for error in field_errors(obj) if error.detail not in lifted]
     errors = [str(error) for error in found]
     causes = [
-        {"reason": error.reason, "message": error.message, "field": error.field}
-        for error in found
+        {"reason": error.reason, "message": error.message, "field": error.field} for error in found
     ]
     if not name:
         errors.insert(0, "metadata.name: Required value: name or generateName is required")
@@ -675,9 +687,6 @@ class TideEmulator(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(
                     status=422, reason="Invalid", message=f"patch failed: {exc}"
                 ) from exc
-        elif method == "PUT":
-            sent = copy.deepcopy(request.data or {})
-            sent["metadata"] = {**old["metadata"], **(sent.get("metadata") or {})}
         else:
             sent = merge_patch(old, request.data or {})
         new = decode(sent)

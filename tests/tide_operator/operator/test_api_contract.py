@@ -291,3 +291,513 @@ def test_the_carried_paths_are_the_documents() -> None:
     listing = pools.paths["/apis/tide.dev/v1alpha1/workerpools"]["get"]["query"]
     assert listing["timeoutSeconds"] == "integer"
     assert listing["watch"] == "boolean"
+
+
+# WorkerPools as kube-apiserver v1.26.4 with Tide's CRD serves them: each row below is a
+# request sent to a real server (this machine's, with the CRD of build_crd) and its answer.
+JSON_PATCH = "application/json-patch+json"
+NOT_CHECKED = (
+    "<nil>",
+    "FieldValueInvalid",
+    'Invalid value: "null": some validation rules were not checked because the object was '
+    "invalid; correct the existing errors to complete validation",
+)
+
+
+def example_pool(name: str = "p", **spec: Any) -> dict[str, Any]:
+    """manifests/examples/workerpool-adopted.yaml, as the real server was sent it."""
+    body: dict[str, Any] = {
+        "apiVersion": "tide.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "queues": ["reports"],
+            "concurrency": 2,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+            "minReplicas": 1,
+            "maxReplicas": 8,
+            "targetBacklogPerWorker": 4,
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 120,
+                    "selectPolicy": "Max",
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                }
+            },
+            "fallback": {"failureThreshold": 3, "replicas": 2},
+            "metrics": {"exporter": {"url": "http://tide-exporter.tide.svc:9808/metrics"}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+# (what, method, path under POOLS, content type, body, name, causes: (field, reason, message)).
+POOL_REFUSALS: list[tuple[str, str, str, str, Any, str, list[tuple[str, str, str]]]] = [
+    # The CEL rule on spec: the pool test_invalid_and_broken_pools_... used to create.
+    (
+        "create-min-above-max",
+        "POST",
+        "",
+        "application/json",
+        example_pool("a", minReplicas=5, maxReplicas=2),
+        "a",
+        [
+            (
+                "spec",
+                "FieldValueInvalid",
+                'Invalid value: "object": minReplicas must not exceed maxReplicas',
+            )
+        ],
+    ),
+    # Two schema bounds at once; a bound does not stop the CEL rules (both passed here).
+    (
+        "create-two-minimums",
+        "POST",
+        "",
+        "application/json",
+        example_pool("b", minReplicas=-1, concurrency=0),
+        "b",
+        [
+            (
+                "spec.minReplicas",
+                "FieldValueInvalid",
+                "Invalid value: -1: spec.minReplicas in body should be greater than or equal to 0",
+            ),
+            (
+                "spec.concurrency",
+                "FieldValueInvalid",
+                "Invalid value: 0: spec.concurrency in body should be greater than or equal to 1",
+            ),
+        ],
+    ),
+    # A wrong type blocks the CEL rules, and the server says so.
+    (
+        "create-string-replicas",
+        "POST",
+        "",
+        "application/json",
+        example_pool("c", minReplicas="x"),
+        "c",
+        [
+            (
+                "spec.minReplicas",
+                "FieldValueTypeInvalid",
+                'Invalid value: "string": spec.minReplicas in body must be of type integer: '
+                '"string"',
+            ),
+            NOT_CHECKED,
+        ],
+    ),
+    # So does a missing required field.
+    (
+        "create-no-spec",
+        "POST",
+        "",
+        "application/json",
+        {k: v for k, v in example_pool("d").items() if k != "spec"},
+        "d",
+        [("spec", "FieldValueRequired", "Required value"), NOT_CHECKED],
+    ),
+    # The root rule: a template pool's name is a label value, at most 63 characters.
+    (
+        "create-long-owned-name",
+        "POST",
+        "",
+        "application/json",
+        example_pool("q" * 70, scaleTargetRef=None, template={"image": "x"}),
+        "q" * 70,
+        [
+            (
+                "<nil>",
+                "FieldValueInvalid",
+                'Invalid value: "object": metadata.name must be at most 63 characters for a pool '
+                "with a template: it is the value of the tide.dev/workerpool label on the pool's "
+                "Deployment and pods",
+            )
+        ],
+    ),
+    # An enum is blocking too.
+    (
+        "create-bad-fallback-behavior",
+        "POST",
+        "",
+        "application/json",
+        example_pool("e", fallback={"behavior": "zz", "failureThreshold": 3, "replicas": 2}),
+        "e",
+        [
+            (
+                "spec.fallback.behavior",
+                "FieldValueNotSupported",
+                'Unsupported value: "zz": supported values: "static", "currentReplicas", '
+                '"currentReplicasIfHigher", "currentReplicasIfLower"',
+            ),
+            NOT_CHECKED,
+        ],
+    ),
+    # queues is a set: the second copy is the duplicate.
+    (
+        "create-duplicate-queue",
+        "POST",
+        "",
+        "application/json",
+        example_pool("f", queues=["a", "a"]),
+        "f",
+        [("spec.queues[1]", "FieldValueDuplicate", 'Duplicate value: "a"')],
+    ),
+    # A merge patch is judged on the object it makes.
+    (
+        "patch-min-above-max",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"spec": {"minReplicas": 50}},
+        "p",
+        [
+            (
+                "spec",
+                "FieldValueInvalid",
+                'Invalid value: "object": minReplicas must not exceed maxReplicas',
+            )
+        ],
+    ),
+    # So is a JSON patch: one bound and the two rules it breaks.
+    (
+        "json-patch-max-zero",
+        "PATCH",
+        "/p",
+        JSON_PATCH,
+        [{"op": "replace", "path": "/spec/maxReplicas", "value": 0}],
+        "p",
+        [
+            (
+                "spec.maxReplicas",
+                "FieldValueInvalid",
+                "Invalid value: 0: spec.maxReplicas in body should be greater than or equal to 1",
+            ),
+            (
+                "spec",
+                "FieldValueInvalid",
+                'Invalid value: "object": minReplicas must not exceed maxReplicas',
+            ),
+            (
+                "spec",
+                "FieldValueInvalid",
+                'Invalid value: "object": fallback.replicas must not exceed maxReplicas',
+            ),
+        ],
+    ),
+    # The status has a schema too: a wrong type...
+    (
+        "status-string-replicas",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"status": {"replicas": "x"}},
+        "p",
+        [
+            (
+                "status.replicas",
+                "FieldValueTypeInvalid",
+                'Invalid value: "string": status.replicas in body must be of type integer: '
+                '"string"',
+            ),
+            NOT_CHECKED,
+        ],
+    ),
+    # ...a condition without its required fields...
+    (
+        "status-bare-condition",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"status": {"conditions": [{"type": "Ready"}]}},
+        "p",
+        [
+            ("status.conditions[0].status", "FieldValueRequired", "Required value"),
+            ("status.conditions[0].reason", "FieldValueRequired", "Required value"),
+            ("status.conditions[0].lastTransitionTime", "FieldValueRequired", "Required value"),
+            NOT_CHECKED,
+        ],
+    ),
+    # ...and bounds.
+    (
+        "status-negative-waiting",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"status": {"lastObservation": {"waiting": -1, "inflight": 0, "scheduled": 0, "at": "x"}}},
+        "p",
+        [
+            (
+                "status.lastObservation.waiting",
+                "FieldValueInvalid",
+                "Invalid value: -1: status.lastObservation.waiting in body should be greater than "
+                "or equal to 0",
+            )
+        ],
+    ),
+    # Every object's name is a DNS subdomain.
+    (
+        "create-bad-name",
+        "POST",
+        "",
+        "application/json",
+        example_pool("P_bad"),
+        "P_bad",
+        [
+            (
+                "metadata.name",
+                "FieldValueInvalid",
+                'Invalid value: "P_bad": a lowercase RFC 1123 subdomain must consist of lower '
+                "case alphanumeric characters, '-' or '.', and must start and end with an "
+                "alphanumeric character (e.g. 'example.com', regex used for validation is "
+                "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+            )
+        ],
+    ),
+]
+
+
+def _send(client: httpx.AsyncClient, method: str, path: str, content_type: str, body: Any) -> Any:
+    return client.request(
+        method, path, content=json.dumps(body), headers={"Content-Type": content_type}
+    )
+
+
+@pytest.mark.asyncio
+async def test_the_emulator_refuses_the_pools_a_server_with_the_crd_refuses(
+    emulator: TideEmulator,
+) -> None:
+    async with httpx.AsyncClient(base_url=str(emulator.url)) as client:
+        assert (await client.post(POOLS, json=example_pool())).status_code < 300
+        before = (await client.get(f"{POOLS}/p")).json()
+        for what, method, suffix, content_type, body, name, causes in POOL_REFUSALS:
+            response = await _send(client, method, POOLS + suffix, content_type, body)
+            assert response.status_code == 422, (what, response.text)
+            status = response.json()
+            assert status["reason"] == "Invalid", what
+            assert status["details"]["name"] == name
+            assert (status["details"]["group"], status["details"]["kind"]) == (
+                "tide.dev",
+                "WorkerPool",
+            )
+            got = [(c["field"], c["reason"], c["message"]) for c in status["details"]["causes"]]
+            assert sorted(got) == sorted(causes), what
+            listed = [f"{field}: {message}" for field, _, message in got]
+            shown = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
+            assert status["message"] == f'WorkerPool.tide.dev "{name}" is invalid: {shown}'
+        after = (await client.get(f"{POOLS}/p")).json()
+    assert after == before  # nothing refused was stored
+    assert len(emulator.violations) == len(POOL_REFUSALS)
+    emulator.violations.clear()  # seen; the fixture fails any test that leaves one
+
+
+def at(obj: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+CONDITION = {
+    "type": "Ready",
+    "status": "True",
+    "reason": "R",
+    "lastTransitionTime": "2026-01-01T00:00:00Z",
+}
+
+# Accepted writes, in order on one pool, and what the real server stored: (what, method,
+# path under POOLS, content type, body, {dotted field: value after}, new version?,
+# generation after).
+POOL_WRITES: list[tuple[str, str, str, str, Any, dict[str, Any], bool, int]] = [
+    # Created: fields the schema does not know are pruned (spec and top level), the
+    # schema's defaults filled in, a status sent with it dropped.
+    (
+        "create",
+        "POST",
+        "",
+        "application/json",
+        {
+            **example_pool(bogus=1, fallback={"failureThreshold": 3, "replicas": 2, "zz": 2}),
+            "extra": 1,
+            "status": {"replicas": 3},
+        },
+        {
+            "spec.bogus": None,
+            "spec.fallback": {"behavior": "static", "failureThreshold": 3, "replicas": 2},
+            "extra": None,
+            "status": None,
+            "spec.activationThreshold": 0,
+            "spec.cooldownPeriod": 60,
+            "spec.maxWaitSeconds": 60,
+            "spec.paused": False,
+            "spec.pollingInterval": 5,
+            "spec.metrics.exporter.timeoutSeconds": 5,
+        },
+        True,
+        1,
+    ),
+    # A status sent to the main resource is ignored: nothing changes, not even the version.
+    (
+        "status-via-main",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"status": {"replicas": 7}},
+        {"status": None},
+        False,
+        1,
+    ),
+    # A spec sent to /status is ignored; its status is taken.
+    (
+        "spec-via-status",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"spec": {"minReplicas": 6}, "status": {"replicas": 2}},
+        {"spec.minReplicas": 1, "status.replicas": 2},
+        True,
+        1,
+    ),
+    # Unknown status fields are pruned, at any depth.
+    (
+        "unknown-status-fields",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {
+            "status": {
+                "bogus": 1,
+                "lastObservation": {
+                    "waiting": 1,
+                    "inflight": 0,
+                    "scheduled": 0,
+                    "at": "x",
+                    "zz": 1,
+                },
+            }
+        },
+        {
+            "status.bogus": None,
+            "status.lastObservation": {"waiting": 1, "inflight": 0, "scheduled": 0, "at": "x"},
+        },
+        True,
+        1,
+    ),
+    # A condition's message defaults to "".
+    (
+        "condition-default",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"status": {"conditions": [CONDITION]}},
+        {"status.conditions": [{**CONDITION, "message": ""}]},
+        True,
+        1,
+    ),
+    # A whole float is an integer (stored as 2).
+    (
+        "whole-float",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"status": {"replicas": 2.0}},
+        {"status.replicas": 2},
+        False,
+        1,
+    ),
+    # A spec change bumps the generation...
+    (
+        "spec-change",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"spec": {"minReplicas": 2}},
+        {"spec.minReplicas": 2},
+        True,
+        2,
+    ),
+    # ...the same value again changes nothing...
+    (
+        "spec-same",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"spec": {"minReplicas": 2}},
+        {"spec.minReplicas": 2},
+        False,
+        2,
+    ),
+    # ...and metadata alone is no new generation.
+    (
+        "labels",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"metadata": {"labels": {"a": "b"}}},
+        {"metadata.labels": {"a": "b"}},
+        True,
+        2,
+    ),
+    # A null in a status merge patch removes the field.
+    (
+        "status-null",
+        "PATCH",
+        "/p/status",
+        MERGE,
+        {"status": {"replicas": None}},
+        {"status.replicas": None},
+        True,
+        2,
+    ),
+    # Removing the status through the main resource is ignored as well.
+    (
+        "status-removal-via-main",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"status": None},
+        {"status.conditions": [{**CONDITION, "message": ""}]},
+        False,
+        2,
+    ),
+    # A null spec field is dropped, then defaulted (minReplicas: 0).
+    (
+        "spec-null",
+        "PATCH",
+        "/p",
+        MERGE,
+        {"spec": {"minReplicas": None}},
+        {"spec.minReplicas": 0},
+        True,
+        3,
+    ),
+]
+
+
+@pytest.mark.asyncio
+async def test_the_emulator_stores_pools_as_a_server_with_the_crd_does(
+    emulator: TideEmulator,
+) -> None:
+    async with httpx.AsyncClient(base_url=str(emulator.url)) as client:
+        version = ""
+        for (
+            what,
+            method,
+            suffix,
+            content_type,
+            body,
+            fields,
+            new_version,
+            generation,
+        ) in POOL_WRITES:
+            response = await _send(client, method, POOLS + suffix, content_type, body)
+            assert response.status_code < 300, (what, response.text)
+            stored = (await client.get(f"{POOLS}/p")).json()
+            assert response.json() == stored, what  # the answer is the object stored
+            for field, value in fields.items():
+                assert at(stored, field) == value, (what, field, at(stored, field))
+            assert (stored["metadata"]["resourceVersion"] != version) == new_version, what
+            assert stored["metadata"]["generation"] == generation, what
+            version = stored["metadata"]["resourceVersion"]
+    assert emulator.violations == []

@@ -316,9 +316,7 @@ async def test_invalid_and_broken_pools_report_and_others_carry_on(
     # write, its status's too, so Ready=False/InvalidSpec can never land on it. The Event
     # says why, once; the refused status write is not repeated every tick.
     def invalid_spec_events() -> list[dict[str, Any]]:
-        return [
-            e for e in events(emulator, "InvalidSpec") if e["involvedObject"]["name"] == BAD
-        ]
+        return [e for e in events(emulator, "InvalidSpec") if e["involvedObject"]["name"] == BAD]
 
     said = await eventually(invalid_spec_events, what="the InvalidSpec Event")
     assert "63" in said[0]["message"], said
