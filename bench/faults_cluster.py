@@ -42,6 +42,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "tide_operator" / "operator"))
+sys.path.insert(0, str(ROOT / "tests" / "tide_operator" / "crd"))  # the CRD admission it uses
 
 from api_gateway import ApiGateway  # noqa: E402
 from kube_emulator import OPERATOR_TOKEN, WORKERPOOLS, TideEmulator  # noqa: E402
