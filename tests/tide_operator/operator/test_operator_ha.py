@@ -20,9 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,8 +28,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import yaml
 from kube_emulator import OPERATOR_TOKEN, WORKERPOOLS, TideEmulator
+from operator_process import OperatorProcess
 from pool_harness import (
     NS,
     USAGE,
@@ -54,61 +51,22 @@ LEASE_DURATION = 8  # the chart's defaults
 LEASE_RENEW = 2
 # Issue 14: a killed acting replica is replaced within 15 s.
 TAKEOVER_BOUND = 15.0
-TIDE = Path(sys.executable).with_name("tide")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Replica:
+class Replica(OperatorProcess):
     """One ``tide operator -n default`` process, named ``name`` (its POD_ID)."""
 
     def __init__(self, name: str, *, url: str, folder: Path) -> None:
-        self.name = name
-        self.metrics_port = free_port()
-        kubeconfig = folder / f"kubeconfig-{name}"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-                    "users": [{"name": name, "user": {"token": f"{OPERATOR_TOKEN}.{name}"}}],
-                    "contexts": [
-                        {"name": "emulator", "context": {"cluster": "emulator", "user": name}}
-                    ],
-                    "current-context": "emulator",
-                }
-            )
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "POD_"))}
-        env.update(POD_ID=name, KUBECONFIG=str(kubeconfig))
-        env.pop("CELERY_BROKER_URL", None)
-        self.log = folder / f"operator-{name}.log"
-        self.process = subprocess.Popen(
-            [
-                str(TIDE),
-                "operator",
-                "--namespace",
-                NS,
-                "--metrics-addr",
-                "127.0.0.1",
-                "--metrics-port",
-                str(self.metrics_port),
-                "--liveness",
-                f"http://127.0.0.1:{free_port()}/healthz",
-                "--lease-duration",
-                str(LEASE_DURATION),
-                "--lease-renew",
-                str(LEASE_RENEW),
-            ],
+        env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
+        super().__init__(
+            name,
+            url=url,
+            token=f"{OPERATOR_TOKEN}.{name}",
+            folder=folder,
+            namespace=NS,
             env=env,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
+            lease_duration=LEASE_DURATION,
+            lease_renew=LEASE_RENEW,
         )
 
     def metric(self, name: str, labels: str = "") -> float | None:
@@ -127,12 +85,7 @@ class Replica:
         return None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        self.kill(signal.SIGKILL, timeout=30)
 
 
 async def until(
