@@ -56,7 +56,7 @@ def test_failure_is_recorded_with_the_error(api: APIClient, job_done: Any) -> No
 
 def test_retries_with_backoff_then_succeeds(api: APIClient, job_done: Any) -> None:
     job = job_done(submit(api, {"task": "tide.samples.flaky", "kwargs": {"failures": 2}}))
-    assert job.state == JobState.SUCCEEDED
+    assert job.state == JobState.SUCCEEDED, (job.error, job.retries, job.attempts)
     assert (job.result, job.retries, job.attempts) == (2, 2, 3)
 
 
