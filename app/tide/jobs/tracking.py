@@ -162,16 +162,25 @@ class JobTask(Task):
                 max_retries = int(policy["max_retries"])
             if policy.get("backoff") is not None and eta is None:
                 countdown = _backoff(policy, retries=self.request.retries or 0)
-        return super().retry(
-            args=args,
-            kwargs=kwargs,
-            exc=exc,
-            throw=throw,
-            eta=eta,
-            countdown=countdown,
-            max_retries=max_retries,
-            **options,
-        )
+        try:
+            return super().retry(
+                args=args,
+                kwargs=kwargs,
+                exc=exc,
+                throw=throw,
+                eta=eta,
+                countdown=countdown,
+                max_retries=max_retries,
+                **options,
+            )
+        finally:
+            # Celery's retry keeps a max_retries it is given on the task object
+            # (``override_max_retries``), which is one per worker process, and autoretry
+            # drops it only after a retry that returns, never after the Retry it raises: a
+            # job's own limit would then apply to every later run of the task in that
+            # process (a job allowing 1 retry made the next plain job fail at its second
+            # attempt). It is this call's and no other's.
+            self.__dict__.pop("override_max_retries", None)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         services.mark_succeeded(

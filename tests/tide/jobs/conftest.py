@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from private_redis import PrivateRedis
 from rest_framework.test import APIClient
 
 from tide.celery import app
@@ -125,13 +126,13 @@ def celery_worker(
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Any]:
-    """``start_worker(env, queues=None)``: a worker of two slots in ``env`` (consuming
+    """``start_worker(env, queues=None, concurrency=2)``: a worker in ``env`` (consuming
     ``queues``, comma-separated, else every queue of Tide's), stopped after the test."""
     started: list[Worker] = []
 
-    def start(env: dict[str, str], queues: str | None = None) -> Worker:
+    def start(env: dict[str, str], queues: str | None = None, concurrency: int = 2) -> Worker:
         log = tmp_path / f"worker{len(started)}.log"
-        started.append(Worker(env=env, concurrency=2, log=log, queues=queues))
+        started.append(Worker(env=env, concurrency=concurrency, log=log, queues=queues))
         return started[-1]
 
     yield start
@@ -151,3 +152,13 @@ def job_done(wait: Any) -> Any:
         return wait(final, timeout=timeout, what=f"job {job_id} to finish")
 
     return done
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, wait: Any, broker_at: Any) -> Iterator[PrivateRedis]:
+    """A persistent redis-server of the test's own, this process's broker until it ends."""
+    server = PrivateRedis(tmp_path)
+    server.start(wait)
+    broker_at(server.url)
+    yield server
+    server.stop()

@@ -19,8 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,15 +37,6 @@ from tide_celery.recovery import recover, recover_when_lapsed
 Worker = Any  # tests/tide/jobs/conftest.py's, through the ``private_worker`` fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path, wait: Any, broker_at: Any) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start(wait)
-    broker_at(server.url)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

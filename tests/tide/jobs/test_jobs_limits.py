@@ -156,3 +156,36 @@ def test_jitter_waits_a_random_part_of_the_delay() -> None:
     delays = {_backoff({"backoff": 2, "jitter": True}, retries=1) for _ in range(50)}
     assert all(0 <= d <= 4 for d in delays)
     assert len(delays) > 1
+
+
+def test_a_jobs_own_retry_limit_stays_with_that_job(
+    api: APIClient,
+    private_redis: Any,
+    start_worker: Any,
+    worker_env: dict[str, str],
+    job_done: Any,
+    wait: Any,
+) -> None:
+    # One pool process runs both jobs, so whatever the first leaves on the task object
+    # (one per process), the second meets. A private broker keeps other workers away.
+    worker = start_worker({**worker_env, "CELERY_BROKER_URL": private_redis.url}, concurrency=1)
+    wait(worker.ready, timeout=60, what="the worker on the private Redis to answer ping")
+
+    def submit(body: dict[str, Any]) -> str:
+        response = api.post("/api/jobs/", body, format="json")
+        assert response.status_code == 201, response.content
+        return str(response.json()["id"])
+
+    limited = job_done(
+        submit(
+            {
+                "task": "tide.samples.flaky",
+                "kwargs": {"failures": 3},
+                "retry": {"max_retries": 1, "backoff": 0.05},
+            }
+        )
+    )
+    assert (limited.state, limited.retries) == (JobState.FAILED, 1)
+    # The task's own policy again (5 retries): two failures, then success.
+    plain = job_done(submit({"task": "tide.samples.flaky", "kwargs": {"failures": 2}}))
+    assert (plain.state, plain.retries, plain.attempts) == (JobState.SUCCEEDED, 2, 3), plain.error
