@@ -2,13 +2,15 @@
 (``busy_probe_from_env``: the broker URL and the app's transport options, nothing of
 Tide's layout): the worker that holds tasks is found busy, an idle one idle, a name no
 worker answers to unknown; and each says what it really runs (``inspect conf``/``stats``).
-The stock workers keep consuming afterwards: the probe disturbs nothing.
+The same answer says how long the running task has run. The stock workers keep consuming
+afterwards: the probe disturbs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +52,7 @@ def test_probe_finds_the_busy_worker_and_what_each_runs(
     wait(all_answer, timeout=60, what="both stock workers to answer the probe")
 
     app = stock_producer(broker)
+    sent = time.time()
     for _ in range(3):
         app.tasks[HOLD].apply_async(args=[broker.run], queue="orders")
     wait(
@@ -65,6 +68,12 @@ def test_probe_finds_the_busy_worker_and_what_each_runs(
         explain=lambda: str(asyncio.run(probe.busy(nodes))),
     )
     assert dict(busy) == {busy_node: 3, idle_node: 0, gone: None}
+    # The same question says how long the running task has run, from the start time the
+    # worker reports (the reserved two have none): the drain-safety rule's evidence.
+    counts, age = asyncio.run(probe.busy_with_age(nodes))
+    assert dict(counts) == dict(busy)
+    assert age is not None
+    assert 0.0 <= age <= time.time() - sent, age
 
     reports = asyncio.run(probe.reports(nodes))
     redis = broker.is_redis

@@ -57,6 +57,7 @@ __all__ = [
     "DeploymentTarget",
     "ReportsBusy",
     "ReportsReplicaStatus",
+    "ReportsTaskAges",
     "ReportsWorkers",
     "ScaleTarget",
     "SharedReports",
@@ -102,6 +103,18 @@ class ReportsBusy(Protocol):
 
 
 @runtime_checkable
+class ReportsTaskAges(Protocol):
+    """Optional, beside ``ReportsBusy``: in the same question to the workers, how long the
+    longest-running task has run (seconds; None when no answer carried a start time).
+
+    The policy's drain-safety rule learns from these ages whether a busy worker's tasks end
+    well within its grace period (``core.policy``, ``_drain_is_safe``).
+    """
+
+    async def busy_replicas_with_age(self) -> tuple[int | None, float | None]: ...
+
+
+@runtime_checkable
 class ReportsReplicaStatus(Protocol):
     """Optional: a target that can say what exists, as opposed to what it was set to.
 
@@ -117,6 +130,33 @@ class BusyProbe(Protocol):
     """Tasks each worker holds (active + reserved); None for a worker that did not answer."""
 
     async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]: ...
+
+
+@runtime_checkable
+class AgingBusyProbe(Protocol):
+    """A ``BusyProbe`` that also says when the oldest of the running tasks started."""
+
+    async def busy_with_age(
+        self, hostnames: Sequence[str]
+    ) -> tuple[Mapping[str, int | None], float | None]: ...
+
+
+def oldest_task_age(active: Mapping[str, Any], *, now: float) -> float | None:
+    """How long the longest-running task of ``inspect active``'s answer has run.
+
+    Celery reports each running task's ``time_start`` as wall-clock seconds (the pool's
+    monotonic acceptance time converted with the worker's clock); a task not yet started
+    has none. A worker clock ahead of ours gives no negative age.
+    """
+    starts = [
+        task["time_start"]
+        for tasks in active.values()
+        for task in tasks or ()
+        if isinstance(task, Mapping)
+        and isinstance(task.get("time_start"), int | float)
+        and not isinstance(task.get("time_start"), bool)
+    ]
+    return max(0.0, now - min(starts)) if starts else None
 
 
 @runtime_checkable
@@ -195,18 +235,24 @@ class CeleryInspectProbe:
         options: Mapping[str, Any] = self._app.conf.broker_transport_options
         return options
 
-    def _inspect(self, hostnames: list[str]) -> dict[str, int | None]:
+    def _inspect(self, hostnames: list[str]) -> tuple[dict[str, int | None], float | None]:
         inspect = self._app.control.inspect(destination=hostnames, timeout=self.timeout)
         active: dict[str, list[Any]] = inspect.active() or {}
         reserved: dict[str, list[Any]] = inspect.reserved() or {}
-        return {
+        counts = {
             h: len(active[h]) + len(reserved.get(h) or []) if h in active else None
             for h in hostnames
         }
+        return counts, oldest_task_age(active, now=time.time())
 
     async def busy(self, hostnames: Sequence[str]) -> Mapping[str, int | None]:
+        return (await self.busy_with_age(hostnames))[0]
+
+    async def busy_with_age(
+        self, hostnames: Sequence[str]
+    ) -> tuple[Mapping[str, int | None], float | None]:
         if not hostnames:
-            return {}
+            return {}, None
         # Celery's remote control is synchronous; keep it off the operator's event loop.
         return await asyncio.to_thread(self._inspect, list(hostnames))
 
@@ -568,17 +614,25 @@ class DeploymentTarget:
         counting it would stop an adopted Deployment whose workers are not named
         ``worker@<pod>`` from ever scaling down.
         """
+        return (await self.busy_replicas_with_age())[0]
+
+    async def busy_replicas_with_age(self) -> tuple[int | None, float | None]:
+        """``busy_replicas`` and how long the longest-running task has run (``ReportsTaskAges``),
+        from one question to the workers."""
         if self.busy_probe is None:
-            return None
+            return None, None
         pods = await self.worker_pods()
         if not pods:
-            return 0
+            return 0, None
         hosts = [worker_hostname(p["metadata"]["name"]) for p in pods]
-        busy = await self.busy_probe.busy(hosts)
+        if isinstance(self.busy_probe, AgingBusyProbe):
+            busy, age = await self.busy_probe.busy_with_age(hosts)
+        else:
+            busy, age = await self.busy_probe.busy(hosts), None
         answers = [busy.get(h) for h in hosts]
         if all(a is None for a in answers):
-            return None
-        return sum(1 for a in answers if a is not None and a > 0)
+            return None, None
+        return sum(1 for a in answers if a is not None and a > 0), age
 
     @property
     def can_consolidate(self) -> bool:

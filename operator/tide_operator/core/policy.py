@@ -47,7 +47,10 @@ How a decision is made
      evidently too optimistic, and the policy falls back to one slot per task.
 
 4. Never below the replicas that hold running tasks (the busy probe's count, unless every
-   task seen ends well within the grace period; else the slots in-flight work occupies), and
+   task seen ends well within the grace period, seen over at least one grace period; else
+   the slots in-flight work occupies). The busy count is a fact of now, applied after the
+   windows of step 5 and not remembered by them (the slot count is): a window that kept
+   the busy counts of its 30 s held every worker a spread of long tasks had touched. And
    never zero while anything waits, runs, finished since the last read or is scheduled, or
    before ``cooldownPeriod`` has passed since work last waited or arrived (KEDA's
    deactivation runs from its trigger's last activity). From
@@ -426,6 +429,9 @@ class PolicyState:
     # The longest a task was seen running (the busy probe), for the drain-safety rule; None
     # until the probe has reported task ages.
     longest_running: float | None = None
+    # When the probe first reported task ages: they are evidence only once they cover a
+    # grace period (a task that outlasts it would have been seen past the limit by then).
+    ages_since: float | None = None
     # Exponentially decayed sums for the service time: slot-seconds busy and completions.
     busy_seconds: float = 0.0
     completions: float = 0.0
@@ -458,6 +464,9 @@ class Demand:
     inflight_floor: int
     basis: Literal["rates", "backlog"]
     forecast_rate: float | None = None
+    # What the scale-down window remembers: the recommendation before the busy count (the
+    # demand and the slots in flight); the busy count is a fact of now, applied after it.
+    sized: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -841,12 +850,14 @@ def _remember(
     return replace(state, observations=(*kept, observation))
 
 
-def _drain_is_safe(config: PolicyConfig, state: PolicyState) -> bool:
+def _drain_is_safe(config: PolicyConfig, state: PolicyState, *, now: float) -> bool:
     """Whether a busy replica's tasks are known to finish well within the grace period.
 
     Known means evidence: the user's declared ``longestTaskSeconds``, or task ages from the
-    busy probe together with a measured service time. Without either, a busy replica is
-    treated as holding a task that may outlast its grace period.
+    busy probe, reported for at least one grace period, together with a measured service
+    time. Without either, a busy replica is treated as holding a task that may outlast its
+    grace period. Ages seen for less than a grace period are no evidence: a pool whose first
+    long task has run less than half of it would drain that task and cut it.
     """
     limit = config.grace_period_seconds * SAFE_DRAIN_FRACTION
     declared = config.longest_task_seconds
@@ -858,12 +869,16 @@ def _drain_is_safe(config: PolicyConfig, state: PolicyState) -> bool:
         return True
     return (
         state.longest_running is not None
+        and state.ages_since is not None
+        and now - state.ages_since >= config.grace_period_seconds
         and state.service_time is not None
         and state.service_time <= limit
     )
 
 
-def _in_flight_floor(config: PolicyConfig, state: PolicyState, obs: Observation) -> int:
+def _in_flight_floor(
+    config: PolicyConfig, state: PolicyState, obs: Observation, *, now: float
+) -> int:
     """Replicas that must stay because they hold running tasks.
 
     With the busy probe's count, every replica holding a task stays unless its tasks are
@@ -877,7 +892,7 @@ def _in_flight_floor(config: PolicyConfig, state: PolicyState, obs: Observation)
     the broker's first-come first-served delivery would otherwise pin the whole pool.
     """
     slots = _ceil(max(0, obs.inflight) / config.concurrency)
-    if obs.busy_replicas is None or _drain_is_safe(config, state):
+    if obs.busy_replicas is None or _drain_is_safe(config, state, now=now):
         return slots
     return max(slots, max(0, obs.busy_replicas))
 
@@ -928,7 +943,7 @@ def _demand(
 ) -> tuple[Demand, float | None]:
     waiting, inflight = max(0, obs.waiting), max(0, obs.inflight)
     per_replica = config.concurrency
-    inflight_floor = _in_flight_floor(config, state, obs)
+    inflight_floor = _in_flight_floor(config, state, obs, now=now)
     backlog_replicas = _ceil((waiting + inflight) / config.backlog_per_worker)
 
     service_time = state.service_time
@@ -1023,6 +1038,10 @@ def _demand(
         needed_slots=needed,
         recommendation=max(recommendation, inflight_floor),
         inflight_floor=inflight_floor,
+        # What the scale-down window remembers: the demand and the slots in flight, not the
+        # busy count. Forgetting the slots too drained busy workers more often when the
+        # slot count is the floor (in the simulator: 2 tasks of long-short cut).
+        sized=max(recommendation, _ceil(inflight / per_replica)),
         basis=basis,
         forecast_rate=ahead,
     )
@@ -1253,6 +1272,7 @@ def decide(
         state = replace(
             state,
             longest_running=max(state.longest_running or 0.0, observation.oldest_running_age),
+            ages_since=now if state.ages_since is None else state.ages_since,
         )
     state = _remember(state, observation, now=now, config=config)
     demand, service_time = _demand(config, state, observation, current=current, now=now)
@@ -1320,7 +1340,7 @@ def decide(
             )
 
     # Below one the HPA arithmetic is not defined; zero is decided separately (KEDA-style).
-    raw = max(demand.recommendation, 1)
+    raw = max(demand.sized, 1)
     stabilized = stabilize(
         behavior=config.behavior,
         recommendations=state.recommendations,

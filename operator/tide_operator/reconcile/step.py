@@ -16,7 +16,9 @@ operator, a terminal view for local mode), which is why they are returned, not d
 
 Before a scale-down the step asks the target which workers hold running tasks (when it can:
 ``ReportsBusy``) and decides again with that count, so the policy's in-flight floor counts
-replicas that hold tasks, not slots, in the cluster as in the simulator.
+replicas that hold tasks, not slots, in the cluster as in the simulator. The same answer
+carries how long the longest-running task has run (``ReportsTaskAges``), which is how the
+policy learns whether a busy worker's tasks end well within the grace period.
 
 Order matters in two places. Idle workers are marked *before* the replicas drop, so the
 ReplicaSet controller already sees the costs when it picks pods to delete. And the target is
@@ -42,6 +44,7 @@ from tide_operator.adapters.targets import (
     Consolidates,
     ReportsBusy,
     ReportsReplicaStatus,
+    ReportsTaskAges,
     ReportsWorkers,
     ScaleTarget,
     TargetUnavailable,
@@ -338,13 +341,19 @@ async def reconcile_step(
         # tasks (only now, so the broadcast runs on scale-downs, not on every poll) and
         # decide again on the same state with that figure. The policy is pure, so the
         # second call simply replaces the first.
+        age: float | None = None
         try:
-            holding = await target.busy_replicas()
+            if isinstance(target, ReportsTaskAges):
+                holding, age = await target.busy_replicas_with_age()
+            else:
+                holding = await target.busy_replicas()
         except Exception as exc:
             log.warning("could not ask the workers which hold tasks: %s", exc)
             holding = None
         if holding is not None:
-            observation = replace(observation, busy_replicas=holding)
+            # The running tasks' ages come with the answer: the policy's evidence that a
+            # busy worker's tasks end well within its grace period.
+            observation = replace(observation, busy_replicas=holding, oldest_running_age=age)
             decision = decide(
                 config=config,
                 state=state,

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tide_operator.core.policy import (
@@ -384,7 +384,7 @@ class StaticController:
 
 @dataclass
 class TideController:
-    """Tide's policy, called exactly as the operator calls it."""
+    """Tide's policy, called exactly as the operator's reconcile step calls it."""
 
     name: str
     config: PolicyConfig
@@ -392,6 +392,9 @@ class TideController:
     idle_first: bool = True
     consolidates: bool = False
     initial_replicas: int = 0
+    # What the busy probe reports on a scale-down: task ages too (True), counts only
+    # (False), or the operator has no probe (None: workers not named ``worker@<pod>``).
+    probe_ages: bool | None = True
     # The operator scrapes the exporter every polling interval; samples land half-way
     # between evaluations, so the value acted on is half an interval old.
     scrape_interval: float = field(init=False)
@@ -406,16 +409,17 @@ class TideController:
         self.scrape_phase = self.config.polling_interval / 2
 
     def evaluate(self, *, snapshot: Snapshot, current: int, now: float) -> int:
+        # As the operator's reconcile step (``reconcile/step.py``): the metric source
+        # reports the queue, not which workers hold tasks; only a decision to scale down
+        # asks the workers (the busy probe: ``inspect active``, with each task's start) and
+        # decides again on the same state with what they said. A consolidating operator
+        # cordons busy workers instead, so it never asks.
         observation = Observation(
             at=snapshot.at,
             waiting=snapshot.waiting,
             inflight=snapshot.inflight,
             oldest_age=snapshot.oldest_age,
             completed_total=float(snapshot.completed_total) if self.use_rates else None,
-            # A consolidating operator cordons busy workers instead of deleting them, so it
-            # keeps no replica for the work in flight beyond the slots it fills.
-            busy_replicas=None if self.consolidates else snapshot.busy_replicas,
-            oldest_running_age=snapshot.oldest_running_age,
         )
         decision = decide(
             config=self.config,
@@ -424,6 +428,19 @@ class TideController:
             current_replicas=current,
             now=now,
         )
+        if decision.replicas < current and not self.consolidates and self.probe_ages is not None:
+            probed = replace(
+                observation,
+                busy_replicas=snapshot.busy_replicas,
+                oldest_running_age=snapshot.oldest_running_age if self.probe_ages else None,
+            )
+            decision = decide(
+                config=self.config,
+                state=self.state,
+                observation=probed,
+                current_replicas=current,
+                now=now,
+            )
         self.state = decision.state
         self.reasons[decision.reason_code] += 1
         return decision.replicas

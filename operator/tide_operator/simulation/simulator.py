@@ -17,8 +17,12 @@ not to the autoscaler.
 An autoscaler is a ``Controller``: it is evaluated every ``interval`` seconds on a
 ``Snapshot`` of the queue that is either live (``scrape_interval == 0``, KEDA reading Redis)
 or the last sample of a scrape loop (Prometheus, the exporter), so the metric reaches it late
-exactly as in a cluster. A snapshot also carries how many replicas hold running tasks, which
-Tide's operator learns from its busy probe (``celery inspect active`` per worker).
+exactly as in a cluster. A snapshot also carries how many replicas hold running tasks and
+how long the oldest running task has run, which Tide's operator learns from its busy probe
+(``celery inspect active`` per worker, with each task's start): that count is of the moment
+of the evaluation, since the operator asks the workers when it decides, not at the scrape.
+Tide's controller uses them only where the operator has them, on a decision to scale down
+(``baselines.TideController``).
 
 Which replicas go on scale-in follows the ReplicaSet controller's ranking
 (``ActivePodsWithRanks.Less`` in ``pkg/controller/controller_utils.go``), the rules that
@@ -52,7 +56,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -450,6 +454,11 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             push(now + controller.scrape_interval, _SCRAPE)
         elif kind == _TICK:
             seen = scraped if controller.scrape_interval > 0 else snapshot(now)
+            if controller.idle_first and seen is not None:
+                # The operator asks the workers which hold tasks when it would scale down
+                # (the busy probe, then pod-deletion-cost): that count is of now, not of the
+                # last scrape.
+                seen = replace(seen, busy_replicas=sum(1 for r in active if r.running))
             target = controller.evaluate(snapshot=seen, current=len(active), now=now)
             # Scale events are changes of the Deployment's spec.replicas, which counts the
             # cordoned replicas too: cordoning or reopening one moves nothing there.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -355,6 +355,21 @@ CASES = [
         9,
         SCALED_DOWN,
     ),
+    # The floor is a fact of the moment, not a recommendation for the scale-down window to
+    # remember: 20 tasks on 9 busy workers at 20 s, then 6 on 3 at 35 s. The window keeps
+    # the 5 workers the 20 tasks needed, not the 9 that happened to hold them (which held
+    # idle workers for 30 s after each spread: 1.5 times the floor on the heavy-tailed mix).
+    Case(
+        "busy-floor-not-remembered",
+        {},
+        [(0.0, obs(0, 0, 20, busy_replicas=9)), (20.0, obs(20, 0, 20, busy_replicas=9))],
+        9,
+        35.0,
+        obs(35, 0, 6, busy_replicas=3),
+        5,
+        SCALED_DOWN,
+        "scale down 9→5",
+    ),
     # A good read resets the failure count: two failures, a success, one failure: no fallback.
     Case(
         "fallback-reset",
@@ -510,3 +525,26 @@ def test_forecast_alone_does_not_hold_an_idle_pool_awake() -> None:
     decisions, current, _ = replay(config, steps, current=0)
     assert decisions[0].replicas >= 1
     assert current == 0, decisions[-1].reason
+
+
+def test_task_ages_are_evidence_only_once_they_cover_a_grace_period() -> None:
+    """A busy worker may be drained (the floor counts slots) only once the probe's task ages
+    have covered a whole grace period with none past half of it. Before that, a pool whose
+    first long task has not yet run 150 s would drain it and lose it at the grace period
+    (the simulator's long-short trace, seed 202: two tasks of 5-15 minutes cut)."""
+    config = make_config()  # the WorkerPool's 300 s grace period, no longestTaskSeconds
+    # 2/s of 2 s tasks: 4 in flight, one worker of four slots by the slot count, spread over
+    # three workers; the probe first answers at 100 s, every task seen young.
+    state, current = PolicyState(), 3
+    for now, observation in stream(rate=2.0, service=2.0, start=0.0, seconds=600.0):
+        if now >= 100.0:
+            observation = replace(observation, busy_replicas=3, oldest_running_age=10.0)
+        decision = decide(
+            config=config, state=state, observation=observation, current_replicas=current, now=now
+        )
+        assert decision.demand is not None
+        if now >= 100.0:
+            expected = 3 if now < 100.0 + config.grace_period_seconds else 1
+            assert decision.demand.inflight_floor == expected, (now, decision.reason)
+        state, current = decision.state, decision.replicas
+    assert state.ages_since == 100.0

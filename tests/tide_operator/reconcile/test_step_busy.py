@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tide_operator.adapters.sources import MetricsUnavailable
+from tide_operator.adapters.targets import oldest_task_age
 from tide_operator.core.policy import FALLBACK, Observation, PolicyState
 from tide_operator.reconcile.step import reconcile_step
 from tide_operator.resources.spec import WorkerPoolSpec
@@ -153,3 +154,51 @@ async def test_a_fallback_keeps_workers_that_took_tasks_since_the_last_read(
     assert result.decision is not None
     assert result.decision.reason_code == FALLBACK
     assert target.replicas == expected
+
+
+class AgingTarget(Target):
+    """A target whose probe also says how long the longest-running task has run."""
+
+    def __init__(self, replicas: int, busy: int, age: float) -> None:
+        super().__init__(replicas, busy)
+        self.age = age
+
+    async def busy_replicas_with_age(self) -> tuple[int | None, float | None]:
+        self.asked += 1
+        return self.busy, self.age
+
+
+async def test_the_probes_task_ages_reach_the_policy() -> None:
+    # Nothing declared: the policy learns how long tasks run from the probe's answers.
+    spec = SPEC.model_copy(
+        update={"shutdown": SPEC.shutdown.model_copy(update={"longest_task_seconds": None})}
+    )
+    target = AgingTarget(10, busy=9, age=420.0)
+    state = PolicyState()
+    for step in range(10):
+        result = await reconcile_step(
+            spec=spec,
+            source=Source(inflight=20),
+            target=target,
+            state=state,
+            now=5.0 * step,
+            wall=datetime.now(UTC),
+        )
+        state = result.state
+    assert target.asked >= 1
+    # A task has run 420 s, past half the 300 s grace period: busy workers stay.
+    assert state.longest_running == 420.0
+    assert target.replicas == 9
+
+
+async def test_oldest_task_age_reads_celerys_start_times() -> None:
+    active = {
+        "worker@a": [{"id": "1", "time_start": 1000.0}, {"id": "2", "time_start": 1090.5}],
+        "worker@b": [{"id": "3", "time_start": None}],  # accepted, not started
+        "worker@c": [],
+        "worker@d": [{"id": "4", "time_start": True}, "garbage"],
+    }
+    assert oldest_task_age(active, now=1100.0) == 100.0
+    assert oldest_task_age({"worker@b": active["worker@b"]}, now=1100.0) is None
+    # A worker clock ahead of ours gives no negative age.
+    assert oldest_task_age({"worker@a": [{"time_start": 1200.0}]}, now=1100.0) == 0.0

@@ -9,9 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tide_operator.simulation.baselines import EXTRA_POLICIES, POLICIES, make_controller
+from tide_operator.simulation.baselines import (
+    EXTRA_POLICIES,
+    POLICIES,
+    TideController,
+    make_controller,
+)
 from tide_operator.simulation.report import count_reversals, summarize
-from tide_operator.simulation.simulator import SimResult, SimSettings, simulate
+from tide_operator.simulation.simulator import SimResult, SimSettings, Snapshot, simulate
 from tide_operator.simulation.traces import Trace, builtin_trace, load_trace
 
 ALL_POLICIES = POLICIES + EXTRA_POLICIES
@@ -349,3 +354,31 @@ def test_service_time_of_eight_minute_tasks() -> None:
     assert result.interrupted == 0
     assert controller.state.service_time is not None
     assert controller.state.service_time == pytest.approx(float(durations.mean()), rel=0.15)
+
+
+def test_tide_asks_the_workers_only_when_it_would_scale_down() -> None:
+    """As the operator's step: the metric source knows no busy count or task ages; the busy
+    probe is asked, and its task ages learnt, only on a decision to scale down."""
+    controller = make_controller(
+        "tide", settings=SimSettings(), trace=small_trace(0, long_tasks=False)
+    )
+    assert isinstance(controller, TideController)
+
+    def tick(at: float, inflight: int, current: int) -> int:
+        # Every worker holds a task, the oldest has run 400 s; nothing completes.
+        snapshot = Snapshot(
+            at, 0, inflight, 0.0, 0, busy_replicas=current, oldest_running_age=400.0
+        )
+        return controller.evaluate(snapshot=snapshot, current=current, now=at)
+
+    # A pool at 4 workers with 16 tasks in flight holds: nobody is asked, no age is learnt.
+    assert tick(0.0, 16, 4) == 4
+    assert tick(5.0, 16, 4) == 4
+    assert controller.state.longest_running is None
+    # The work ends and the window passes: the scale-down asks, and learns the 400 s task,
+    # and every worker still holding a task stays.
+    replicas = 4
+    for step in range(2, 12):
+        replicas = tick(5.0 * step, 4, replicas)
+    assert controller.state.longest_running == 400.0
+    assert replicas == 4
