@@ -58,6 +58,7 @@ from typing import Literal
 from tide_operator.core.policy import (
     HPA_DEFAULT_BEHAVIOR,
     Behavior,
+    Decision,
     Observation,
     PolicyConfig,
     PolicyState,
@@ -414,6 +415,15 @@ class TideController:
         # asks the workers (the busy probe: ``inspect active``, with each task's start) and
         # decides again on the same state with what they said. A consolidating operator
         # cordons busy workers instead, so it never asks.
+        def decided(observation: Observation) -> Decision:
+            return decide(
+                config=self.config,
+                state=self.state,
+                observation=observation,
+                current_replicas=current,
+                now=now,
+            )
+
         observation = Observation(
             at=snapshot.at,
             waiting=snapshot.waiting,
@@ -421,25 +431,14 @@ class TideController:
             oldest_age=snapshot.oldest_age,
             completed_total=float(snapshot.completed_total) if self.use_rates else None,
         )
-        decision = decide(
-            config=self.config,
-            state=self.state,
-            observation=observation,
-            current_replicas=current,
-            now=now,
-        )
+        decision = decided(observation)
         if decision.replicas < current and not self.consolidates and self.probe_ages is not None:
-            probed = replace(
-                observation,
-                busy_replicas=snapshot.busy_replicas,
-                oldest_running_age=snapshot.oldest_running_age if self.probe_ages else None,
-            )
-            decision = decide(
-                config=self.config,
-                state=self.state,
-                observation=probed,
-                current_replicas=current,
-                now=now,
+            decision = decided(
+                replace(
+                    observation,
+                    busy_replicas=snapshot.busy_replicas,
+                    oldest_running_age=snapshot.oldest_running_age if self.probe_ages else None,
+                )
             )
         self.state = decision.state
         self.reasons[decision.reason_code] += 1
