@@ -1,8 +1,9 @@
 """Metric sources: "what are the queue observations now", behind one small interface.
 
 A source answers ``observe(queues, now=...)`` with one ``policy.Observation`` summed over the
-pool's queues, or raises ``MetricsUnavailable``; it holds no history (the policy does) and
-makes no decision about a failure (the policy holds, then falls back). Two implementations:
+pool's queues, or raises ``MetricsUnavailable``; it keeps no history of the figures (the
+policy does) and makes no decision about a failure (the policy holds, then falls back).
+Two implementations:
 
 * ``PrometheusSource`` runs instant PromQL queries over Contract 1's series,
   ``sum by (queue_name)`` so the per-queue figures stay visible in logs. An empty result is
@@ -10,6 +11,12 @@ makes no decision about a failure (the policy holds, then falls back). Two imple
   reading that as "nothing waits" rather than as an error. A transport error, a timeout or a
   non-success answer is ``MetricsUnavailable``, as is the exporter itself saying its last
   broker read failed (``tide_exporter_stale`` = 1): stale figures must not look fresh.
+  Empty is 0 only while a Tide exporter is live: the newest ``tide_exporter_up`` sample is
+  read first, and with none (the exporter down: Prometheus marks its series stale) the
+  default queries would read every queue as empty, so that is ``MetricsUnavailable`` too.
+  The source remembers that sample's time: after a failed read, an answer no newer than the
+  last one acted on is a Prometheus back from an outage answering from its old storage, and
+  is refused until it scrapes again.
 * ``ExporterSource`` scrapes the exporter's ``/metrics`` directly, parsing the text with
   prometheus-client's parser (the same parse the exporter package offers, without importing
   the Django app into the operator). A queue the exporter does not export is an error here,
@@ -48,6 +55,7 @@ import httpx
 
 from tide_contract.series import (
     EXPORTER_STALE,
+    EXPORTER_UP,
     QUEUE_COMPLETED,
     QUEUE_INFLIGHT,
     QUEUE_LABEL,
@@ -101,6 +109,13 @@ def completed_query(selector: str = "") -> str:
 
 def stale_query(selector: str = "") -> str:
     return f"max({EXPORTER_STALE}{{{selector}}})" if selector else f"max({EXPORTER_STALE})"
+
+
+def newest_query(selector: str = "") -> str:
+    """When Prometheus last scraped a Tide exporter: the newest ``tide_exporter_up`` sample's
+    own timestamp (empty when no Tide exporter's series is live)."""
+    series = f"{EXPORTER_UP}{{{selector}}}" if selector else EXPORTER_UP
+    return f"max(timestamp({series}))"
 
 
 DEFAULT_QUERIES: Final[Mapping[str, str]] = default_queries()
@@ -328,12 +343,21 @@ class PrometheusSource:
         self.queries: dict[str, str] = {**defaults, **overrides}
         self.completed_query = completed_query(selector or "")
         self.stale_query = stale_query(selector or "")
+        self.newest_query = newest_query(selector or "")
         # The queries one answer of which serves every pool with the same selector (grouped
         # by queue, or naming none); an override may not group by queue, so it stays apart.
         self.shareable = frozenset(
             {q for name, q in defaults.items() if name not in overrides}
-            | {self.completed_query, self.stale_query}
+            | {self.completed_query, self.stale_query, self.newest_query}
         )
+        # The default figures read Tide's exporters only (``TIDE_TARGETS``): with none of
+        # their series live, every queue would read as empty. Overrides read what they read.
+        self.needs_exporter = any(TIDE_TARGETS in q for q in self.queries.values())
+        # The newest exporter sample of the last read acted on, and whether a read failed
+        # since: a Prometheus back from an outage answers from its old storage until it
+        # scrapes again, and those figures are from before the outage.
+        self._newest: float | None = None
+        self._failed = False
 
     async def _query(self, promql: str) -> list[dict[str, Any]]:
         try:
@@ -381,6 +405,44 @@ class PrometheusSource:
         return self._query(template.replace("$queues", queue_regex(queues)))
 
     async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
+        try:
+            newest, observation = await self._observe(queues, now=now)
+        except MetricsUnavailable:
+            self._failed = True
+            raise
+        self._failed = False
+        if newest is not None:
+            self._newest = newest
+        return observation
+
+    def _check_exporter(self, samples: Samples) -> float | None:
+        """The newest exporter sample's time; refuse figures that only look fresh: no live
+        Tide exporter behind the default queries, or, after a failed read, nothing scraped
+        since the last read acted on."""
+        if not samples:
+            if self.needs_exporter:
+                raise MetricsUnavailable(
+                    f"Prometheus holds no live series of a Tide exporter ({EXPORTER_UP}): "
+                    "the exporter is down or not scraped, so every queue would read as empty"
+                )
+            return None
+        evaluated, newest = (float(v) for v in samples[0]["value"])
+        if self._failed and self._newest is not None and newest <= self._newest:
+            raise MetricsUnavailable(
+                "Prometheus answers from before its outage (its newest exporter sample is "
+                f"{evaluated - newest:.0f}s old, no newer than the last one read): "
+                "waiting for its next scrape"
+            )
+        return newest
+
+    async def _observe(
+        self, queues: Sequence[str], *, now: float
+    ) -> tuple[float | None, Observation]:
+        # The exporter's newest sample first: each query is evaluated when it arrives, so a
+        # scrape landing between them could show a live exporter beside figures read just
+        # before its first series existed (empty, read as 0). Read after it, they are at
+        # least as new.
+        newest = self._check_exporter(await self._read(self.newest_query, queues))
         queries = {**self.queries, "completed": self.completed_query}
         names = list(queries)
         results = await asyncio.gather(
@@ -407,7 +469,7 @@ class PrometheusSource:
             )
             for q, f in figures.items()
         }
-        return _total(per_queue, now=now)
+        return newest, _total(per_queue, now=now)
 
 
 # -------------------------------------------------------------------------------- exporter

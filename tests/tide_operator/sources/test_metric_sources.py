@@ -339,3 +339,74 @@ def test_a_counter_reset_restarts_the_rates() -> None:
     )  # fmt: skip
     assert decision.demand is not None
     assert decision.demand.arrival_rate == pytest.approx(2.0)
+
+
+@pytest.mark.asyncio
+async def test_prometheus_with_no_live_exporter_is_unavailable_not_empty(
+    prometheus: str, exposition: Exposition
+) -> None:
+    """An exporter Prometheus can no longer scrape leaves no live series (staleness markers),
+    and every queue would read as empty: a pool would scale in, or to zero, with work
+    waiting. The source says the figures are missing instead, until the exporter is back.
+
+    One read may straddle the scrape that ends the series (its queries are evaluated a few
+    milliseconds apart) and see them empty beside a live exporter: one such read is allowed,
+    which the scale-down window absorbs; a source that reads the gone exporter's queues as
+    empty does so read after read."""
+    exposition.text = text(a=(9, 1, 0, 3.0))
+    async with httpx.AsyncClient() as client:
+        source = PrometheusSource(prometheus, client=client)
+        want = Observation(at=1.0, waiting=9, inflight=1, scheduled=0, oldest_age=3.0)
+        assert await observe_until(source, ["a"], want) == want
+        try:
+            exposition.text = ""  # the exporter answers nothing Prometheus can keep
+            deadline = time.monotonic() + 20
+            error: MetricsUnavailable | None = None
+            emptied = 0
+            while error is None:
+                try:
+                    seen = await source.observe(["a"], now=1.0)
+                except MetricsUnavailable as exc:
+                    error = exc
+                else:
+                    emptied += seen != want
+                    assert emptied <= 1, "the queue read as emptied while its exporter is gone"
+                    assert time.monotonic() < deadline, "the exporter's series never went stale"
+                    await asyncio.sleep(0.2)
+            assert "tide_exporter_up" in str(error)
+            # And it stays missing while the exporter is gone.
+            with pytest.raises(MetricsUnavailable, match="tide_exporter_up"):
+                await source.observe(["a"], now=1.0)
+        finally:
+            exposition.text = text(a=(0, 0, 0, 0.0))
+        # Back: the figures are read again.
+        back = Observation(at=1.0, waiting=0, inflight=0, scheduled=0, oldest_age=0.0)
+        assert await observe_until(source, ["a"], back) == back
+
+
+@pytest.mark.asyncio
+async def test_an_override_without_tides_exporter_reads_what_it_reads(
+    prometheus: str, exposition: Exposition, other_exporter: Exposition
+) -> None:
+    """celery-exporter alone (no tide_exporter_up), read through overrides: no exporter check."""
+    exposition.text = ""
+    other_exporter.text = text(b=(4, 0, 0, 2.0)).split("# TYPE tide_exporter_stale")[0]
+    overrides = {
+        name: f'{how}(celery_queue_{series}{{queue_name=~"$queues", job="celery-exporter"}})'
+        for name, how, series in (
+            ("waiting", "sum", "length"),
+            ("inflight", "sum", "inflight"),
+            ("scheduled", "sum", "scheduled"),
+            ("oldest_age", "max", "oldest_age_seconds"),
+        )
+    }
+    try:
+        async with httpx.AsyncClient() as client:
+            source = PrometheusSource(
+                prometheus, client=client, queries=PrometheusQueries(**overrides)
+            )
+            want = Observation(at=1.0, waiting=4, inflight=0, scheduled=0, oldest_age=2.0)
+            assert await observe_until(source, ["b"], want) == want
+    finally:
+        other_exporter.text = ""
+        exposition.text = text(a=(0, 0, 0, 0.0))

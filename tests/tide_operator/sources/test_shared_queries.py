@@ -22,8 +22,10 @@ from tide_operator.resources.spec import PrometheusQueries
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio]
 
-# Five figures and the stale flag: what one pool's read asks Prometheus for.
-SERIES_PER_READ = 6
+# Five figures, the stale flag and the exporter's newest sample: one pool's read.
+SERIES_PER_READ = 7
+# Of those, the queries that name no queue: one answer serves every pool.
+QUEUELESS = 2
 
 
 async def served(client: httpx.AsyncClient, prometheus: str) -> float:
@@ -83,12 +85,12 @@ async def test_a_late_reader_joins_the_queues_in_play(
         # A queue the shared query did not cover: a query of its own, over both.
         b = await source.observe(["b"], now=1.0)
         assert b.waiting == 2
-        assert shared.sent == {prometheus: 2 * SERIES_PER_READ - 1}  # the stale flag is shared
+        assert shared.sent == {prometheus: 2 * SERIES_PER_READ - QUEUELESS}
         # Both are in play now: that query answers either, and both at once.
         a, b = await asyncio.gather(source.observe(["a"], now=2.0), source.observe(["b"], now=2.0))
         both = await source.observe(["a", "b"], now=2.0)
         assert (a.waiting, b.waiting, both.waiting) == (1, 2, 3)
-        assert shared.sent == {prometheus: 2 * SERIES_PER_READ - 1}
+        assert shared.sent == {prometheus: 2 * SERIES_PER_READ - QUEUELESS}
 
 
 async def test_an_override_is_never_summed_over_other_pools_queues(
@@ -106,7 +108,7 @@ async def test_an_override_is_never_summed_over_other_pools_queues(
         )
         a, b = await asyncio.gather(one.observe(["a"], now=1.0), two.observe(["b"], now=1.0))
     assert (a.waiting, b.waiting) == (5, 7)
-    # The override is sent per pool; the five other series are shared.
+    # The override is sent per pool; the six other series are shared.
     assert shared.sent == {prometheus: SERIES_PER_READ - 1}
 
 
