@@ -14,9 +14,10 @@ Two implementations:
   Empty is 0 only while a Tide exporter is live: the newest ``tide_exporter_up`` sample is
   read first, and with none (the exporter down: Prometheus marks its series stale) the
   default queries would read every queue as empty, so that is ``MetricsUnavailable`` too.
-  The source remembers that sample's time: after a failed read, an answer no newer than the
-  last one acted on is a Prometheus back from an outage answering from its old storage, and
-  is refused until it scrapes again.
+  After an outage of Prometheus itself (``PrometheusUnreachable``: no connection, a
+  timeout, a 5xx), its first answers may come from its storage of before (instant queries
+  look back five minutes): they are refused until that sample time has advanced, that is
+  until Prometheus has scraped since it came back.
 * ``ExporterSource`` scrapes the exporter's ``/metrics`` directly, parsing the text with
   prometheus-client's parser (the same parse the exporter package offers, without importing
   the Django app into the operator). A queue the exporter does not export is an error here,
@@ -74,6 +75,7 @@ __all__ = [
     "MetricSource",
     "MetricsUnavailable",
     "PrometheusSource",
+    "PrometheusUnreachable",
     "QueueFigures",
     "SharedQueries",
     "SharedScrapes",
@@ -124,6 +126,11 @@ COMPLETED_QUERY: Final = completed_query()
 
 class MetricsUnavailable(Exception):
     """The source could not give a trustworthy observation now; the message says why."""
+
+
+class PrometheusUnreachable(MetricsUnavailable):
+    """Prometheus itself did not answer (no connection, a timeout, a 5xx): an outage, after
+    which its first answers may come from its storage of before."""
 
 
 class MetricSource(Protocol):
@@ -353,11 +360,12 @@ class PrometheusSource:
         # The default figures read Tide's exporters only (``TIDE_TARGETS``): with none of
         # their series live, every queue would read as empty. Overrides read what they read.
         self.needs_exporter = any(TIDE_TARGETS in q for q in self.queries.values())
-        # The newest exporter sample of the last read acted on, and whether a read failed
-        # since: a Prometheus back from an outage answers from its old storage until it
-        # scrapes again, and those figures are from before the outage.
-        self._newest: float | None = None
-        self._failed = False
+        # Prometheus back from an outage answers from its old storage until it scrapes
+        # again (instant queries look back five minutes): after an outage, the newest
+        # exporter sample of the first answer is remembered, and figures are read again
+        # only once a newer one shows that Prometheus has scraped since it came back.
+        self._outage = False
+        self._came_back_with: float | None = None
 
     async def _query(self, promql: str) -> list[dict[str, Any]]:
         try:
@@ -370,9 +378,13 @@ class PrometheusSource:
                     self.url, params={"query": promql}, timeout=self.timeout
                 )
         except httpx.TimeoutException as exc:
-            raise MetricsUnavailable(f"Prometheus timed out after {self.timeout}s") from exc
+            raise PrometheusUnreachable(f"Prometheus timed out after {self.timeout}s") from exc
         except httpx.HTTPError as exc:
-            raise MetricsUnavailable(f"Prometheus unreachable: {exc}") from exc
+            raise PrometheusUnreachable(f"Prometheus unreachable: {exc}") from exc
+        if response.status_code >= 500:
+            raise PrometheusUnreachable(
+                f"Prometheus answered {response.status_code}: {response.text[:200]}"
+            )
         try:
             payload = response.json()
         except ValueError as exc:
@@ -406,43 +418,39 @@ class PrometheusSource:
 
     async def observe(self, queues: Sequence[str], *, now: float) -> Observation:
         try:
-            newest, observation = await self._observe(queues, now=now)
-        except MetricsUnavailable:
-            self._failed = True
+            return await self._observe(queues, now=now)
+        except PrometheusUnreachable:
+            self._outage, self._came_back_with = True, None
             raise
-        self._failed = False
-        if newest is not None:
-            self._newest = newest
-        return observation
 
-    def _check_exporter(self, samples: Samples) -> float | None:
-        """The newest exporter sample's time; refuse figures that only look fresh: no live
-        Tide exporter behind the default queries, or, after a failed read, nothing scraped
-        since the last read acted on."""
+    def _check_exporter(self, samples: Samples) -> None:
+        """Refuse figures that only look fresh: no live Tide exporter behind the default
+        queries, or, after an outage of Prometheus, nothing scraped since it came back."""
         if not samples:
             if self.needs_exporter:
                 raise MetricsUnavailable(
                     f"Prometheus holds no live series of a Tide exporter ({EXPORTER_UP}): "
                     "the exporter is down or not scraped, so every queue would read as empty"
                 )
-            return None
+            return
         evaluated, newest = (float(v) for v in samples[0]["value"])
-        if self._failed and self._newest is not None and newest <= self._newest:
+        if not self._outage:
+            return
+        if self._came_back_with is None or newest <= self._came_back_with:
+            if self._came_back_with is None:
+                self._came_back_with = newest
             raise MetricsUnavailable(
-                "Prometheus answers from before its outage (its newest exporter sample is "
-                f"{evaluated - newest:.0f}s old, no newer than the last one read): "
-                "waiting for its next scrape"
+                "Prometheus is back from an outage and may answer from before it (its newest "
+                f"exporter sample is {evaluated - newest:.0f}s old): waiting for its next scrape"
             )
-        return newest
+        self._outage, self._came_back_with = False, None
 
-    async def _observe(
-        self, queues: Sequence[str], *, now: float
-    ) -> tuple[float | None, Observation]:
+    async def _observe(self, queues: Sequence[str], *, now: float) -> Observation:
         # The exporter's newest sample first: each query is evaluated when it arrives, so a
         # scrape landing between them could show a live exporter beside figures read just
         # before its first series existed (empty, read as 0). Read after it, they are at
         # least as new.
-        newest = self._check_exporter(await self._read(self.newest_query, queues))
+        self._check_exporter(await self._read(self.newest_query, queues))
         queries = {**self.queries, "completed": self.completed_query}
         names = list(queries)
         results = await asyncio.gather(
@@ -469,7 +477,7 @@ class PrometheusSource:
             )
             for q, f in figures.items()
         }
-        return newest, _total(per_queue, now=now)
+        return _total(per_queue, now=now)
 
 
 # -------------------------------------------------------------------------------- exporter
