@@ -69,12 +69,39 @@ def other_exporter() -> Iterator[Exposition]:
     yield from _serve(Exposition())
 
 
-@pytest.fixture(scope="session")
-def prometheus(exposition: Exposition, other_exporter: Exposition) -> Iterator[str]:
+def start_prometheus(config: Path, data: Path, port: int, *flags: str) -> subprocess.Popen[bytes]:
+    """Debian's Prometheus on ``config`` and the storage ``data``, on loopback ``port``,
+    returned once it answers ``/-/ready`` (the test fails if it does not within 30 s)."""
     binary = shutil.which("prometheus")
     if binary is None:
         # A missing install, not a reason to pass quietly: make install-dev puts it there.
         pytest.fail("prometheus is not installed: run make install-dev (Debian's prometheus)")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail("prometheus did not become ready")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def prometheus(exposition: Exposition, other_exporter: Exposition) -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="tide-prom-"))
     target = exposition.url.removeprefix("http://").removesuffix("/metrics")
     other = other_exporter.url.removeprefix("http://").removesuffix("/metrics")
@@ -88,29 +115,8 @@ def prometheus(exposition: Exposition, other_exporter: Exposition) -> Iterator[s
         f"    static_configs: [{{targets: ['{other}']}}]\n"
     )
     port = _free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--query.lookback-delta=5s",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_prometheus(config, workdir / "data", port, "--query.lookback-delta=5s")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail("prometheus did not become ready")
-        time.sleep(0.1)
     yield url
     process.terminate()
     process.wait(timeout=10)

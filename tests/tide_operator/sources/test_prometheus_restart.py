@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_harness import Exposition, _free_port, _serve
+from prometheus_harness import Exposition, _free_port, _serve, start_prometheus
 from test_metric_sources import text
 
 from tide_operator.adapters.sources import MetricsUnavailable, PrometheusSource
@@ -44,31 +44,8 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail("prometheus is not installed: run make install-dev (Debian's prometheus)")
         # The product's query settings: the default 5-minute look-back.
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={self.config}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.process.kill()
-                pytest.fail("prometheus did not become ready")
-            time.sleep(0.05)
+        self.process = start_prometheus(self.config, self.workdir / "data", self.port)
 
     def stop(self) -> None:
         assert self.process is not None
