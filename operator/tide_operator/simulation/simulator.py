@@ -309,12 +309,15 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
             if not replica.draining:
                 start(queue.popleft(), replica, now)
 
+    def holding() -> int:
+        # Replicas (not draining) with a running task: what the busy probe counts.
+        return sum(1 for r in active if r.running)
+
     def snapshot(now: float) -> Snapshot:
         oldest = now - arrivals[queue[0]] if queue else 0.0
-        holding = sum(1 for r in active if r.running)
         ready = sum(1 for r in active if r.ready <= now)
         first = min((started_at[t] for r in active for t in r.running), default=now)
-        return Snapshot(now, len(queue), inflight, oldest, completed, holding, ready, now - first)
+        return Snapshot(now, len(queue), inflight, oldest, completed, holding(), ready, now - first)
 
     def victims(count: int, now: float) -> list[_Replica]:
         # The ReplicaSet's ranking (see the module docstring); pods of one Deployment share
@@ -458,7 +461,7 @@ def simulate(trace: Trace, controller: Controller, *, settings: SimSettings) -> 
                 # The operator asks the workers which hold tasks when it would scale down
                 # (the busy probe, then pod-deletion-cost): that count is of now, not of the
                 # last scrape.
-                seen = replace(seen, busy_replicas=sum(1 for r in active if r.running))
+                seen = replace(seen, busy_replicas=holding())
             target = controller.evaluate(snapshot=seen, current=len(active), now=now)
             # Scale events are changes of the Deployment's spec.replicas, which counts the
             # cordoned replicas too: cordoning or reopening one moves nothing there.
